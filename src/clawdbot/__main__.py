@@ -1,0 +1,3 @@
+from clawdbot.cli import main
+
+main()

@@ -1,0 +1,133 @@
+"""The `clawdbot` command. With no subcommand it serves the platform (datasette's habit).
+
+Options of `serve` and `simulate` are generated from the settings models, so `--help`, the environment
+variables, the TOML file and docs/configuration.md all describe the same fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .settings import Settings, SettingsError, SimulatorSettings, env_name, load
+
+
+def settings_options(cls: type[Settings] | type[SimulatorSettings]) -> Callable[[Callable[..., Any]], Any]:
+    """One click option per settings field; unset options stay None so env and TOML can fill them."""
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        for name, field in reversed(list(cls.model_fields.items())):
+            flag = "--" + name.replace("_", "-")
+            default = field.get_default(call_default_factory=True)
+            help_text = f"{field.description} [env {env_name(cls, name)}; default: {_show(default)}]"
+            annotation = field.annotation
+            if annotation is bool:
+                option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
+            elif getattr(annotation, "__origin__", None) is list:
+                option = click.option(flag, name, multiple=True, help=help_text + " Repeat for several.")
+            else:
+                option = click.option(flag, name, default=None, help=help_text, metavar=_metavar(annotation))
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _metavar(annotation: Any) -> str:
+    names = {int: "INTEGER", float: "SECONDS", str: "TEXT", Path: "DIR"}
+    return names.get(annotation, "VALUE")
+
+
+def _cli_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) or None) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+class DefaultGroup(click.Group):
+    """`clawdbot --port 1` means `clawdbot serve --port 1`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h", "--version")):
+            args = ["serve", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="clawdbot")
+def main() -> None:
+    """clawdbot: a self-hosted chat gateway for Ollama.
+
+    With no command, `serve` runs: `clawdbot --ollama-url http://localhost:11434 --port 18789`.
+    """
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file with settings [env CLAWDBOT_CONFIG].",
+)
+@settings_options(Settings)
+def serve(config_file: Path | None, **values: Any) -> None:
+    """Run the platform: the Ollama proxy, its health endpoints and metrics."""
+    from .web import run
+
+    settings = _load(Settings, values, config_file)
+    _run(run(settings))
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file whose [simulate] table holds settings [env CLAWDBOT_CONFIG].",
+)
+@settings_options(SimulatorSettings)
+def simulate(config_file: Path | None, **values: Any) -> None:
+    """Stand in for `ollama serve` with qwen3:32b, byte for byte, on a realistic timing model."""
+    from .simulator.main import serve_forever
+
+    settings = _load(SimulatorSettings, values, config_file)
+    _run(serve_forever(settings))
+
+
+def _load(cls: Any, values: dict[str, Any], config_file: Path | None) -> Any:
+    try:
+        return load(cls, _cli_values(values), config_file)
+    except SettingsError as error:
+        raise click.UsageError(str(error)) from None
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is missing only on Windows
+        asyncio.run(coro)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _register_bench() -> None:
+    from .bench.cli import bench
+
+    main.add_command(bench)
+
+
+# _register_bench()

@@ -1,0 +1,165 @@
+"""Prometheus metrics kept without locks on the hot path.
+
+prometheus_client guards every observation with a threading lock; the gateway records from one event loop,
+so plain counters and bucket arrays suffice. A custom collector turns them into Prometheus families on scrape.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+GAP_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class Histogram:
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+class Family:
+    """Histograms keyed by label values."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.children: dict[tuple[str, ...], Histogram] = {}
+
+    def labels(self, *values: str) -> Histogram:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = Histogram(self.bounds)
+        return child
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)  # (route, outcome)
+        self.upstream_errors: defaultdict[str, int] = defaultdict(int)  # kind
+        self.prompt_tokens: defaultdict[str, int] = defaultdict(int)  # model
+        self.completion_tokens: defaultdict[str, int] = defaultdict(int)
+        self.ttft = Family(LATENCY_BUCKETS)  # route
+        self.gap = Family(GAP_BUCKETS)  # route
+        self.duration = Family(LATENCY_BUCKETS)  # route
+        self.overhead = Histogram(OVERHEAD_BUCKETS)
+        self.active_streams = 0
+        self.relayed_chunks = 0
+        self.relayed_bytes = 0
+        self.backend_up = 0
+        self.log_lines_dropped = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+        ProcessCollector(registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        yield _counter(
+            "clawdbot_requests",
+            "Proxied requests by route and outcome.",
+            ["route", "outcome"],
+            {k: v for k, v in m.requests.items()},
+        )
+        yield _counter(
+            "clawdbot_upstream_errors",
+            "Backend failures by kind.",
+            ["kind"],
+            {(k,): v for k, v in m.upstream_errors.items()},
+        )
+        yield _counter(
+            "clawdbot_prompt_tokens",
+            "Prompt tokens, from the backend's own counts.",
+            ["model"],
+            {(k,): v for k, v in m.prompt_tokens.items()},
+        )
+        yield _counter(
+            "clawdbot_completion_tokens",
+            "Generated tokens, from the backend's own counts.",
+            ["model"],
+            {(k,): v for k, v in m.completion_tokens.items()},
+        )
+        yield _counter(
+            "clawdbot_relayed_chunks",
+            "Body reads relayed from the backend to clients.",
+            [],
+            {(): m.relayed_chunks},
+        )
+        yield _counter(
+            "clawdbot_relayed_bytes",
+            "Body bytes relayed from the backend to clients.",
+            [],
+            {(): m.relayed_bytes},
+        )
+        yield _counter(
+            "clawdbot_log_lines_dropped",
+            "Log lines dropped because the log queue was full.",
+            [],
+            {(): m.log_lines_dropped},
+        )
+        yield _histograms(
+            "clawdbot_time_to_first_token_seconds",
+            "From request received to the backend's first body byte relayed.",
+            "route",
+            m.ttft,
+        )
+        yield _histograms(
+            "clawdbot_chunk_gap_seconds", "Gap between consecutive chunks from the backend.", "route", m.gap
+        )
+        yield _histograms(
+            "clawdbot_request_duration_seconds",
+            "From request received to the last byte relayed.",
+            "route",
+            m.duration,
+        )
+        overhead = HistogramMetricFamily(
+            "clawdbot_gateway_overhead_seconds",
+            "Latency the gateway adds to the first byte: before forwarding the request plus relaying the first chunk.",
+        )
+        overhead.add_metric([], m.overhead.buckets(), m.overhead.total)
+        yield overhead
+        yield GaugeMetricFamily("clawdbot_active_streams", "Requests being relayed now.", value=m.active_streams)
+        yield GaugeMetricFamily(
+            "clawdbot_backend_up", "1 when the last health check reached the backend.", value=m.backend_up
+        )
+
+
+def _counter(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), value)
+    return family
+
+
+def _histograms(name: str, doc: str, label: str, family: Family) -> HistogramMetricFamily:
+    out = HistogramMetricFamily(name, doc, labels=[label])
+    for key, hist in sorted(family.children.items()):
+        out.add_metric(list(key), hist.buckets(), hist.total)
+    return out

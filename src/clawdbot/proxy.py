@@ -1,0 +1,347 @@
+"""The relay: /api/* and /v1/* go to the backend unchanged, and its bytes come back the moment they arrive.
+
+Nothing is buffered or re-serialised. The only look inside a stream is at its tail, once it ends, to read
+the backend's own token counts and to notice a stream that stopped short: then, and only for generation
+routes, one error line (NDJSON) or event (SSE) is appended so the client's library raises instead of
+returning a truncated reply as if it were whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .backends import Backend
+from .errors import BackendError
+from .logs import ACCESS
+from .metrics import Metrics
+
+# Request headers that describe this hop, the browser, or our own credentials: never sent to the backend.
+_DROP_REQUEST = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "origin",
+        "referer",
+        "cookie",
+        "authorization",
+        "content-length",
+        "expect",
+        "x-request-id",
+    }
+)
+_PASS_RESPONSE = (
+    "Content-Type",
+    "Content-Encoding",
+    "Retry-After",
+    "Cache-Control",
+    "Content-Disposition",
+    "Location",
+)
+GENERATION = {
+    "/api/chat": "ndjson",
+    "/api/generate": "ndjson",
+    "/v1/chat/completions": "sse",
+    "/v1/completions": "sse",
+}
+ROUTES = frozenset(
+    {
+        *GENERATION,
+        "/api/tags",
+        "/api/show",
+        "/api/ps",
+        "/api/version",
+        "/api/pull",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/models",
+        "/v1/embeddings",
+    }
+)
+_TAIL_LIMIT = 1 << 20  # /api/generate's final line carries every token id; keep enough to read it
+_PAYLOAD_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+def route_label(path: str) -> str:
+    if path in ROUTES:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    return "/api/other" if path.startswith("/api/") else "/v1/other"
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    """One proxied request, from arrival to last byte: what the metrics and the access log report."""
+
+    request_id: str
+    method: str
+    route: str
+    received: float
+    forwarded: float = 0.0
+    headers_at: float = 0.0
+    first_write: float = 0.0
+    last_byte: float = 0.0
+    status: int = 0
+    outcome: str = "ok"
+    error_kind: str | None = None
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    stalled: bool = False
+    upstream: aiohttp.ClientResponse | None = None
+
+    def fail(self, outcome: str, kind: str | None) -> None:
+        if self.outcome == "ok":
+            self.outcome, self.error_kind = outcome, kind
+
+
+class Relay:
+    def __init__(
+        self,
+        backend: Backend,
+        metrics: Metrics,
+        *,
+        first_byte_timeout: float,
+        idle_timeout: float,
+        access_log: bool,
+    ) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self.first_byte_timeout = first_byte_timeout
+        self.idle_timeout = idle_timeout
+        self.access_log = access_log
+        self.active: set[Exchange] = set()
+        self.clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ex = Exchange(request["request_id"], request.method, route_label(request.path), self.clock())
+        self.active.add(ex)
+        self.metrics.active_streams += 1
+        try:
+            body = await request.read()
+            upstream = await self._forward(request, body, ex)
+            try:
+                return await self._relay(request, upstream, ex)
+            finally:
+                upstream.close()  # a no-op once fully read; otherwise the backend sees the disconnect
+        except BackendError as error:
+            ex.fail("backend_error", error.kind)
+            raise
+        except asyncio.CancelledError:
+            ex.fail("client_closed", None)
+            raise
+        finally:
+            self._finish(ex)
+
+    async def _forward(self, request: web.Request, body: bytes, ex: Exchange) -> aiohttp.ClientResponse:
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST)
+        headers["X-Request-ID"] = ex.request_id
+        url = URL(self.backend.url + request.raw_path, encoded=True)
+        ex.forwarded = self.clock()
+        try:
+            async with asyncio.timeout(self.first_byte_timeout):
+                upstream = await self.backend.session.request(
+                    request.method, url, data=body, headers=headers, allow_redirects=False
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise self.backend.classify(error, started=False) from None
+        ex.headers_at = ex.last_byte = self.clock()
+        ex.upstream = upstream
+        ex.status = upstream.status
+        if upstream.status >= 400:
+            ex.fail(f"http_{upstream.status // 100}xx", None)
+        return upstream
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, ex: Exchange) -> web.StreamResponse:
+        framing = GENERATION.get(ex.route) if upstream.status == 200 else None
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name in _PASS_RESPONSE:
+            if name in upstream.headers:
+                response.headers[name] = upstream.headers[name]
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        elif framing:
+            response.headers["X-Accel-Buffering"] = "no"  # tell nginx not to hold the stream
+        await response.prepare(request)
+        tail: deque[bytes] = deque()
+        tail_size = 0
+        gap = self.metrics.gap.labels(ex.route)
+        clock = self.clock
+        last = ex.headers_at
+        failure: BackendError | None = None
+        content = upstream.content
+        while True:
+            try:
+                data = await content.readany()
+            except _PAYLOAD_ERRORS as error:
+                failure = self.backend.classify(error, started=True)
+                break
+            if not data:
+                break
+            now = clock()
+            if ex.chunks:
+                gap.observe(now - last)
+            last = ex.last_byte = now
+            ex.chunks += 1
+            ex.bytes += len(data)
+            tail.append(data)
+            tail_size += len(data)
+            while tail_size - len(tail[0]) >= _TAIL_LIMIT:
+                tail_size -= len(tail.popleft())
+            try:
+                await response.write(data)
+            except ConnectionResetError:
+                ex.fail("client_closed", None)
+                return response
+            if not ex.first_write:
+                self._first_write(ex)
+        if ex.stalled:
+            failure = BackendError(
+                f"backend {self.backend.url} sent nothing for {self.idle_timeout:g} s; the "
+                "gateway gave up on this reply",
+                backend=self.backend.url,
+                kind="idle_timeout",
+            )
+        try:
+            if framing:
+                await self._conclude(response, ex, framing, b"".join(tail), failure)
+            elif failure is not None:
+                ex.fail("backend_error", failure.kind)
+            await response.write_eof()
+        except ConnectionResetError:
+            ex.fail("client_closed", None)
+        return response
+
+    def _first_write(self, ex: Exchange) -> None:
+        ex.first_write = self.clock()
+        self.metrics.ttft.labels(ex.route).observe(ex.first_write - ex.received)
+        self.metrics.overhead.observe((ex.forwarded - ex.received) + (ex.first_write - ex.headers_at))
+
+    async def _conclude(
+        self,
+        response: web.StreamResponse,
+        ex: Exchange,
+        framing: str,
+        tail: bytes,
+        failure: BackendError | None,
+    ) -> None:
+        """Read the backend's counts from the stream's end, or tell the client it was cut short."""
+        complete = _read_counts(ex, framing, tail)
+        if failure is None and complete:
+            return
+        if failure is None and framing == "ndjson" and tail.rstrip().rsplit(b"\n", 1)[-1].startswith(b'{"error"'):
+            ex.fail("backend_error", "error_line")  # Ollama reported its own failure; the client has it
+            return
+        if failure is None:
+            failure = BackendError(
+                f"backend {self.backend.url} ended the stream before the reply was complete",
+                backend=self.backend.url,
+                kind="incomplete_stream",
+            )
+        ex.fail("backend_error", failure.kind)
+        if response.content_length is None:
+            await response.write(_error_frame(framing, failure.message))
+
+    def _finish(self, ex: Exchange) -> None:
+        m = self.metrics
+        self.active.discard(ex)
+        m.active_streams -= 1
+        m.requests[(ex.route, ex.outcome)] += 1
+        m.relayed_chunks += ex.chunks
+        m.relayed_bytes += ex.bytes
+        end = self.clock()
+        m.duration.labels(ex.route).observe(end - ex.received)
+        if ex.error_kind:
+            m.upstream_errors[ex.error_kind] += 1
+        if ex.model:
+            m.prompt_tokens[ex.model] += ex.prompt_tokens
+            m.completion_tokens[ex.model] += ex.completion_tokens
+        if self.access_log:
+            ACCESS.info(
+                "request",
+                extra={
+                    "request_id": ex.request_id,
+                    "method": ex.method,
+                    "route": ex.route,
+                    "status": ex.status,
+                    "outcome": ex.outcome,
+                    "error_kind": ex.error_kind,
+                    "model": ex.model,
+                    "ttft_ms": round((ex.first_write - ex.received) * 1000, 2) if ex.first_write else None,
+                    "duration_ms": round((end - ex.received) * 1000, 2),
+                    "prompt_tokens": ex.prompt_tokens,
+                    "completion_tokens": ex.completion_tokens,
+                    "bytes": ex.bytes,
+                },
+            )
+
+    async def watchdog(self) -> None:
+        """Close backend streams that went silent; one sweep a second instead of a timer per chunk."""
+        while True:
+            await asyncio.sleep(1.0)
+            deadline = self.clock() - self.idle_timeout
+            for ex in list(self.active):
+                if ex.upstream is not None and ex.last_byte and ex.last_byte < deadline and not ex.stalled:
+                    ex.stalled = True
+                    ex.upstream.close()
+
+
+def _read_counts(ex: Exchange, framing: str, tail: bytes) -> bool:
+    """Fill the exchange's token counts from the stream's final object; True if the stream ended properly."""
+    if framing == "sse":
+        events = tail.rstrip(b"\n").split(b"\n\n")
+        if not events or events[-1].strip() != b"data: [DONE]":
+            return False
+        for event in reversed(events[:-1]):
+            if b'"usage"' in event:
+                final = _loads(event.removeprefix(b"data: "))
+                usage = final.get("usage") or {}
+                ex.model = str(final.get("model") or "") or None
+                ex.prompt_tokens, ex.completion_tokens = (
+                    usage.get("prompt_tokens", 0),
+                    usage.get("completion_tokens", 0),
+                )
+                break
+        return True
+    last = tail.rstrip().rsplit(b"\n", 1)[-1]
+    if b'"done":true' not in last:
+        return False
+    final = _loads(last)
+    ex.model = str(final.get("model") or "") or None
+    ex.prompt_tokens = int(final.get("prompt_eval_count") or 0)
+    ex.completion_tokens = int(final.get("eval_count") or 0)
+    return True
+
+
+def _loads(data: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _error_frame(framing: str, message: str) -> bytes:
+    if framing == "sse":
+        error = {"message": message, "type": "api_error", "param": None, "code": "backend_error"}
+        return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+    return orjson.dumps({"error": message}) + b"\n"

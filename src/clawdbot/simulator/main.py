@@ -1,0 +1,38 @@
+"""Run the simulator until interrupted, announcing itself in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from ..settings import SimulatorSettings
+from .server import Simulator
+
+
+def describe(sim: Simulator) -> str:
+    s = sim.settings
+    timing = (
+        f"{s.tokens_per_second:g} tok/s per stream, no batching"
+        if s.tokens_per_second
+        else f"profile {sim.profile.name}"
+    )
+    slots = "unlimited" if s.num_parallel == 0 else str(s.num_parallel)
+    speed = f", {s.speed:g}× speed" if s.speed != 1 else ""
+    return (
+        f"clawdbot simulate: Ollama {s.ollama_version} stand-in on {sim.url} — models {', '.join(sim.models)}; "
+        f"{timing}{speed}; {slots} parallel slot(s)"
+    )
+
+
+async def serve_forever(settings: SimulatorSettings) -> None:
+    sim = Simulator(settings)
+    await sim.start()
+    print(describe(sim), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()

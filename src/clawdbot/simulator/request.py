@@ -1,0 +1,271 @@
+"""Parse and validate generation requests the way Ollama does, with its exact error texts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .goerrors import parse_duration, syntax_error
+
+
+class OllamaError(Exception):
+    """An error Ollama answers with a status and {"error": message} (or plain text when `plain`)."""
+
+    def __init__(self, status: int, message: str, *, plain: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.plain = plain
+
+
+@dataclass(slots=True)
+class GenRequest:
+    """What the engine needs from /api/chat, /api/generate or /v1/chat/completions."""
+
+    kind: str  # "chat" | "generate" | "openai"
+    model: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    stream: bool = True
+    think: bool | None = None  # None: the server's default (on for thinking models)
+    options: dict[str, Any] = field(default_factory=dict)
+    keep_alive: float | None = None
+    truncate: bool = True
+    raw: bool = False
+    include_usage: bool = False
+
+    @property
+    def prompt_text(self) -> str:
+        """The text a reply is chosen by: the last user message."""
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return str(message.get("content") or "")
+        return ""
+
+    def option_int(self, name: str, default: int) -> int:
+        value = self.options.get(name)
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+_GO_KIND = {str: "string", bool: "bool", dict: "object", list: "array", int: "number", float: "number"}
+_CHAT_FIELDS = {
+    "model": (str, "string"),
+    "messages": (list, "[]api.Message"),
+    "stream": (bool, "bool"),
+    "options": (dict, "map[string]interface {}"),
+    "tools": (list, "api.Tools"),
+    "truncate": (bool, "bool"),
+    "shift": (bool, "bool"),
+    "logprobs": (bool, "bool"),
+    "top_logprobs": (int, "int"),
+}
+_GENERATE_FIELDS = {
+    "model": (str, "string"),
+    "prompt": (str, "string"),
+    "suffix": (str, "string"),
+    "system": (str, "string"),
+    "template": (str, "string"),
+    "context": (list, "[]int"),
+    "stream": (bool, "bool"),
+    "raw": (bool, "bool"),
+    "images": (list, "[]api.ImageData"),
+    "options": (dict, "map[string]interface {}"),
+    "truncate": (bool, "bool"),
+    "shift": (bool, "bool"),
+    "logprobs": (bool, "bool"),
+    "top_logprobs": (int, "int"),
+}
+_MESSAGE_FIELDS = {
+    "role": (str, "string"),
+    "content": (str, "string"),
+    "thinking": (str, "string"),
+    "images": (list, "[]api.ImageData"),
+    "tool_calls": (list, "[]api.ToolCall"),
+    "tool_name": (str, "string"),
+    "tool_call_id": (str, "string"),
+}
+_OPTION_TYPES = {
+    "num_ctx": int,
+    "num_predict": int,
+    "num_batch": int,
+    "seed": int,
+    "top_k": int,
+    "repeat_last_n": int,
+    "num_keep": int,
+    "num_gpu": int,
+    "num_thread": int,
+    "temperature": float,
+    "top_p": float,
+    "min_p": float,
+    "repeat_penalty": float,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "typical_p": float,
+    "stop": list,
+}
+_OPTION_NAMES = {int: "integer", float: "float32", list: "array"}
+_THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def load_body(body: bytes, struct: str) -> dict[str, Any]:
+    if not body.strip():
+        raise OllamaError(400, "missing request body")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise OllamaError(400, syntax_error(body.decode("utf-8", "replace"))) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OllamaError(400, f"json: cannot unmarshal {_kind(data)} into Go value of type api.{struct}")
+    return data
+
+
+def _kind(value: Any) -> str:
+    return _GO_KIND.get(type(value), "value")
+
+
+def _check_types(data: dict[str, Any], fields: Mapping[str, tuple[type, str]], where: str) -> None:
+    for key, (expected, go_type) in fields.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is int and isinstance(value, float) and value.is_integer():
+            ok = True
+        if not ok:
+            raise OllamaError(
+                400,
+                f"json: cannot unmarshal {_kind(value)} into Go struct field {where}.{key} of type {go_type}",
+            )
+
+
+def _think(value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in _THINK_LEVELS:
+        return True
+    shown = value if isinstance(value, str) else orjson.dumps(value).decode()
+    raise OllamaError(400, f'invalid think value: "{shown}" (must be "high", "medium", "low", "max", true, or false)')
+
+
+def _keep_alive(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return -1.0 if value < 0 else float(value)
+    if isinstance(value, str):
+        try:
+            seconds = parse_duration(value)
+        except ValueError as error:
+            raise OllamaError(400, str(error)) from None
+        return -1.0 if seconds < 0 else seconds
+    raise OllamaError(
+        400, f"json: cannot unmarshal {_kind(value)} into Go struct field .keep_alive of type api.Duration"
+    )
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Ollama's Options.FromMap; a wrong type surfaces from the scheduler as a 500."""
+    for key, value in options.items():
+        expected = _OPTION_TYPES.get(key)
+        if expected is None or value is None:
+            continue
+        if expected is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif expected is int:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+        else:
+            ok = isinstance(value, list)
+        if not ok:
+            raise OllamaError(500, f'option "{key}" must be of type {_OPTION_NAMES[expected]}')
+
+
+def _common(data: dict[str, Any], req: GenRequest) -> GenRequest:
+    top = data.get("top_logprobs") or 0
+    if top < 0 or top > 20:
+        raise OllamaError(400, "top_logprobs must be between 0 and 20")
+    req.think = _think(data.get("think"))
+    req.keep_alive = _keep_alive(data.get("keep_alive"))
+    req.stream = data.get("stream") is not False
+    req.options = dict(data.get("options") or {})
+    req.truncate = data.get("truncate") is not False
+    return req
+
+
+def parse_chat(body: bytes) -> GenRequest:
+    data = load_body(body, "ChatRequest")
+    _check_types(data, _CHAT_FIELDS, "ChatRequest")
+    messages = []
+    for message in data.get("messages") or []:
+        if not isinstance(message, dict):
+            raise OllamaError(
+                400,
+                f"json: cannot unmarshal {_kind(message)} into Go struct field "
+                "ChatRequest.messages of type api.Message",
+            )
+        _check_types(message, _MESSAGE_FIELDS, "ChatRequest.messages")
+        messages.append({**message, "role": str(message.get("role") or "").lower()})
+    req = _common(data, GenRequest("chat", str(data.get("model") or ""), messages))
+    if not req.model:
+        raise OllamaError(400, "model is required")
+    return req
+
+
+def parse_generate(body: bytes) -> GenRequest:
+    data = load_body(body, "GenerateRequest")
+    _check_types(data, _GENERATE_FIELDS, "GenerateRequest")
+    req = _common(data, GenRequest("generate", str(data.get("model") or "")))
+    req.raw = bool(data.get("raw"))
+    if req.raw and (data.get("template") or data.get("system") or data.get("context")):
+        raise OllamaError(400, "raw mode does not support template, system, or context")
+    if not req.model:
+        raise OllamaError(404, "model '' not found")
+    if data.get("system"):
+        req.messages.append({"role": "system", "content": data["system"]})
+    if data.get("prompt"):
+        req.messages.append({"role": "user", "content": data["prompt"]})
+    return req
+
+
+def parse_openai_chat(body: bytes) -> GenRequest:
+    """Ollama's ChatMiddleware: bind, reject empty messages, map the OpenAI fields onto a native request."""
+    try:
+        data = orjson.loads(body) if body.strip() else None
+    except orjson.JSONDecodeError:
+        raise OllamaError(400, syntax_error(body.decode("utf-8", "replace"))) from None
+    if not isinstance(data, dict):
+        raise OllamaError(
+            400,
+            "EOF"
+            if data is None
+            else f"json: cannot unmarshal {_kind(data)} into Go value of type openai.ChatCompletionRequest",
+        )
+    if not data.get("messages"):
+        raise OllamaError(400, "[] is too short - 'messages'")
+    messages = []
+    for message in data["messages"]:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if not isinstance(message, dict) or not isinstance(content, str | None):
+            raise OllamaError(400, "invalid message format")
+        messages.append({"role": str(message.get("role") or "").lower(), "content": content or ""})
+    options: dict[str, Any] = {"temperature": data.get("temperature", 1.0), "top_p": data.get("top_p", 1.0)}
+    for source, target in (("max_tokens", "num_predict"), ("seed", "seed"), ("stop", "stop")):
+        if data.get(source) is not None:
+            options[target] = data[source]
+    effort = data.get("reasoning_effort") or (data.get("reasoning") or {}).get("effort")
+    think = None if effort is None else effort != "none"
+    stream_options = data.get("stream_options") or {}
+    return GenRequest(
+        "openai",
+        str(data.get("model") or ""),
+        messages,
+        stream=bool(data.get("stream")),
+        think=think,
+        options=options,
+        include_usage=bool(stream_options.get("include_usage")),
+    )

@@ -1,0 +1,205 @@
+"""One generation from request to last byte: build the sequence, then write its chunks as the engine makes them.
+
+Nothing is written, not even headers, until the first visible chunk exists (Ollama blocks on its channel
+before the first Write). Mid-stream faults strike after a given number of chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .engine import Sequence, TokenKind
+from .faults import MID_STREAM, Fault, Plan
+from .replies import compose, count_tokens, tokenize
+from .request import GenRequest, OllamaError
+from .wire import ChatEmitter, OpenAIEmitter, Result
+
+_BEFORE_STREAM = ("refuse", "reset", "http_500", "busy", "slow_first")
+
+_TEMPLATE_TOKENS = 4  # <|im_start|>role\n … <|im_end|>\n around every message
+_ASSISTANT_HEADER = 3
+_EMPTY_THINK_BLOCK = 4  # think:false renders "<think>\n\n</think>\n\n" into the prompt
+_IMAGE_TOKENS = 768
+_UNLIMITED = 1 << 30
+
+
+def _message_tokens(message: dict[str, Any]) -> int:
+    return (
+        count_tokens(str(message.get("content") or ""))
+        + _TEMPLATE_TOKENS
+        + _IMAGE_TOKENS * len(message.get("images") or ())
+    )
+
+
+def _fit(messages: list[dict[str, Any]], num_ctx: int, extra: int) -> list[dict[str, Any]]:
+    """Ollama's chatPrompt truncation: drop the oldest messages, never system prompts or the last one."""
+    sizes = [_message_tokens(m) for m in messages]
+    total = sum(sizes) + extra
+    keep = [True] * len(messages)
+    for i, message in enumerate(messages[:-1]):
+        if total <= num_ctx:
+            break
+        if message.get("role") != "system":
+            keep[i] = False
+            total -= sizes[i]
+    return [m for m, k in zip(messages, keep, strict=True) if k]
+
+
+def sequence_for(req: GenRequest, plan: Plan, *, think: bool, num_ctx: int, seed: int) -> Sequence:
+    extra = _ASSISTANT_HEADER + (0 if think else _EMPTY_THINK_BLOCK)
+    messages = _fit(req.messages, num_ctx, extra) if req.truncate else req.messages
+    prefix: list[tuple[int, int]] = []
+    digest, tokens = 0, extra
+    for message in messages:
+        digest = hash((digest, message.get("role"), message.get("content")))
+        tokens += _message_tokens(message)
+        prefix.append((digest, tokens))
+    reply = compose(req.option_int("seed", seed), req.prompt_text, think=think)
+    thinking = plan.thinking if plan.thinking is not None else reply.thinking
+    content = plan.reply if plan.reply is not None else reply.content
+    tokens_plan: list[tuple[TokenKind, str]] = []
+    if think:
+        tokens_plan.append((TokenKind.HIDDEN, "<think>"))
+        tokens_plan += [(TokenKind.THINKING, t) for t in tokenize(thinking.strip()) if thinking.strip()]
+        tokens_plan += [(TokenKind.HIDDEN, "</think>"), (TokenKind.HIDDEN, "\n\n")]
+    tokens_plan += [(TokenKind.CONTENT, t) for t in tokenize(content)]
+    # The slot's cache holds the reply too; qwen3's template drops thinking from history, so only a
+    # reply without thinking can match the next turn's prompt.
+    reply_key = None if think else (hash((digest, "assistant", content)), tokens + len(tokens_plan) + 4)
+    num_predict = req.option_int("num_predict", -1)
+    return Sequence(
+        plan=tokens_plan,
+        prompt_tokens=max(tokens, 1),
+        prefix=prefix,
+        reply_key=reply_key,
+        num_predict=num_predict if num_predict > 0 else _UNLIMITED,
+        num_ctx=num_ctx,
+        keep_alive=req.keep_alive,
+    )
+
+
+class Generation:
+    def __init__(
+        self,
+        request: web.Request,
+        req: GenRequest,
+        seq: Sequence,
+        emitter: ChatEmitter | OpenAIEmitter,
+        fault: Fault | None,
+        started: float,
+        record: bytearray | None = None,
+    ) -> None:
+        self.request = request
+        self.record = record
+        self.seq = seq
+        self.emitter = emitter
+        self.stream = req.stream
+        self.with_context = req.kind == "generate" and not req.raw
+        self.fault = fault if fault is not None and fault.kind not in _BEFORE_STREAM else None
+        self.started = started
+        self.response: web.StreamResponse | None = None
+        self.chunks = 0
+
+    async def run(self) -> web.StreamResponse:
+        seq = self.seq
+        seen = 0
+        stream = self.stream
+        while True:
+            await seq.progress(seen)
+            if not stream:
+                seen = seq.generated
+                if seq.finished:
+                    return await self._whole()
+                continue
+            lines = [
+                self._line(kind, text) for kind, text in seq.plan[seen : seq.generated] if kind is not TokenKind.HIDDEN
+            ]
+            seen = seq.generated
+            if seq.finished:
+                lines.append(self.emitter.done(self.result()))
+            for line in lines:
+                if await self._fault_strikes():
+                    return self._response()
+                await self._write(line)
+            if seq.finished:
+                await self._response().write_eof()
+                return self._response()
+
+    def _line(self, kind: TokenKind, text: str) -> bytes:
+        return self.emitter.thinking(text) if kind is TokenKind.THINKING else self.emitter.content(text)
+
+    def _response(self) -> web.StreamResponse:
+        assert self.response is not None
+        return self.response
+
+    async def _prepare(self) -> web.StreamResponse:
+        if self.response is None:
+            self.response = web.StreamResponse(headers={"Content-Type": self.emitter.content_type})
+            await self.response.prepare(self.request)
+        return self.response
+
+    async def _write(self, data: bytes) -> None:
+        response = await self._prepare()
+        if self.record is not None:
+            self.record += data
+        await response.write(data)
+        self.chunks += 1
+
+    async def _fault_strikes(self) -> bool:
+        """Apply a mid-stream fault when its chunk comes up; True when the stream must end here."""
+        fault = self.fault
+        if fault is None or self.chunks != fault.after:
+            return False
+        self.fault = None
+        if fault.kind == "drop":
+            await self._prepare()
+            assert self.request.transport is not None
+            self.request.transport.abort()
+            await asyncio.Event().wait()  # the handler is cancelled when the connection is gone
+        if fault.kind == "stall":
+            await asyncio.sleep(fault.seconds)
+        elif fault.kind == "malformed":
+            await self._write(b'{"model":"qwen3:32b","created_at":"2025-10-20T10:00:00Z","message":{"role":\n')
+        elif fault.kind == "error_line":
+            await self._write(self.emitter.error(fault.message or MID_STREAM))
+            await self._response().write_eof()
+            return True
+        return False
+
+    async def _whole(self) -> web.StreamResponse:
+        fault = self.fault
+        if fault is not None and fault.kind == "error_line":
+            raise OllamaError(500, fault.message or MID_STREAM)
+        if fault is not None and fault.kind == "stall":
+            await asyncio.sleep(fault.seconds)
+        content_type, body = self.emitter.whole(self.result())
+        if self.record is not None:
+            self.record += body
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def result(self) -> Result:
+        seq = self.seq
+        now = time.monotonic()
+        text: dict[TokenKind, list[str]] = {kind: [] for kind in TokenKind}
+        for kind, piece in seq.plan[: seq.generated]:
+            text[kind].append(piece)
+        prompt_eval = max(seq.first_token_at - seq.admitted_at - seq.first_step, 1e-6)
+        eval_time = (seq.finished_at or now) - seq.first_token_at + seq.first_step
+        result = Result(
+            done_reason=seq.done_reason,
+            thinking="".join(text[TokenKind.THINKING]),
+            content="".join(text[TokenKind.CONTENT]),
+            total_duration=int((now - self.started) * 1e9),
+            load_duration=int((seq.loaded_at - self.started) * 1e9),
+            prompt_eval_count=seq.prompt_tokens,
+            prompt_eval_duration=int(prompt_eval * 1e9),
+            eval_count=seq.generated,
+            eval_duration=int(eval_time * 1e9),
+        )
+        if self.with_context:
+            result.context = [(i * 2654435761 + 151643) % 151936 for i in range(seq.prompt_tokens + seq.generated)]
+        return result

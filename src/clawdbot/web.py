@@ -1,0 +1,251 @@
+"""The platform's HTTP application: `create_app(settings)` and `run(settings)`.
+
+Shared things (the backend session, the demo simulator, health checks, the stall watchdog, logging) are
+opened in a cleanup context at startup and closed at shutdown; nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+
+import orjson
+from aiohttp import web
+
+from . import __version__
+from .backends import Backend, BackendStatus
+from .errors import BackendError, ClawdbotError, NotFound, PayloadTooLarge
+from .logs import LOG
+from .logs import setup as setup_logging
+from .metrics import Metrics
+from .proxy import Relay
+from .settings import Settings, SimulatorSettings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
+RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_ids, json_errors],
+        client_max_size=settings.max_request_bytes,
+        handler_args={"max_field_size": 16384},
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_response_prepare.append(_stamp_headers)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/api/{tail:.*}", proxy)
+    app.router.add_route("*", "/v1/{tail:.*}", proxy)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    settings, metrics = app[SETTINGS], app[METRICS]
+
+    def dropped() -> None:
+        metrics.log_lines_dropped += 1
+
+    listener = setup_logging(settings.log_level, dropped)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    simulator = None
+    url = settings.ollama_url
+    if settings.demo:
+        from .simulator.server import Simulator
+
+        simulator = Simulator(SimulatorSettings(port=0, profile=settings.demo_profile))
+        await simulator.start()
+        url = simulator.url
+    backend = Backend(settings, url, simulated=simulator is not None)
+    app[BACKEND] = backend
+    relay = Relay(
+        backend,
+        metrics,
+        first_byte_timeout=settings.first_byte_timeout,
+        idle_timeout=settings.idle_timeout,
+        access_log=settings.access_log,
+    )
+    app[RELAY] = relay
+    await backend.probe()
+    metrics.backend_up = int(backend.status.reachable)
+    tasks = [
+        asyncio.create_task(backend.watch(lambda status: _backend_changed(app, status))),
+        asyncio.create_task(relay.watchdog()),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        await backend.close()
+        if simulator is not None:
+            await simulator.stop()
+        listener.stop()
+
+
+def _backend_changed(app: web.Application, status: BackendStatus) -> None:
+    app[METRICS].backend_up = int(status.reachable)
+    if status.reachable:
+        LOG.info("backend is reachable", extra={"backend": app[BACKEND].url, "models": status.model_names()})
+    else:
+        LOG.warning("backend is unreachable", extra={"backend": app[BACKEND].url, "reason": status.error})
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    return await request.app[RELAY].handle(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    status = backend.status
+    body = {
+        "status": "ready" if status.reachable else "not ready",
+        "backend": {
+            "url": backend.url,
+            "simulated": backend.simulated,
+            "reachable": status.reachable,
+            "version": status.version,
+            "models": status.model_names(),
+            "error": status.error,
+            "checked_at": status.checked_at,
+        },
+    }
+    if backend.simulated:
+        body["note"] = "demo mode: the model is simulated by clawdbot, not a real Ollama"
+    return _json(body, 200 if status.reachable else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+@web.middleware
+async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Accept the caller's X-Request-ID when it is sane, or make one; it is returned and logged."""
+    given = request.headers.get("X-Request-ID", "")
+    request["request_id"] = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return await handler(request)
+
+
+async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["X-Request-ID"] = request.get("request_id", "")
+    response.headers.pop("Server", None)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every error as JSON: OpenAI's shape under /v1, Ollama's {"error": …} elsewhere. No tracebacks."""
+    try:
+        return await handler(request)
+    except ClawdbotError as error:
+        if isinstance(error, BackendError):
+            LOG.warning(
+                "backend failure",
+                extra={
+                    "request_id": request.get("request_id"),
+                    "kind": error.kind,
+                    "backend": error.backend,
+                    "reason": error.message,
+                },
+            )
+        return _error(request, error)
+    except web.HTTPRequestEntityTooLarge as error:
+        limit = request.app[SETTINGS].max_request_bytes
+        return _error(
+            request,
+            PayloadTooLarge(f"request body is larger than the {limit}-byte limit (max_request_bytes){_got(error)}"),
+        )
+    except web.HTTPNotFound:
+        return _error(request, NotFound(f"no route for {request.method} {request.path}"))
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        generic = ClawdbotError(error.reason)
+        generic.status, generic.code = error.status, error.reason.lower().replace(" ", "_")
+        return _error(request, generic)
+
+
+def _got(error: web.HTTPRequestEntityTooLarge) -> str:
+    match = re.search(r"actual body size (\d+)|(\d+)\s*$", error.text or "")
+    return f"; got {next(g for g in match.groups() if g)} bytes" if match else ""
+
+
+def _error(request: web.Request, error: ClawdbotError) -> web.Response:
+    body: dict[str, object]
+    if request.path.startswith("/v1/"):
+        body = {
+            "error": {
+                "message": error.message,
+                "type": "api_error" if error.status >= 500 else "invalid_request_error",
+                "param": None,
+                "code": error.code,
+            }
+        }
+    else:
+        body = {"error": error.message, "code": error.code}
+        if isinstance(error, BackendError):
+            body["backend"] = error.backend
+    return _json(body, error.status)
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM; print one line saying where, to what, and whether the backend answered."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=4096, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        print(f"clawdbot: cannot listen on {settings.host}:{settings.port}: {error.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
+    port = runner.addresses[0][1]
+    print(startup_line(settings, port, app[BACKEND]), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def startup_line(settings: Settings, port: int, backend: Backend) -> str:
+    status = backend.status
+    kind = "simulated Ollama (--demo; no real model)" if backend.simulated else "Ollama"
+    if status.reachable:
+        models = ", ".join(status.model_names()) or "no models pulled"
+        health = f"answering (version {status.version}; models: {models})"
+    else:
+        health = f"NOT answering — {status.error}; /readyz reports it until it comes back"
+    return (
+        f"clawdbot {__version__} on http://{settings.host}:{port} — backend {backend.url} "
+        f"[{kind}] {health} — {time.strftime('%H:%M:%S')}"
+    )
