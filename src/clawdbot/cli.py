@@ -130,4 +130,4 @@ def _register_bench() -> None:
     main.add_command(bench)
 
 
-# _register_bench()
+_register_bench()

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
+from importlib import resources
 
 import orjson
 from aiohttp import web
@@ -47,7 +48,8 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_stamp_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_get("/openapi.json", openapi, allow_head=False)
     app.router.add_route("*", "/api/{tail:.*}", proxy)
     app.router.add_route("*", "/v1/{tail:.*}", proxy)
     return app
@@ -133,6 +135,11 @@ async def readyz(request: web.Request) -> web.Response:
     if backend.simulated:
         body["note"] = "demo mode: the model is simulated by clawdbot, not a real Ollama"
     return _json(body, 200 if status.reachable else 503)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    body = resources.files("clawdbot").joinpath("openapi.json").read_bytes()
+    return web.Response(body=body, content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -1,0 +1,28 @@
+UV ?= python3 -m uv
+
+.PHONY: install demo test lint typecheck fmt check bench-overhead
+
+install:
+	$(UV) sync --locked
+
+demo:
+	$(UV) run --locked clawdbot --demo
+
+test:
+	$(UV) run --locked pytest
+
+lint:
+	$(UV) run --locked ruff check src tests
+	$(UV) run --locked ruff format --check src tests
+
+typecheck:
+	$(UV) run --locked mypy
+
+fmt:
+	$(UV) run --locked ruff format src tests
+	$(UV) run --locked ruff check --fix src tests
+
+check: lint typecheck test
+
+bench-overhead:
+	$(UV) run --locked python benchmarks/gateway_overhead.py

@@ -1,0 +1,202 @@
+"""What the gateway adds: the same `clawdbot bench` against the same simulator, direct and through the gateway.
+
+The simulator streams 20 tokens/s per stream with unlimited slots (`--tokens-per-second 20 --num-parallel 0`),
+so the backend itself never queues. For each level the script runs the bench twice (direct, then through the
+gateway), reads the gateway's CPU time and RSS from /proc and its relayed-chunk count from /metrics, and prints a
+Markdown table plus every command it ran. With --pin (default on 2+ CPUs) the gateway gets CPU 1 to itself and the
+simulator and the bench client share CPU 0, in both runs, so the difference is the gateway's own latency.
+
+    uv run python benchmarks/gateway_overhead.py --levels 87,500,1000 --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CLAWDBOT = [sys.executable, "-m", "clawdbot"]
+_URL = re.compile(r"http://127\.0\.0\.1:(\d+)")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def start(args: list[str], cpus: str | None) -> tuple[subprocess.Popen[str], str]:
+    prefix = ["taskset", "-c", cpus] if cpus else []
+    proc = subprocess.Popen([*prefix, *CLAWDBOT, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = _URL.search(line)
+    if not match:
+        proc.kill()
+        raise SystemExit(f"could not start {args}: {line!r}")
+    return proc, f"http://127.0.0.1:{match.group(1)}"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def relayed_chunks(gateway: str) -> float:
+    text = httpx.get(f"{gateway}/metrics").text
+    match = re.search(r"^clawdbot_relayed_chunks_total (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+class PeakRss(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.running = pid, 0.0, True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, rss_mib(self.pid))
+            time.sleep(0.2)
+
+
+def bench(url: str, users: int, args: argparse.Namespace, cpus: str | None, out: Path) -> tuple[dict[str, Any], str]:
+    command = [
+        "clawdbot",
+        "bench",
+        url,
+        "--concurrency",
+        str(users),
+        "--duration",
+        str(args.duration),
+        "--ramp-up",
+        str(args.ramp_up),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--no-think",
+        "--workers",
+        str(args.workers),
+        "--warmup",
+        "3",
+        "--no-progress",
+        "--json",
+        str(out),
+    ]
+    prefix = ["taskset", "-c", cpus] if cpus else []
+    subprocess.run([*prefix, sys.executable, "-m", "clawdbot", *command[1:]], check=True, stdout=subprocess.DEVNULL)
+    shown = " ".join(shlex.quote(part) for part in [*prefix, *command])
+    return json.loads(out.read_text())["levels"][0], shown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="87,500,1000")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds each run starts requests in")
+    parser.add_argument("--ramp-up", type=float, default=5.0, help="seconds over which users start (staggered)")
+    parser.add_argument("--max-tokens", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2)
+    parser.add_argument("--json", type=Path, help="write all figures here")
+    args = parser.parse_args()
+    shared, own = ("0", "1") if args.pin else (None, None)
+    sim, sim_url = start(
+        ["simulate", "--port", "0", "--tokens-per-second", "20", "--num-parallel", "0", "--keep-alive", "-1s"], shared
+    )
+    gw, gw_url = start(
+        ["serve", "--port", "0", "--ollama-url", sim_url, "--access-log", "--data-dir", tempfile.mkdtemp()], own
+    )
+    rows, commands = [], []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for users in (int(level) for level in args.levels.split(",")):
+                sim_cpu0 = cpu_seconds(sim.pid)
+                direct, cmd_direct = bench(sim_url, users, args, shared, Path(tmp) / "direct.json")
+                sim_cpu = cpu_seconds(sim.pid) - sim_cpu0
+                chunks0, gw_cpu0 = relayed_chunks(gw_url), cpu_seconds(gw.pid)
+                peak = PeakRss(gw.pid)
+                peak.start()
+                proxied, cmd_proxied = bench(gw_url, users, args, shared, Path(tmp) / "gateway.json")
+                peak.running = False
+                gw_cpu, chunks = cpu_seconds(gw.pid) - gw_cpu0, relayed_chunks(gw_url) - chunks0
+                rows.append(figures(users, direct, proxied, gw_cpu, chunks, peak.peak, sim_cpu))
+                commands += [cmd_direct, cmd_proxied]
+                print(render([rows[-1]]), flush=True)
+    finally:
+        for proc in (gw, sim):
+            proc.terminate()
+            proc.wait()
+    print("\n" + render(rows))
+    print("\nsimulator: " + f"{sim_url}  (clawdbot simulate --port 0 --tokens-per-second 20 --num-parallel 0)")
+    print("gateway:   " + f"{gw_url}  (clawdbot serve --port 0 --ollama-url {sim_url})")
+    print("pinning:   " + ("gateway on CPU 1; simulator and bench on CPU 0" if args.pin else "none"))
+    print("commands:\n  " + "\n  ".join(commands))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "commands": commands}, indent=1))
+
+
+def figures(
+    users: int,
+    direct: dict[str, Any],
+    proxied: dict[str, Any],
+    gw_cpu: float,
+    chunks: float,
+    rss: float,
+    sim_cpu: float,
+) -> dict[str, Any]:
+    def ms(level: dict[str, Any], metric: str, q: str) -> float:
+        return float(level[metric][q] or 0.0) * 1000
+
+    return {
+        "users": users,
+        "requests_direct": direct["requests"],
+        "requests_gateway": proxied["requests"],
+        "ttft_p50_direct_ms": ms(direct, "ttft", "p50"),
+        "ttft_p50_gateway_ms": ms(proxied, "ttft", "p50"),
+        "ttft_p99_direct_ms": ms(direct, "ttft", "p99"),
+        "ttft_p99_gateway_ms": ms(proxied, "ttft", "p99"),
+        "added_ttft_p50_ms": ms(proxied, "ttft", "p50") - ms(direct, "ttft", "p50"),
+        "added_ttft_p99_ms": ms(proxied, "ttft", "p99") - ms(direct, "ttft", "p99"),
+        "gap_p99_direct_ms": ms(direct, "itl", "p99"),
+        "gap_p99_gateway_ms": ms(proxied, "itl", "p99"),
+        "added_gap_p99_ms": ms(proxied, "itl", "p99") - ms(direct, "itl", "p99"),
+        "failures": f"{direct['failures']} / {proxied['failures']}",
+        "gateway_cpu_s_per_1000_chunks": 1000 * gw_cpu / chunks if chunks else None,
+        "gateway_peak_rss_mib": rss,
+        "simulator_cpu_us_per_token": 1e6 * sim_cpu / direct["output_tokens"] if direct["output_tokens"] else None,
+        "client_lag_p99_ms": f"{direct['client']['loop_lag_p99_ms']:.1f} / {proxied['client']['loop_lag_p99_ms']:.1f}",
+    }
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| streams | TTFT p50 direct → gateway | added p50 | TTFT p99 direct → gateway | added p99 | "
+        "added p99 gap | failures (direct / gw) | gw CPU-s per 1k chunks | gw peak RSS | sim CPU per token | "
+        "client lag p99 |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        cpu = r["gateway_cpu_s_per_1000_chunks"]
+        lines.append(
+            f"| {r['users']} | {r['ttft_p50_direct_ms']:.1f} → {r['ttft_p50_gateway_ms']:.1f} ms | "
+            f"{r['added_ttft_p50_ms']:+.1f} ms | {r['ttft_p99_direct_ms']:.1f} → {r['ttft_p99_gateway_ms']:.1f} ms | "
+            f"{r['added_ttft_p99_ms']:+.1f} ms | {r['added_gap_p99_ms']:+.1f} ms | {r['failures']} | "
+            f"{'–' if cpu is None else f'{cpu:.3f}'} | {r['gateway_peak_rss_mib']:.0f} MiB | "
+            f"{r['simulator_cpu_us_per_token'] or 0:.0f} µs | {r['client_lag_p99_ms']} ms |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
