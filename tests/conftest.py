@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import signal
@@ -9,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +43,16 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._close_pipe()
 
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
 
 
 def start_process(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 20.0) -> Server:
@@ -108,3 +116,99 @@ def script(sim: Server, *entries: dict[str, object]) -> None:
 
 def sim_state(sim: Server) -> dict[str, object]:
     return httpx.get(f"{sim.url}/_sim/state").json()  # type: ignore[no-any-return]
+
+
+# ---- helpers for the simulator tests (tests/test_simulator_*.py) ------------------------------------------------
+MODEL = "qwen3:32b"
+
+
+def chat_body(prompt: str = "hi", **extra: object) -> dict[str, object]:
+    """A one-message /api/chat request; `extra` adds top-level fields (options, think, stream…)."""
+    return {"model": MODEL, "messages": [{"role": "user", "content": prompt}], **extra}
+
+
+@dataclass
+class Timed:
+    """A streamed response with arrival times, in seconds since the request was sent."""
+
+    status: int
+    headers: httpx.Headers
+    headers_at: float
+    lines: list[tuple[float, bytes]]
+
+    @property
+    def chunks(self) -> list[dict[str, object]]:
+        return [json.loads(line) for _, line in self.lines]
+
+    def gaps(self) -> list[float]:
+        times = [t for t, _ in self.lines]
+        return [b - a for a, b in itertools.pairwise(times)]
+
+
+def timed_stream(
+    sim: Server, body: object, path: str = "/api/chat", *, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> Timed:
+    """POST `body` and record when the headers and each line (split on b"\\n" only) arrive; a fresh connection."""
+    started = time.monotonic()
+    lines: list[tuple[float, bytes]] = []
+    with (
+        httpx.Client(timeout=timeout) as client,
+        client.stream("POST", sim.url + path, json=body, headers=headers) as response,
+    ):
+        headers_at = time.monotonic() - started
+        pending = b""
+        for data in response.iter_bytes():
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            lines += [(time.monotonic() - started, line) for line in complete if line]
+        if pending:
+            lines.append((time.monotonic() - started, pending))
+    return Timed(response.status_code, response.headers, headers_at, lines)
+
+
+# ---- helpers for the gateway tests (tests/test_proxy_*.py, tests/test_gateway_ops.py) ---------------------------
+def free_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (it was free a moment ago)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def transcript(sim: Server, request_id: str) -> bytes:
+    """The exact bytes the simulator sent for the request with this X-Request-ID."""
+    response = httpx.get(f"{sim.url}/_sim/transcript/{request_id}")
+    response.raise_for_status()
+    return response.content
+
+
+def access_log(server: Server) -> list[dict[str, object]]:
+    """The gateway's access-log entries (JSON lines on stderr from the `clawdbot.access` logger)."""
+    entries = []
+    for line in server.logs().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("logger") == "clawdbot.access":
+            entries.append(entry)
+    return entries
+
+
+def wait_for(check: Callable[[], object], *, timeout: float = 3.0, interval: float = 0.01) -> object:
+    """Poll until `check()` is truthy and return it; the gateway logs and counts just after the last byte."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def down_gateway() -> Iterator[Server]:
+    """A gateway whose backend URL is a port where nothing listens."""
+    server = start_gateway(f"http://127.0.0.1:{free_port()}")
+    yield server
+    server.stop()

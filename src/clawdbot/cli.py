@@ -32,7 +32,7 @@ def settings_options(cls: type[Settings] | type[SimulatorSettings]) -> Callable[
             elif getattr(annotation, "__origin__", None) is list:
                 option = click.option(flag, name, multiple=True, help=help_text + " Repeat for several.")
             else:
-                option = click.option(flag, name, default=None, help=help_text, metavar=_metavar(annotation))
+                option = click.option(flag, name, default=None, help=help_text, metavar=_metavar(name, annotation))
             func = option(func)
         return func
 
@@ -45,8 +45,10 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _metavar(annotation: Any) -> str:
-    names = {int: "INTEGER", float: "SECONDS", str: "TEXT", Path: "DIR"}
+def _metavar(name: str, annotation: Any) -> str:
+    if annotation is float and name.endswith(("timeout", "interval")):
+        return "SECONDS"
+    names = {int: "INTEGER", float: "NUMBER", str: "TEXT", Path: "DIR"}
     return names.get(annotation, "VALUE")
 
 

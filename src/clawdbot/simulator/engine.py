@@ -239,10 +239,11 @@ class Runner:
 
     def expire_now(self) -> None:
         """keep_alive 0 with no messages: unload now, or as soon as the running requests finish."""
-        self.default_keep_alive_once = 0.0
-        if not self.running and not self.waiting:
-            self._cancel_unload()
-            self._unload()
+        if self.running or self.waiting or self._loading is not None:
+            self.default_keep_alive_once = 0.0  # taken by the release of the last request
+            return
+        self._cancel_unload()
+        self._unload()
 
     def _cancel_unload(self) -> None:
         if self._unload_timer is not None:

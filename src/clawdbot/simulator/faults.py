@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FaultKind = Literal["refuse", "reset", "http_500", "busy", "drop", "stall", "error_line", "malformed", "slow_first"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
@@ -41,7 +41,14 @@ class ScriptEntry(BaseModel):
     reply: str | None = Field(None, description="answer text to stream instead of a composed reply")
     thinking: str | None = Field(None, description="thinking text; empty string for none")
     fault: Fault | None = None
-    times: int = Field(1, description="how many requests it serves; -1 for all")
+    times: int = Field(1, ge=-1, description="how many requests it serves; -1 for all")
+
+    @field_validator("times")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("an entry that serves no request is a mistake; use 1 or more, or -1 for all")
+        return value
 
 
 @dataclass(slots=True)

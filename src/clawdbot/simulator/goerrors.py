@@ -15,7 +15,8 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_NUMBER = re.compile(r"[0-9]*(?:\.[0-9]*)?")
+_DURATION_UNIT = re.compile(r"[^0-9.]*")  # Go takes every character up to the next digit or dot
 
 
 def quote_char(c: str) -> str:
@@ -30,12 +31,26 @@ def quote_char(c: str) -> str:
     return "'" + escapes.get(c, f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}") + "'"
 
 
+class GoSyntaxError(ValueError):
+    """A body json.Decoder.Decode rejects; the message is Go's."""
+
+
+def first_value_end(text: str) -> int:
+    """Where the first JSON value in `text` ends: json.Decoder reads one value and never looks past it."""
+    scanner = _Scanner(text)
+    try:
+        scanner.value()
+    except _Found as found:
+        raise GoSyntaxError(str(found)) from None
+    return scanner.i
+
+
 def syntax_error(text: str) -> str:
     """The message json.Decoder.Decode gives for the first syntax error in `text` (one value is read)."""
     try:
-        _Scanner(text).value()
-    except _Found as found:
-        return str(found)
+        first_value_end(text)
+    except GoSyntaxError as error:
+        return str(error)
     return "unexpected EOF"
 
 
@@ -177,23 +192,41 @@ class _Scanner:
 
 
 def parse_duration(text: str) -> float:
-    """time.ParseDuration, in seconds. Raises ValueError with Go's message."""
-    error = ValueError(f'time: invalid duration "{text}"')
-    body = text
-    sign = 1.0
-    if body[:1] in "+-" and body:
-        sign = -1.0 if body[0] == "-" else 1.0
-        body = body[1:]
+    """time.ParseDuration, in seconds. Raises ValueError with Go's message, which Ollama returns in a 400."""
+    quoted = _go_quote(text)
+    invalid = ValueError(f"time: invalid duration {quoted}")
+    body, sign = text, 1.0
+    if body[:1] in ("+", "-"):
+        sign, body = (-1.0 if body[0] == "-" else 1.0), body[1:]
     if body == "0":
         return 0.0
     if not body:
-        raise error
-    total = 0.0
-    pos = 0
+        raise invalid
+    total, pos = 0.0, 0
     while pos < len(body):
-        match = _DURATION.match(body, pos)
-        if not match or match.group(1) in ("", "."):
-            raise error
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
+        number = _DURATION_NUMBER.match(body, pos)
+        assert number is not None  # the pattern matches the empty string
+        if number.group() in ("", "."):
+            raise invalid
+        unit = _DURATION_UNIT.match(body, number.end())
+        assert unit is not None
+        if not unit.group():  # "-1", "300": the common mistake of a bare number in a string
+            raise ValueError(f"time: missing unit in duration {quoted}")
+        if unit.group() not in _DURATION_UNITS:
+            raise ValueError(f"time: unknown unit {_go_quote(unit.group())} in duration {quoted}")
+        total += float(number.group()) * _DURATION_UNITS[unit.group()]
+        pos = unit.end()
+    if total >= 2**63 / 1e9:
+        raise invalid
     return sign * total
+
+
+def _go_quote(text: str) -> str:
+    """The time package's own quote(): non-ASCII and control bytes as \\xNN, `"` and `\\` escaped."""
+    out = []
+    for char in text:
+        if " " <= char < "\x80":
+            out.append("\\" + char if char in '"\\' else char)
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogateescape"))
+    return '"' + "".join(out) + '"'

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_ALLOWED_ORIGIN: web.RequestKey[str] = web.RequestKey("allowed_origin", str)
 _ORIGIN = re.compile(
     r"(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0)(:\d+)?|(app|file|tauri|vscode-webview|vscode-file)://.*)"
 )
@@ -69,10 +70,15 @@ def make_guard(loopback: bool) -> Middleware:
                     "Access-Control-Max-Age": "43200",
                 },
             )
-        response = await handler(request)
-        if not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-        return response
+        request[_ALLOWED_ORIGIN] = origin
+        return await handler(request)
 
     return guard
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: gin-contrib/cors sets these before the handler runs, so streams carry them too."""
+    origin = request.get(_ALLOWED_ORIGIN)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"

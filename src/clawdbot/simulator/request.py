@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from .goerrors import parse_duration, syntax_error
+from .goerrors import GoSyntaxError, first_value_end, parse_duration
 
 
 class OllamaError(Exception):
-    """An error Ollama answers with a status and {"error": message} (or plain text when `plain`)."""
+    """An error Ollama answers with a status and {"error": message}."""
 
-    def __init__(self, status: int, message: str, *, plain: bool = False) -> None:
+    def __init__(self, status: int, message: str, *, streaming: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.plain = plain
+        # Raised by the runner after the handler chose to stream: streamResponse has already set
+        # Content-Type application/json (no charset) when it writes the error before the first chunk.
+        self.streaming = streaming
 
 
 @dataclass(slots=True)
@@ -109,13 +113,38 @@ _OPTION_NAMES = {int: "integer", float: "float32", list: "array"}
 _THINK_LEVELS = ("high", "medium", "low", "max")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def decode(body: bytes) -> Any:
+    """gin's ShouldBindJSON: json.Decoder reads the first value only, and a bad UTF-8 byte or a lone
+    surrogate escape (a browser cutting an emoji in half) becomes U+FFFD instead of failing the request."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    text = body.decode("utf-8", "replace")
+    try:
+        end = first_value_end(text)
+    except GoSyntaxError as error:
+        raise OllamaError(400, str(error)) from None
+    return _scrub(json.loads(text[:end]))
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_scrub(item) for item in value]
+    if isinstance(value, dict):
+        return {_scrub(key): _scrub(item) for key, item in value.items()}
+    return value
+
+
 def load_body(body: bytes, struct: str) -> dict[str, Any]:
     if not body.strip():
         raise OllamaError(400, "missing request body")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise OllamaError(400, syntax_error(body.decode("utf-8", "replace"))) from None
+    data = decode(body)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -173,14 +202,14 @@ def check_options(options: dict[str, Any]) -> None:
         expected = _OPTION_TYPES.get(key)
         if expected is None or value is None:
             continue
-        if expected is float:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-        elif expected is int:
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
-        else:
+        if expected is list:
             ok = isinstance(value, list)
+        else:  # JSON numbers are float64 in Go; an integer option takes 4096.7 as 4096
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not ok:
             raise OllamaError(500, f'option "{key}" must be of type {_OPTION_NAMES[expected]}')
+        if expected is list and not all(isinstance(item, str) for item in value):
+            raise OllamaError(500, f'option "{key}" must be of an array of strings')
 
 
 def _common(data: dict[str, Any], req: GenRequest) -> GenRequest:
@@ -232,10 +261,7 @@ def parse_generate(body: bytes) -> GenRequest:
 
 def parse_openai_chat(body: bytes) -> GenRequest:
     """Ollama's ChatMiddleware: bind, reject empty messages, map the OpenAI fields onto a native request."""
-    try:
-        data = orjson.loads(body) if body.strip() else None
-    except orjson.JSONDecodeError:
-        raise OllamaError(400, syntax_error(body.decode("utf-8", "replace"))) from None
+    data = decode(body) if body.strip() else None
     if not isinstance(data, dict):
         raise OllamaError(
             400,

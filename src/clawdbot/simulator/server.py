@@ -21,7 +21,7 @@ from . import gojson
 from .catalog import CATALOG, ModelInfo, normalize_name
 from .engine import BatchedRunner, FlatRunner, QueueFull, Runner
 from .faults import QUEUE_FULL, RUNNER_STOPPED, Fault, ScriptBook, ScriptEntry
-from .guard import make_guard
+from .guard import add_cors_headers, make_guard
 from .profiles import PROFILES
 from .request import (
     GenRequest,
@@ -92,6 +92,7 @@ class Simulator:
         app = web.Application(middlewares=[make_guard(loopback), _go_errors], client_max_size=256 * 1024 * 1024)
         app[_STATE] = self
         app.on_response_prepare.append(_strip_server_header)
+        app.on_response_prepare.append(add_cors_headers)
         r = app.router
         r.add_get("/", self.root)
         r.add_get("/api/version", self.version)
@@ -155,22 +156,24 @@ class Simulator:
         for name, runner in self.runners.items():
             if runner.loaded_ctx is not None:
                 expires = runner.expires_at_wall
-                expiry = datetime.fromtimestamp(expires) if expires else None
-                if runner.active or runner.waiting:
-                    expiry = datetime.fromtimestamp(time.time() + self.settings.keep_alive_seconds)
+                if runner.active or runner.waiting:  # busy: the clock starts when the last request ends
+                    keep = self.settings.keep_alive_seconds
+                    expires = None if keep < 0 else time.time() + keep
+                expiry = datetime.fromtimestamp(expires) if expires else None  # None: loaded forever
                 loaded.append((expires or float("inf"), self.models[name].ps_entry(expiry, runner.loaded_ctx)))
         loaded.sort(key=lambda pair: pair[0], reverse=True)
         return _json({"models": [entry for _, entry in loaded]})
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         data = load_body(await request.read(), "PullRequest")
-        name = normalize_name(str(data.get("model") or data.get("name") or ""))
+        requested = str(data.get("model") or data.get("name") or "")
+        if not requested.strip():
+            raise OllamaError(400, "invalid model name")
+        name = normalize_name(requested)
         info = CATALOG.get(name)
         stream = data.get("stream") is not False
         lines: list[dict[str, object]] = [{"status": "pulling manifest"}]
         if info is None:
-            if not stream:
-                raise OllamaError(500, "pull model manifest: file does not exist")
             lines.append({"error": "pull model manifest: file does not exist"})
         else:
             have = name in self.models
@@ -199,8 +202,9 @@ class Simulator:
             ]
             self.models[name] = info
         clean = [{k: v for k, v in line.items() if v != 0} for line in lines]  # omitempty
-        if not stream:
-            return web.Response(body=gojson.encode_line(clean[-1]), content_type=JSON)
+        if not stream:  # waitForStream: Content-Type preset to application/json, then gin's c.JSON (no newline)
+            status = 500 if "error" in clean[-1] else 200
+            return web.Response(status=status, body=gojson.dumps(clean[-1]), content_type=JSON)
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
         await response.prepare(request)
         for line in clean:
@@ -253,7 +257,7 @@ class Simulator:
         check_options(req.options)
         plan = self.script.take(req.prompt_text)
         if plan.fault is not None:
-            await self._fault_before_stream(request, plan.fault)
+            await self._fault_before_stream(request, req, plan.fault)
         runner = self.runner(info)
         num_ctx = req.option_int("num_ctx", self.settings.context_length or self.profile.context_length)
         if not req.messages and req.keep_alive == 0.0:
@@ -275,14 +279,16 @@ class Simulator:
         finally:
             runner.release(seq)
 
-    async def _fault_before_stream(self, request: web.Request, fault: Fault) -> None:
+    async def _fault_before_stream(self, request: web.Request, req: GenRequest, fault: Fault) -> None:
         if fault.kind == "refuse":
-            self._background.add(asyncio.get_running_loop().create_task(self.refuse_for(fault.seconds)))
+            task = asyncio.get_running_loop().create_task(self.refuse_for(fault.seconds))
+            self._background.add(task)  # held so it is not collected mid-flight
+            task.add_done_callback(self._background.discard)
             await _abort(request)
         elif fault.kind == "reset":
             await _abort(request)
         elif fault.kind == "http_500":
-            raise OllamaError(500, fault.message or RUNNER_STOPPED)
+            raise OllamaError(500, fault.message or RUNNER_STOPPED, streaming=req.stream)
         elif fault.kind == "busy":
             raise OllamaError(503, QUEUE_FULL)
         elif fault.kind == "slow_first":
@@ -384,6 +390,8 @@ async def _go_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     except OllamaError as error:
         if request.path.startswith("/v1/"):
             return web.Response(status=error.status, body=openai_error(error.status, error.message), content_type=JSON)
+        if error.streaming:
+            return web.Response(status=error.status, body=gojson.dumps({"error": error.message}), content_type=JSON)
         return _json({"error": error.message}, error.status)
     except web.HTTPMethodNotAllowed:
         return web.Response(status=405, text="405 method not allowed", content_type="text/plain")

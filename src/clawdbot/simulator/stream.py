@@ -110,22 +110,23 @@ class Generation:
         stream = self.stream
         while True:
             await seq.progress(seen)
+            # One snapshot per batch: the engine may finish the sequence while a write below waits on a slow
+            # client, and the tokens made meanwhile must still be sent before the final chunk.
+            generated, finished = seq.generated, seq.finished
             if not stream:
-                seen = seq.generated
-                if seq.finished:
+                if finished:
                     return await self._whole()
+                seen = generated
                 continue
-            lines = [
-                self._line(kind, text) for kind, text in seq.plan[seen : seq.generated] if kind is not TokenKind.HIDDEN
-            ]
-            seen = seq.generated
-            if seq.finished:
+            lines = [self._line(kind, text) for kind, text in seq.plan[seen:generated] if kind is not TokenKind.HIDDEN]
+            seen = generated
+            if finished:
                 lines.append(self.emitter.done(self.result()))
             for line in lines:
                 if await self._fault_strikes():
                     return self._response()
                 await self._write(line)
-            if seq.finished:
+            if finished:
                 await self._response().write_eof()
                 return self._response()
 
