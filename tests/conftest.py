@@ -60,8 +60,9 @@ def start_process(args: list[str], *, env: dict[str, str] | None = None, timeout
     stderr = Path(tempfile.mkstemp(prefix="clawdbot-", suffix=".log")[1])
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with stderr.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "clawdbot", *args], stdout=subprocess.PIPE, stderr=err,
-                                text=True, env=full_env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clawdbot", *args], stdout=subprocess.PIPE, stderr=err, text=True, env=full_env
+        )
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
     line = ""
@@ -82,8 +83,19 @@ def start_simulator(*args: str) -> Server:
 
 
 def start_gateway(ollama_url: str, *args: str, env: dict[str, str] | None = None) -> Server:
-    return start_process(["serve", "--port", "0", "--ollama-url", ollama_url, "--data-dir",
-                          tempfile.mkdtemp(prefix="clawdbot-data-"), *args], env=env)
+    return start_process(
+        [
+            "serve",
+            "--port",
+            "0",
+            "--ollama-url",
+            ollama_url,
+            "--data-dir",
+            tempfile.mkdtemp(prefix="clawdbot-data-"),
+            *args,
+        ],
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")

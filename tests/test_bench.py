@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import Server, start_simulator
 
 
@@ -22,8 +23,12 @@ def sim() -> Iterator[Server]:
 
 def bench(url: str, tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "clawdbot", "bench", url, "--json", str(out), "--no-progress",
-                             *args], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "clawdbot", "bench", url, "--json", str(out), "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(out.read_text()), result.stdout
 
@@ -32,33 +37,40 @@ def test_levels_requests_and_server_token_counts(sim: Server, tmp_path: Path) ->
     data, stdout = bench(sim.url, tmp_path, "--concurrency", "2,4", "--requests", "8", "--max-tokens", "20")
     assert [level["level"] for level in data["levels"]] == ["2 users", "4 users"]
     for level in data["levels"]:
-        assert level["requests"] == 8 and level["failures"] == 0
+        assert level["requests"] == 8
+        assert level["failures"] == 0
         assert level["output_tokens"] == 8 * 20  # num_predict 20 → the server's eval_count
         assert all(r["ttft"] is not None and r["ttft"] <= r["end"] for r in level["records"])
         assert level["peak_in_flight"] <= int(level["level"].split()[0])
-    assert "| avg time to first token |" in stdout and "TTFT" in stdout
+    assert "| avg time to first token |" in stdout
+    assert "TTFT" in stdout
 
 
 def test_conversations_send_their_growing_history(sim: Server, tmp_path: Path) -> None:
-    data, _ = bench(sim.url, tmp_path, "--concurrency", "1", "--requests", "4", "--turns", "4", "--no-think",
-                    "--max-tokens", "15")
+    data, _ = bench(
+        sim.url, tmp_path, "--concurrency", "1", "--requests", "4", "--turns", "4", "--no-think", "--max-tokens", "15"
+    )
     records = sorted(data["levels"][0]["records"], key=lambda r: r["turn"])
     prompts = [r["prompt_tokens"] for r in records]
     assert [r["turn"] for r in records] == [0, 1, 2, 3]
-    assert prompts == sorted(prompts) and prompts[3] > prompts[0] + 3 * 15  # earlier replies ride along
+    assert prompts == sorted(prompts)
+    assert prompts[3] > prompts[0] + 3 * 15
 
 
 def test_thinking_gives_a_later_first_answer_token(sim: Server, tmp_path: Path) -> None:
     data, _ = bench(sim.url, tmp_path, "--concurrency", "1", "--requests", "3", "--think")
     for record in data["levels"][0]["records"]:
-        assert record["ttfo"] is not None and record["ttfo"] > record["ttft"]
+        assert record["ttfo"] is not None
+        assert record["ttfo"] > record["ttft"]
 
 
 def test_openai_protocol_with_usage_counts(sim: Server, tmp_path: Path) -> None:
-    data, stdout = bench(sim.url, tmp_path, "--target", "openai", "--concurrency", "3", "--requests", "6",
-                         "--max-tokens", "12")
+    data, stdout = bench(
+        sim.url, tmp_path, "--target", "openai", "--concurrency", "3", "--requests", "6", "--max-tokens", "12"
+    )
     level = data["levels"][0]
-    assert level["failures"] == 0 and level["output_tokens"] == 6 * 12
+    assert level["failures"] == 0
+    assert level["output_tokens"] == 6 * 12
     assert "/v1/chat/completions" in stdout
 
 
@@ -71,10 +83,10 @@ def test_open_loop_rate_records_scheduled_times(sim: Server, tmp_path: Path) -> 
 
 
 def test_workers_share_the_load_and_merge(sim: Server, tmp_path: Path) -> None:
-    data, _ = bench(sim.url, tmp_path, "--concurrency", "4", "--requests", "10", "--workers", "2",
-                    "--max-tokens", "5")
+    data, _ = bench(sim.url, tmp_path, "--concurrency", "4", "--requests", "10", "--workers", "2", "--max-tokens", "5")
     level = data["levels"][0]
-    assert level["requests"] == 10 and level["client"]["workers"] == 2
+    assert level["requests"] == 10
+    assert level["client"]["workers"] == 2
     assert {r["worker"] for r in level["records"]} == {0, 1}
 
 
@@ -88,7 +100,8 @@ def test_failures_are_counted_by_kind(tmp_path: Path, faults: str, kind: str) ->
     finally:
         server.stop()
     level = data["levels"][0]
-    assert level["failures"] == 4 and level["failure_kinds"] == {kind: 4}
+    assert level["failures"] == 4
+    assert level["failure_kinds"] == {kind: 4}
     assert f"failures 4/4 (100.00%): {kind} 4" in stdout
 
 
@@ -98,8 +111,13 @@ def test_unreachable_server_is_a_connect_failure(tmp_path: Path) -> None:
 
 
 def test_usage_errors() -> None:
-    for args in (["--requests", "3"], ["--concurrency", "2"], ["--concurrency", "2", "--rate", "1", "--requests", "1"],
-                 ["--concurrency", "0", "--requests", "1"]):
-        result = subprocess.run([sys.executable, "-m", "clawdbot", "bench", *args], capture_output=True, text=True,
-                                timeout=60)
+    for args in (
+        ["--requests", "3"],
+        ["--concurrency", "2"],
+        ["--concurrency", "2", "--rate", "1", "--requests", "1"],
+        ["--concurrency", "0", "--requests", "1"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "clawdbot", "bench", *args], capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 2, args

@@ -10,10 +10,10 @@ from importlib import resources
 import httpx
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from conftest import start_gateway
 
 from clawdbot.settings import Settings
 from clawdbot.web import create_app
+from conftest import start_gateway
 
 SPEC = json.loads(resources.files("clawdbot").joinpath("openapi.json").read_text(encoding="utf-8"))
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
@@ -59,4 +59,5 @@ def test_the_document_is_served() -> None:
         served = httpx.get(f"{gateway.url}/openapi.json")
     finally:
         gateway.stop()
-    assert served.status_code == 200 and served.json() == SPEC
+    assert served.status_code == 200
+    assert served.json() == SPEC

@@ -24,7 +24,8 @@ def test_every_setting_is_documented_with_its_flag_env_and_default(cls: type[Set
         if name != "data_dir":
             shown = ",".join(default) if isinstance(default, list) else str(default)
             assert f"`{shown}`" in row, f"{flag}: default {shown!r} not in {row!r}"
-        assert field.description and field.description in row
+        assert field.description
+        assert field.description in row
 
 
 def test_layers_cli_over_env_over_toml_over_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,8 +75,13 @@ def test_unknown_toml_key_and_bad_toml_are_errors(tmp_path: Path) -> None:
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "clawdbot", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "clawdbot", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_help_lists_every_setting_and_version() -> None:

@@ -76,10 +76,8 @@ class Backend:
                 backend=self.url,
                 kind="first_byte_timeout",
             )
-        if isinstance(
-            error,
-            aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionResetError,
-        ):
+        # ClientConnectionError also covers a plain "Connection closed" from aiohttp's reader.
+        if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError | ConnectionResetError):
             kind = "reset_mid_stream" if started else "reset"
             phase = "in the middle of the reply" if started else "before answering"
             return BackendError(f"{where} closed the connection {phase}", backend=self.url, kind=kind)

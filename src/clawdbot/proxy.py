@@ -54,12 +54,10 @@ _PASS_RESPONSE = (
     "Content-Disposition",
     "Location",
 )
-GENERATION = {
-    "/api/chat": "ndjson",
-    "/api/generate": "ndjson",
-    "/v1/chat/completions": "sse",
-    "/v1/completions": "sse",
-}
+GENERATION = frozenset({"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"})
+# A generation route streams or not as the request's "stream" field says; the reply's type tells which.
+_FRAMING = {"application/x-ndjson": "ndjson", "text/event-stream": "sse"}
+STREAMS = frozenset(_FRAMING.values())
 ROUTES = frozenset(
     {
         *GENERATION,
@@ -75,7 +73,8 @@ ROUTES = frozenset(
     }
 )
 _TAIL_LIMIT = 1 << 20  # /api/generate's final line carries every token id; keep enough to read it
-_PAYLOAD_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+# ClientConnectionError covers "Connection closed", raised when the watchdog closes a silent stream.
+_PAYLOAD_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)
 
 
 def route_label(path: str) -> str:
@@ -107,6 +106,7 @@ class Exchange:
     chunks: int = 0
     bytes: int = 0
     stalled: bool = False
+    writing: bool = False
     upstream: aiohttp.ClientResponse | None = None
 
     def fail(self, outcome: str, kind: str | None) -> None:
@@ -144,7 +144,12 @@ class Relay:
             finally:
                 upstream.close()  # a no-op once fully read; otherwise the backend sees the disconnect
         except BackendError as error:
+            ex.status = error.status
             ex.fail("backend_error", error.kind)
+            raise
+        except web.HTTPException as error:  # refused before forwarding, e.g. a body over max_request_bytes
+            ex.status = error.status
+            ex.fail("rejected", None)
             raise
         except asyncio.CancelledError:
             ex.fail("client_closed", None)
@@ -172,14 +177,14 @@ class Relay:
         return upstream
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, ex: Exchange) -> web.StreamResponse:
-        framing = GENERATION.get(ex.route) if upstream.status == 200 else None
+        framing = _framing(ex.route, upstream)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name in _PASS_RESPONSE:
             if name in upstream.headers:
                 response.headers[name] = upstream.headers[name]
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
-        elif framing:
+        elif framing in STREAMS:
             response.headers["X-Accel-Buffering"] = "no"  # tell nginx not to hold the stream
         await response.prepare(request)
         tail: deque[bytes] = deque()
@@ -207,11 +212,13 @@ class Relay:
             tail_size += len(data)
             while tail_size - len(tail[0]) >= _TAIL_LIMIT:
                 tail_size -= len(tail.popleft())
+            ex.writing = True  # time spent on a slow client is not backend silence
             try:
                 await response.write(data)
             except ConnectionResetError:
                 ex.fail("client_closed", None)
                 return response
+            ex.writing = False
             if not ex.first_write:
                 self._first_write(ex)
         if ex.stalled:
@@ -223,9 +230,11 @@ class Relay:
             )
         try:
             if framing:
-                await self._conclude(response, ex, framing, b"".join(tail), failure)
-            elif failure is not None:
+                failure = await self._conclude(response, ex, framing, b"".join(tail), failure)
+            if failure is not None:
                 ex.fail("backend_error", failure.kind)
+                _cut(request)
+                return response
             await response.write_eof()
         except ConnectionResetError:
             ex.fail("client_closed", None)
@@ -243,14 +252,18 @@ class Relay:
         framing: str,
         tail: bytes,
         failure: BackendError | None,
-    ) -> None:
-        """Read the backend's counts from the stream's end, or tell the client it was cut short."""
+    ) -> BackendError | None:
+        """Read the backend's counts from the reply's end, or tell a stream's client it was cut short.
+
+        Returns the failure when it could not be told inside the body (a whole JSON reply)."""
         complete = _read_counts(ex, framing, tail)
         if failure is None and complete:
-            return
+            return None
+        if framing not in STREAMS or response.content_length is not None:
+            return failure  # no frame to append an error to
         if failure is None and framing == "ndjson" and tail.rstrip().rsplit(b"\n", 1)[-1].startswith(b'{"error"'):
             ex.fail("backend_error", "error_line")  # Ollama reported its own failure; the client has it
-            return
+            return None
         if failure is None:
             failure = BackendError(
                 f"backend {self.backend.url} ended the stream before the reply was complete",
@@ -258,10 +271,12 @@ class Relay:
                 kind="incomplete_stream",
             )
         ex.fail("backend_error", failure.kind)
-        if response.content_length is None:
-            await response.write(_error_frame(framing, failure.message))
+        await response.write(_error_frame(framing, failure.message))
+        return None
 
     def _finish(self, ex: Exchange) -> None:
+        if ex.outcome == "client_closed" and not ex.status:
+            ex.status = 499  # nginx's code for a client that left before the response began
         m = self.metrics
         self.active.discard(ex)
         m.active_streams -= 1
@@ -300,13 +315,31 @@ class Relay:
             await asyncio.sleep(1.0)
             deadline = self.clock() - self.idle_timeout
             for ex in list(self.active):
-                if ex.upstream is not None and ex.last_byte and ex.last_byte < deadline and not ex.stalled:
+                if ex.writing:
+                    ex.last_byte = self.clock()  # the silence clock restarts once the client has taken the chunk
+                elif ex.upstream is not None and ex.last_byte and ex.last_byte < deadline and not ex.stalled:
                     ex.stalled = True
                     ex.upstream.close()
 
 
+def _cut(request: web.Request) -> None:
+    """Close the client's connection mid-body, as the backend closed ours. Finishing the response instead would
+    leave a client waiting for a Content-Length never reached, or hand it a short chunked body that looks whole."""
+    if request.transport is not None:
+        request.transport.close()  # flushes what was relayed; aiohttp then cannot write the end of the body
+
+
+def _framing(route: str, upstream: aiohttp.ClientResponse) -> str | None:
+    """How a generation reply is framed: a stream ("ndjson", "sse") or one "json" body; None for other replies."""
+    if upstream.status != 200 or route not in GENERATION:
+        return None
+    return _FRAMING.get(upstream.content_type, "json")
+
+
 def _read_counts(ex: Exchange, framing: str, tail: bytes) -> bool:
-    """Fill the exchange's token counts from the stream's final object; True if the stream ended properly."""
+    """Fill the exchange's token counts from the reply's final object; True if the reply ended properly."""
+    if framing == "json":
+        return _read_whole(ex, tail)
     if framing == "sse":
         events = tail.rstrip(b"\n").split(b"\n\n")
         if not events or events[-1].strip() != b"data: [DONE]":
@@ -330,6 +363,16 @@ def _read_counts(ex: Exchange, framing: str, tail: bytes) -> bool:
     ex.prompt_tokens = int(final.get("prompt_eval_count") or 0)
     ex.completion_tokens = int(final.get("eval_count") or 0)
     return True
+
+
+def _read_whole(ex: Exchange, body: bytes) -> bool:
+    """A non-streamed reply: Ollama's counts, or OpenAI's usage object."""
+    reply = _loads(body)
+    usage = reply.get("usage") or {}
+    ex.model = str(reply.get("model") or "") or None
+    ex.prompt_tokens = int(reply.get("prompt_eval_count") or usage.get("prompt_tokens") or 0)
+    ex.completion_tokens = int(reply.get("eval_count") or usage.get("completion_tokens") or 0)
+    return bool(reply)
 
 
 def _loads(data: bytes) -> dict[str, Any]:

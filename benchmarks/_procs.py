@@ -1,0 +1,50 @@
+"""Starting clawdbot processes and reading their CPU time and memory from /proc, for the benchmark scripts."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+CLAWDBOT = [sys.executable, "-m", "clawdbot"]
+_URL = re.compile(r"http://127\.0\.0\.1:(\d+)")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def start(args: list[str], cpus: str | None) -> tuple[subprocess.Popen[str], str]:
+    prefix = ["taskset", "-c", cpus] if cpus else []
+    proc = subprocess.Popen([*prefix, *CLAWDBOT, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = _URL.search(line)
+    if not match:
+        proc.kill()
+        raise SystemExit(f"could not start {args}: {line!r}")
+    return proc, f"http://127.0.0.1:{match.group(1)}"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakRss(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.running = pid, 0.0, True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, rss_mib(self.pid))
+            time.sleep(0.2)
