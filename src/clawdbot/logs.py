@@ -1,30 +1,35 @@
 """Structured logs: one JSON object per line on stderr, written by a background thread.
 
-The event loop only puts records on a bounded queue; when stderr cannot keep up, lines are dropped and
-counted rather than blocking every stream. Message text and secrets are never passed to a logger.
+The event loop only appends to a bounded deque (atomic under the GIL: no lock, no thread wake-up per line);
+the writer thread drains it twenty times a second, formats and writes in batches. When stderr cannot keep up,
+lines are dropped and counted rather than blocking every stream. Message text and secrets are never logged.
 """
 
 from __future__ import annotations
 
 import logging
-import logging.handlers
-import queue
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
-ACCESS = logging.getLogger("clawdbot.access")
 LOG = logging.getLogger("clawdbot")
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_LIMIT = 10_000
+
+
+def _stamp(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": _stamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -35,29 +40,85 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-class _DroppingQueueHandler(logging.handlers.QueueHandler):
-    def __init__(self, q: queue.Queue[logging.LogRecord], on_drop: Callable[[], None]) -> None:
-        super().__init__(q)
+class LineWriter(threading.Thread):
+    """Drains queued log records and access entries to a stream from its own thread."""
+
+    def __init__(self, stream: IO[str], on_drop: Callable[[], None]) -> None:
+        super().__init__(name="clawdbot-log-writer", daemon=True)
+        self.stream = stream
         self.on_drop = on_drop
+        self.pending: deque[logging.LogRecord | dict[str, Any]] = deque()
+        self.formatter = JsonFormatter()
+        self._stop_event = threading.Event()
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
+    def put(self, item: logging.LogRecord | dict[str, Any]) -> None:
+        if len(self.pending) >= _LIMIT:
             self.on_drop()
+            return
+        self.pending.append(item)
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.05):
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        lines = []
+        while self.pending:
+            item = self.pending.popleft()
+            if isinstance(item, dict):
+                lines.append(orjson.dumps(item, default=str).decode())
+            else:
+                lines.append(self.formatter.format(item))
+        if lines:
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nothing sensible left to do with logs
+                pass
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
 
 
-def setup(level: str, on_drop: Callable[[], None] = lambda: None) -> logging.handlers.QueueListener:
-    """Route the `clawdbot` loggers through a bounded queue to stderr; returns the listener to stop at exit."""
-    q: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10_000)
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(JsonFormatter())
-    listener = logging.handlers.QueueListener(q, stream, respect_handler_level=False)
-    handler = _DroppingQueueHandler(q, on_drop)
+class _Handler(logging.Handler):
+    """Hands records to the writer without logging's per-handler lock."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if self.filter(record):
+            self.writer.put(record)
+            return True
+        return False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.writer.put(record)
+
+
+class AccessLog:
+    """One JSON line per request, built as a dict by the caller and serialised off the event loop."""
+
+    def __init__(self, writer: LineWriter | None) -> None:
+        self.writer = writer
+
+    def write(self, entry: dict[str, Any]) -> None:
+        if self.writer is not None:
+            head = {"time": _stamp(time.time()), "level": "info", "logger": "clawdbot.access", "msg": "request"}
+            self.writer.put(head | entry)
+
+
+def setup(level: str, on_drop: Callable[[], None] = lambda: None) -> LineWriter:
+    """Route the `clawdbot` and `aiohttp` loggers to stderr through one writer thread; stop() it at exit."""
+    writer = LineWriter(sys.stderr, on_drop)
+    handler = _Handler(writer)
     for logger in (LOG, logging.getLogger("aiohttp")):
         logger.handlers[:] = [handler]
         logger.propagate = False
     LOG.setLevel(level.upper())
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    listener.start()
-    return listener
+    writer.start()
+    return writer

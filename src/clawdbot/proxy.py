@@ -22,7 +22,7 @@ from yarl import URL
 
 from .backends import Backend
 from .errors import BackendError
-from .logs import ACCESS
+from .logs import AccessLog
 from .metrics import Metrics
 
 # Request headers that describe this hop, the browser, or our own credentials: never sent to the backend.
@@ -122,13 +122,13 @@ class Relay:
         *,
         first_byte_timeout: float,
         idle_timeout: float,
-        access_log: bool,
+        access: AccessLog,
     ) -> None:
         self.backend = backend
         self.metrics = metrics
         self.first_byte_timeout = first_byte_timeout
         self.idle_timeout = idle_timeout
-        self.access_log = access_log
+        self.access = access
         self.active: set[Exchange] = set()
         self.clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
 
@@ -290,24 +290,22 @@ class Relay:
         if ex.model:
             m.prompt_tokens[ex.model] += ex.prompt_tokens
             m.completion_tokens[ex.model] += ex.completion_tokens
-        if self.access_log:
-            ACCESS.info(
-                "request",
-                extra={
-                    "request_id": ex.request_id,
-                    "method": ex.method,
-                    "route": ex.route,
-                    "status": ex.status,
-                    "outcome": ex.outcome,
-                    "error_kind": ex.error_kind,
-                    "model": ex.model,
-                    "ttft_ms": round((ex.first_write - ex.received) * 1000, 2) if ex.first_write else None,
-                    "duration_ms": round((end - ex.received) * 1000, 2),
-                    "prompt_tokens": ex.prompt_tokens,
-                    "completion_tokens": ex.completion_tokens,
-                    "bytes": ex.bytes,
-                },
-            )
+        self.access.write(
+            {
+                "request_id": ex.request_id,
+                "method": ex.method,
+                "route": ex.route,
+                "status": ex.status,
+                "outcome": ex.outcome,
+                "error_kind": ex.error_kind,
+                "model": ex.model,
+                "ttft_ms": round((ex.first_write - ex.received) * 1000, 2) if ex.first_write else None,
+                "duration_ms": round((end - ex.received) * 1000, 2),
+                "prompt_tokens": ex.prompt_tokens,
+                "completion_tokens": ex.completion_tokens,
+                "bytes": ex.bytes,
+            }
+        )
 
     async def watchdog(self) -> None:
         """Close backend streams that went silent; one sweep a second instead of a timer per chunk."""

@@ -22,7 +22,7 @@ from aiohttp import web
 from . import __version__
 from .backends import Backend, BackendStatus
 from .errors import BackendError, ClawdbotError, NotFound, PayloadTooLarge
-from .logs import LOG
+from .logs import LOG, AccessLog
 from .logs import setup as setup_logging
 from .metrics import Metrics
 from .proxy import Relay
@@ -61,7 +61,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     def dropped() -> None:
         metrics.log_lines_dropped += 1
 
-    listener = setup_logging(settings.log_level, dropped)
+    writer = setup_logging(settings.log_level, dropped)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     simulator = None
     url = settings.ollama_url
@@ -78,7 +78,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics,
         first_byte_timeout=settings.first_byte_timeout,
         idle_timeout=settings.idle_timeout,
-        access_log=settings.access_log,
+        access=AccessLog(writer if settings.access_log else None),
     )
     app[RELAY] = relay
     await backend.probe()
@@ -98,7 +98,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await backend.close()
         if simulator is not None:
             await simulator.stop()
-        listener.stop()
+        writer.stop()
 
 
 def _backend_changed(app: web.Application, status: BackendStatus) -> None:

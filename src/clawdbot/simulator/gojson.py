@@ -45,12 +45,18 @@ def encode_string(text: str) -> bytes:
     return escape_html(orjson.dumps(text))
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def rfc3339nano(ns: int | None = None) -> str:
     """Go's time.Now().UTC().Format(time.RFC3339Nano): trailing zeros trimmed, no fraction when zero."""
     if ns is None:
         ns = time.time_ns()
     seconds, frac = divmod(ns, 1_000_000_000)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    global _second
+    if seconds != _second[0]:  # one strftime a second, not one per token
+        _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    base = _second[1]
     if frac == 0:
         return base + "Z"
     return f"{base}.{frac:09d}".rstrip("0") + "Z"

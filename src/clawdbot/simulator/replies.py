@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from itertools import islice
 
 _TOKEN = re.compile(
     r" ?[A-Za-z]+|[0-9]|[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{1,2}|\n+|[ \t]+|.",
@@ -18,8 +19,11 @@ _TOKEN = re.compile(
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
-def tokenize(text: str) -> list[str]:
-    return _TOKEN.findall(text)
+def tokenize(text: str, limit: int | None = None) -> list[str]:
+    """Qwen-like tokens of `text`; with `limit`, only the first ones (a capped reply need not be cut whole)."""
+    if limit is None:
+        return _TOKEN.findall(text)
+    return [match.group() for match in islice(_TOKEN.finditer(text), max(limit, 0))]
 
 
 def count_tokens(text: str) -> int:

@@ -61,22 +61,24 @@ def sequence_for(req: GenRequest, plan: Plan, *, think: bool, num_ctx: int, seed
     reply = compose(req.option_int("seed", seed), req.prompt_text, think=think)
     thinking = plan.thinking if plan.thinking is not None else reply.thinking
     content = plan.reply if plan.reply is not None else reply.content
+    num_predict = req.option_int("num_predict", -1)
+    limit = num_predict if num_predict > 0 else _UNLIMITED
     tokens_plan: list[tuple[TokenKind, str]] = []
     if think:
         tokens_plan.append((TokenKind.HIDDEN, "<think>"))
-        tokens_plan += [(TokenKind.THINKING, t) for t in tokenize(thinking.strip()) if thinking.strip()]
+        tokens_plan += [(TokenKind.THINKING, t) for t in tokenize(thinking.strip(), limit)]
         tokens_plan += [(TokenKind.HIDDEN, "</think>"), (TokenKind.HIDDEN, "\n\n")]
-    tokens_plan += [(TokenKind.CONTENT, t) for t in tokenize(content)]
+    answer = tokenize(content, limit - len(tokens_plan))  # num_predict ends the reply there anyway
+    tokens_plan += [(TokenKind.CONTENT, t) for t in answer]
     # The slot's cache holds the reply too; qwen3's template drops thinking from history, so only a
-    # reply without thinking can match the next turn's prompt.
-    reply_key = None if think else (hash((digest, "assistant", content)), tokens + len(tokens_plan) + 4)
-    num_predict = req.option_int("num_predict", -1)
+    # reply without thinking can match the next turn's prompt, and only as far as it was generated.
+    reply_key = None if think else (hash((digest, "assistant", "".join(answer))), tokens + len(tokens_plan) + 4)
     return Sequence(
         plan=tokens_plan,
         prompt_tokens=max(tokens, 1),
         prefix=prefix,
         reply_key=reply_key,
-        num_predict=num_predict if num_predict > 0 else _UNLIMITED,
+        num_predict=limit,
         num_ctx=num_ctx,
         keep_alive=req.keep_alive,
     )
@@ -123,7 +125,7 @@ class Generation:
             if finished:
                 lines.append(self.emitter.done(self.result()))
             for line in lines:
-                if await self._fault_strikes():
+                if self.fault is not None and await self._fault_strikes():
                     return self._response()
                 await self._write(line)
             if finished:
@@ -144,7 +146,7 @@ class Generation:
         return self.response
 
     async def _write(self, data: bytes) -> None:
-        response = await self._prepare()
+        response = self.response or await self._prepare()
         if self.record is not None:
             self.record += data
         await response.write(data)
