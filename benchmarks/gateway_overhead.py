@@ -26,10 +26,25 @@ import httpx
 from _procs import PeakRss, cpu_seconds, start
 
 
-def relayed_chunks(gateway: str) -> float:
+def scrape(gateway: str) -> tuple[float, dict[float, float]]:
+    """Relayed chunks so far, and the cumulative buckets of the gateway's own added-latency histogram."""
     text = httpx.get(f"{gateway}/metrics").text
     match = re.search(r"^clawdbot_relayed_chunks_total (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    buckets = {
+        float(le): float(count)
+        for le, count in re.findall(r'^clawdbot_gateway_overhead_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)
+    }
+    return (float(match.group(1)) if match else 0.0), buckets
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> str:
+    """The histogram bucket holding quantile q of the observations made between two scrapes."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    for le, count in counts.items():
+        if total and count >= q * total:
+            return "> 0.25 s" if le == float("inf") else f"≤ {le * 1000:g} ms"
+    return "–"
 
 
 def bench(url: str, users: int, args: argparse.Namespace, cpus: str | None, out: Path) -> tuple[dict[str, Any], str]:
@@ -84,13 +99,16 @@ def main() -> None:
                 sim_cpu0 = cpu_seconds(sim.pid)
                 direct, cmd_direct = bench(sim_url, users, args, shared, Path(tmp) / "direct.json")
                 sim_cpu = cpu_seconds(sim.pid) - sim_cpu0
-                chunks0, gw_cpu0 = relayed_chunks(gw_url), cpu_seconds(gw.pid)
+                (chunks0, hist0), gw_cpu0 = scrape(gw_url), cpu_seconds(gw.pid)
                 peak = PeakRss(gw.pid)
                 peak.start()
                 proxied, cmd_proxied = bench(gw_url, users, args, shared, Path(tmp) / "gateway.json")
                 peak.running = False
-                gw_cpu, chunks = cpu_seconds(gw.pid) - gw_cpu0, relayed_chunks(gw_url) - chunks0
-                rows.append(figures(users, direct, proxied, gw_cpu, chunks, peak.peak, sim_cpu))
+                gw_cpu, (chunks1, hist1) = cpu_seconds(gw.pid) - gw_cpu0, scrape(gw_url)
+                row = figures(users, direct, proxied, gw_cpu, chunks1 - chunks0, peak.peak, sim_cpu)
+                row["own_overhead_p50"] = bucket_quantile(hist0, hist1, 0.5)
+                row["own_overhead_p99"] = bucket_quantile(hist0, hist1, 0.99)
+                rows.append(row)
                 commands += [cmd_direct, cmd_proxied]
                 print(render([rows[-1]]), flush=True)
     finally:
@@ -143,9 +161,9 @@ def render(rows: list[dict[str, Any]]) -> str:
     head = (
         "| streams | TTFT p50 direct → gateway | added p50 | TTFT p99 direct → gateway | added p99 | "
         "added p99 gap | failures (direct / gw) | gw CPU-s per 1k chunks | gw peak RSS | sim CPU per token | "
-        "client lag p99 |"
+        "client lag p99 | gateway's own count p50 / p99 |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         cpu = r["gateway_cpu_s_per_1000_chunks"]
         lines.append(
@@ -153,7 +171,8 @@ def render(rows: list[dict[str, Any]]) -> str:
             f"{r['added_ttft_p50_ms']:+.1f} ms | {r['ttft_p99_direct_ms']:.1f} → {r['ttft_p99_gateway_ms']:.1f} ms | "
             f"{r['added_ttft_p99_ms']:+.1f} ms | {r['added_gap_p99_ms']:+.1f} ms | {r['failures']} | "
             f"{'–' if cpu is None else f'{cpu:.3f}'} | {r['gateway_peak_rss_mib']:.0f} MiB | "
-            f"{r['simulator_cpu_us_per_token'] or 0:.0f} µs | {r['client_lag_p99_ms']} ms |"
+            f"{r['simulator_cpu_us_per_token'] or 0:.0f} µs | {r['client_lag_p99_ms']} ms | "
+            f"{r.get('own_overhead_p50', '–')} / {r.get('own_overhead_p99', '–')} |"
         )
     return "\n".join(lines)
 

@@ -35,6 +35,12 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _known_profile(value: str) -> str:
+    if value not in PROFILES:
+        raise ValueError(f"unknown profile; choose one of {', '.join(PROFILES)}")
+    return value
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
     env_prefix: ClassVar[str]
@@ -86,12 +92,7 @@ class Settings(_Base):
 
     _check_url = field_validator("ollama_url")(_http_url)
 
-    @field_validator("demo_profile")
-    @classmethod
-    def _known_profile(cls, value: str) -> str:
-        if value not in PROFILES:
-            raise ValueError(f"unknown profile; choose one of {', '.join(PROFILES)}")
-        return value
+    _check_profile = field_validator("demo_profile")(_known_profile)
 
 
 class SimulatorSettings(_Base):
@@ -140,12 +141,7 @@ class SimulatorSettings(_Base):
         description=f"Fault kinds --fault-rate draws from ({', '.join(FAULT_KINDS)}).",
     )
 
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, value: str) -> str:
-        if value not in PROFILES:
-            raise ValueError(f"unknown profile; choose one of {', '.join(PROFILES)}")
-        return value
+    _check_profile = field_validator("profile")(_known_profile)
 
     @field_validator("keep_alive")
     @classmethod

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import sys
 import time
 import uuid
@@ -27,6 +26,7 @@ from .logs import setup as setup_logging
 from .metrics import Metrics
 from .proxy import Relay
 from .settings import Settings, SimulatorSettings
+from .signals import until_signalled
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
@@ -234,12 +234,8 @@ async def run(settings: Settings) -> None:
         raise SystemExit(2) from None
     port = runner.addresses[0][1]
     print(startup_line(settings, port, app[BACKEND]), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         await runner.cleanup()
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
 from ..settings import SimulatorSettings
+from ..signals import until_signalled
 from .server import Simulator
 
 
@@ -28,11 +26,7 @@ async def serve_forever(settings: SimulatorSettings) -> None:
     sim = Simulator(settings)
     await sim.start()
     print(describe(sim), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         await sim.stop()
