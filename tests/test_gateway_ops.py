@@ -85,6 +85,9 @@ def test_demo_mode_runs_a_simulated_model_and_says_so() -> None:
     try:
         assert "simulated" in demo.banner
         assert "answering" in demo.banner
+        # The model is loaded at startup, before anyone asks, so the first chat does not wait for a load.
+        loaded = wait_for(lambda: httpx.get(demo.url + "/api/ps").json()["models"], timeout=5)
+        assert [m["name"] for m in loaded] == ["qwen3:32b"]  # type: ignore[union-attr]
         ready = httpx.get(demo.url + "/readyz")
         assert ready.status_code == 200
         assert ready.json()["backend"]["simulated"] is True

@@ -64,6 +64,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     writer = setup_logging(settings.log_level, dropped)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     simulator = None
+    preload: asyncio.Task[None] | None = None
     url = settings.ollama_url
     if settings.demo:
         from .simulator.server import Simulator
@@ -71,6 +72,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         simulator = Simulator(SimulatorSettings(port=0, profile=settings.demo_profile))
         await simulator.start()
         url = simulator.url
+        preload = asyncio.create_task(simulator.preload())  # the first chat need not wait for a model load
     backend = Backend(settings, url, simulated=simulator is not None)
     app[BACKEND] = backend
     relay = Relay(
@@ -96,6 +98,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             with suppress(asyncio.CancelledError):
                 await task
         await backend.close()
+        if preload is not None:
+            preload.cancel()
         if simulator is not None:
             await simulator.stop()
         writer.stop()

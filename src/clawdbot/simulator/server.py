@@ -128,6 +128,12 @@ class Simulator:
             self.runners[info.name] = runner
         return runner
 
+    async def preload(self) -> None:
+        """Load every model now, as `ollama run` does before the first prompt."""
+        num_ctx = self.settings.context_length or self.profile.context_length
+        for info in self.models.values():
+            await self.runner(info).ensure_loaded(num_ctx)
+
     def lookup(self, name: str) -> ModelInfo:
         info = self.models.get(normalize_name(name))
         if info is None:
