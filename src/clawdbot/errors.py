@@ -15,11 +15,6 @@ class ClawdbotError(Exception):
         self.message = message
 
 
-class BadRequest(ClawdbotError):
-    status = 400
-    code = "bad_request"
-
-
 class NotFound(ClawdbotError):
     status = 404
     code = "not_found"

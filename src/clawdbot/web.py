@@ -11,12 +11,13 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import suppress
 from importlib import resources
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import __version__
 from .backends import Backend, BackendStatus
@@ -28,7 +29,6 @@ from .proxy import Relay
 from .settings import Settings, SimulatorSettings
 from .signals import until_signalled
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
@@ -181,11 +181,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
                 },
             )
         return _error(request, error)
-    except web.HTTPRequestEntityTooLarge as error:
+    except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].max_request_bytes
         return _error(
             request,
-            PayloadTooLarge(f"request body is larger than the {limit}-byte limit (max_request_bytes){_got(error)}"),
+            PayloadTooLarge(f"request body is larger than the {limit}-byte limit (--max-request-bytes)"),
         )
     except web.HTTPNotFound:
         return _error(request, NotFound(f"no route for {request.method} {request.path}"))
@@ -195,11 +195,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         generic = ClawdbotError(error.reason)
         generic.status, generic.code = error.status, error.reason.lower().replace(" ", "_")
         return _error(request, generic)
-
-
-def _got(error: web.HTTPRequestEntityTooLarge) -> str:
-    match = re.search(r"actual body size (\d+)|(\d+)\s*$", error.text or "")
-    return f"; got {next(g for g in match.groups() if g)} bytes" if match else ""
 
 
 def _error(request: web.Request, error: ClawdbotError) -> web.Response:

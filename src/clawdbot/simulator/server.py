@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..settings import SimulatorSettings
 from . import gojson
@@ -34,9 +34,6 @@ from .request import (
 )
 from .stream import Generation, sequence_for
 from .wire import JSON, NDJSON, ChatEmitter, GenerateEmitter, OpenAIEmitter, openai_error
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_STATE: web.AppKey[Simulator] = web.AppKey("simulator")
 
 
 class Simulator:
@@ -90,7 +87,6 @@ class Simulator:
     def _make_app(self) -> web.Application:
         loopback = self.settings.host in ("127.0.0.1", "localhost", "::1")
         app = web.Application(middlewares=[make_guard(loopback), _go_errors], client_max_size=256 * 1024 * 1024)
-        app[_STATE] = self
         app.on_response_prepare.append(_strip_server_header)
         app.on_response_prepare.append(add_cors_headers)
         r = app.router

@@ -13,12 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from .engine import Sequence, TokenKind
-from .faults import MID_STREAM, Fault, Plan
+from .faults import BEFORE_STREAM, MID_STREAM, Fault, Plan
 from .replies import compose, count_tokens, tokenize
 from .request import GenRequest, OllamaError
 from .wire import ChatEmitter, OpenAIEmitter, Result
-
-_BEFORE_STREAM = ("refuse", "reset", "http_500", "busy", "slow_first")
 
 _TEMPLATE_TOKENS = 4  # <|im_start|>role\n … <|im_end|>\n around every message
 _ASSISTANT_HEADER = 3
@@ -101,7 +99,7 @@ class Generation:
         self.emitter = emitter
         self.stream = req.stream
         self.with_context = req.kind == "generate" and not req.raw
-        self.fault = fault if fault is not None and fault.kind not in _BEFORE_STREAM else None
+        self.fault = fault if fault is not None and fault.kind not in BEFORE_STREAM else None
         self.started = started
         self.response: web.StreamResponse | None = None
         self.chunks = 0
