@@ -337,8 +337,16 @@ def test_body_over_the_limit_is_a_413_and_never_reaches_the_backend(simulator: S
     assert (entry["status"], entry["outcome"]) == (413, "rejected")
 
 
+def test_the_root_sends_a_browser_to_the_chat_page(gateway: Server) -> None:
+    response = httpx.get(gateway.url + "/")
+    assert (response.status_code, response.headers["location"]) == (302, "/chat")
+    page = httpx.get(gateway.url + "/", follow_redirects=True)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+
+
 @pytest.mark.parametrize(
-    ("method", "path", "status"), [("GET", "/nope", 404), ("GET", "/", 404), ("POST", "/healthz", 405)]
+    ("method", "path", "status"), [("GET", "/nope", 404), ("GET", "/chat/nope", 404), ("POST", "/healthz", 405)]
 )
 def test_paths_the_gateway_does_not_serve_get_json_errors(gateway: Server, method: str, path: str, status: int) -> None:
     response = httpx.request(method, gateway.url + path)

@@ -46,7 +46,7 @@ def test_every_route_is_documented() -> None:
 @pytest.mark.parametrize("path", list(SPEC["paths"]))
 def test_every_documented_path_is_routed(path: str) -> None:
     app = create_app(Settings())
-    concrete = path.replace("{path}", "embed").replace("{model}", "qwen3:32b")
+    concrete = re.sub(r"\{(\w+)\}", r"\1-1", path.replace("{path}", "embed").replace("{model}", "qwen3:32b"))
     for method in (m for m in SPEC["paths"][path] if m in METHODS):
         request = make_mocked_request(method.upper(), concrete, app=app)
         match = asyncio.run(app.router.resolve(request))
@@ -61,3 +61,22 @@ def test_the_document_is_served() -> None:
         gateway.stop()
     assert served.status_code == 200
     assert served.json() == SPEC
+
+
+@pytest.mark.parametrize("name", ["NewConversation", "ConversationChange", "NewMessage", "EditedMessage"])
+def test_chat_request_bodies_match_the_validating_models(name: str) -> None:
+    from clawdbot import chatapi
+
+    model = getattr(chatapi, name)
+    documented = SPEC["components"]["schemas"][name]
+    assert set(documented["properties"]) == set(model.model_fields)
+    assert set(documented.get("required", [])) == {n for n, f in model.model_fields.items() if f.is_required()}
+    assert documented.get("additionalProperties") is False
+
+
+@pytest.mark.parametrize(("name", "table"), [("Conversation", "conversations"), ("Message", "messages")])
+def test_chat_objects_match_the_stored_columns(name: str, table: str) -> None:
+    from clawdbot import store
+
+    columns = {column.name for column in getattr(store, table).columns}
+    assert set(SPEC["components"]["schemas"][name]["properties"]) == columns

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,3 +121,106 @@ class Backend:
             await asyncio.sleep(
                 self.settings.health_interval if status.reachable else min(2.0, self.settings.health_interval)
             )
+
+
+@dataclass(slots=True)
+class Delta:
+    """A piece of the reply: thinking or answer text."""
+
+    thinking: str = ""
+    content: str = ""
+
+
+@dataclass(slots=True)
+class Final:
+    """The backend's own account of the finished reply (Ollama's final chunk)."""
+
+    done_reason: str
+    prompt_tokens: int
+    output_tokens: int
+    total_ns: int
+    load_ns: int
+    prompt_eval_ns: int
+    eval_ns: int
+
+
+async def chat(backend: Backend, body: dict[str, Any]) -> AsyncIterator[Delta | Final]:
+    """Stream one /api/chat reply as typed events; every failure becomes a BackendError naming its cause."""
+    settings = backend.settings
+    started = False
+    try:
+        async with asyncio.timeout(settings.first_byte_timeout) as deadline:
+            async with backend.session.post(
+                backend.url + "/api/chat", data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+            ) as response:
+                if response.status != 200:
+                    raise _http_error(backend, response.status, await response.read())
+                pending = b""
+                while data := await response.content.readany():
+                    started = True
+                    deadline.reschedule(asyncio.get_running_loop().time() + settings.idle_timeout)
+                    *lines, pending = (pending + data).split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            event = _event(backend, line)
+                            yield event
+                            if isinstance(event, Final):
+                                return
+                if pending.strip():
+                    event = _event(backend, pending)
+                    yield event
+                    if isinstance(event, Final):
+                        return
+    except BackendError:
+        raise
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        if isinstance(error, TimeoutError) and started:
+            raise BackendTimeout(
+                f"backend {backend.url} sent nothing for {settings.idle_timeout:g} s in the middle of the reply",
+                backend=backend.url,
+                kind="idle_timeout",
+            ) from None
+        raise backend.classify(error, started=started) from None
+    raise BackendError(
+        f"backend {backend.url} ended the reply before it was complete", backend=backend.url, kind="incomplete_stream"
+    )
+
+
+def _event(backend: Backend, line: bytes) -> Delta | Final:
+    try:
+        chunk = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise BackendError(
+            f"backend {backend.url} sent a line that is not JSON", backend=backend.url, kind="malformed"
+        ) from None
+    if not isinstance(chunk, dict):
+        raise BackendError(
+            f"backend {backend.url} sent JSON that is not an object", backend=backend.url, kind="malformed"
+        )
+    if "error" in chunk:
+        raise BackendError(f"the model failed: {chunk['error']}", backend=backend.url, kind="error_line")
+    if chunk.get("done"):
+        return Final(
+            done_reason=str(chunk.get("done_reason") or "stop"),
+            prompt_tokens=int(chunk.get("prompt_eval_count") or 0),
+            output_tokens=int(chunk.get("eval_count") or 0),
+            total_ns=int(chunk.get("total_duration") or 0),
+            load_ns=int(chunk.get("load_duration") or 0),
+            prompt_eval_ns=int(chunk.get("prompt_eval_duration") or 0),
+            eval_ns=int(chunk.get("eval_duration") or 0),
+        )
+    message = chunk.get("message") or {}
+    return Delta(thinking=str(message.get("thinking") or ""), content=str(message.get("content") or ""))
+
+
+def _http_error(backend: Backend, status: int, body: bytes) -> BackendError:
+    try:
+        detail = orjson.loads(body).get("error") or body.decode()
+    except (orjson.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        detail = body[:200].decode("utf-8", "replace")
+    error = BackendError(
+        f"backend {backend.url} answered {status}: {detail}", backend=backend.url, kind=f"http_{status}"
+    )
+    if status == 503:
+        error.status = 503
+    return error

@@ -15,6 +15,22 @@ class ClawdbotError(Exception):
         self.message = message
 
 
+class BadRequest(ClawdbotError):
+    status = 400
+    code = "bad_request"
+
+
+class Conflict(ClawdbotError):
+    """The request clashes with work in progress; `details` says where to look instead."""
+
+    status = 409
+    code = "conflict"
+
+    def __init__(self, message: str, **details: str) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class NotFound(ClawdbotError):
     status = 404
     code = "not_found"

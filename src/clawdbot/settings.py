@@ -89,8 +89,43 @@ class Settings(_Base):
         description="Largest request body accepted, in bytes (images are sent inline, base64).",
     )
     health_interval: float = Field(10.0, gt=0, description="Seconds between checks that the backend answers.")
+    database_url: str | None = Field(
+        None,
+        description="Where conversations are kept: sqlite:///PATH or postgresql://USER@HOST/DB "
+        "(default: the SQLite file clawdbot.db in --data-dir).",
+    )
+    default_model: str | None = Field(
+        None, description="Model of new conversations (default: the first model the backend lists)."
+    )
+    num_ctx: int = Field(
+        8192,
+        ge=256,
+        le=1_048_576,
+        description="Context window of a chat turn unless its conversation sets one; sent on every turn because "
+        "Ollama reloads the model whenever num_ctx changes.",
+    )
+    reply_room: int = Field(
+        2048, ge=0, description="Tokens of the context kept free for the reply when older turns must be left out."
+    )
+    max_message_chars: int = Field(100_000, ge=1, description="Longest chat message accepted, in characters.")
+    heartbeat: float = Field(
+        15.0,
+        gt=0,
+        le=60,
+        description="Seconds between heartbeats on chat WebSockets and event streams, so no proxy closes a "
+        "connection while the model thinks silently.",
+    )
 
     _check_url = field_validator("ollama_url")(_http_url)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+            ("sqlite:", "sqlite+aiosqlite:", "postgresql:", "postgres:", "postgresql+asyncpg:")
+        ):
+            raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST/DB")
+        return value
 
     _check_profile = field_validator("demo_profile")(_known_profile)
 

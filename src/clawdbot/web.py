@@ -12,39 +12,45 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import suppress
 from importlib import resources
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from sqlalchemy.engine import make_url
 
-from . import __version__
+from . import __version__, chatapi, pages, realtime
 from .backends import Backend, BackendStatus
-from .errors import BackendError, ClawdbotError, NotFound, PayloadTooLarge
-from .logs import LOG, AccessLog
+from .chat import Chat
+from .chatapi import CHAT
+from .errors import BackendError, ClawdbotError, Conflict, NotFound, PayloadTooLarge
+from .generations import Generations, Hub
+from .logs import LOG, AccessLog, LineWriter
 from .logs import setup as setup_logging
 from .metrics import Metrics
 from .proxy import Relay
 from .settings import Settings, SimulatorSettings
 from .signals import until_signalled
+from .store import Store, default_url
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)
+LOG_WRITER: web.AppKey[LineWriter] = web.AppKey("log-writer", LineWriter)
+ACCESS: web.AppKey[AccessLog] = web.AppKey("access-log", AccessLog)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_ids, json_errors],
+        middlewares=[request_ids, access_log, json_errors],
         client_max_size=settings.max_request_bytes,
         handler_args={"max_field_size": 16384},
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.extend([_logging, _backend, _chat])
     app.on_response_prepare.append(_stamp_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -52,17 +58,29 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/openapi.json", openapi, allow_head=False)
     app.router.add_route("*", "/api/{tail:.*}", proxy)
     app.router.add_route("*", "/v1/{tail:.*}", proxy)
+    chatapi.routes(app)
+    realtime.routes(app)
+    pages.routes(app)
     return app
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    settings, metrics = app[SETTINGS], app[METRICS]
+async def _logging(app: web.Application) -> AsyncIterator[None]:
+    metrics = app[METRICS]
 
     def dropped() -> None:
         metrics.log_lines_dropped += 1
 
-    writer = setup_logging(settings.log_level, dropped)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    writer = setup_logging(app[SETTINGS].log_level, dropped)
+    app[LOG_WRITER] = writer
+    try:
+        yield
+    finally:
+        writer.stop()
+
+
+async def _backend(app: web.Application) -> AsyncIterator[None]:
+    """The backend (or, with --demo, an in-process simulator), its health checks and the relay."""
+    settings, metrics = app[SETTINGS], app[METRICS]
     simulator = None
     preload: asyncio.Task[None] | None = None
     url = settings.ollama_url
@@ -72,15 +90,18 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         simulator = Simulator(SimulatorSettings(port=0, profile=settings.demo_profile))
         await simulator.start()
         url = simulator.url
-        preload = asyncio.create_task(simulator.preload())  # the first chat need not wait for a model load
+        preload = asyncio.create_task(
+            simulator.preload(settings.num_ctx)
+        )  # the first chat need not wait for a model load
     backend = Backend(settings, url, simulated=simulator is not None)
     app[BACKEND] = backend
+    access = app[ACCESS] = AccessLog(app[LOG_WRITER] if settings.access_log else None)
     relay = Relay(
         backend,
         metrics,
         first_byte_timeout=settings.first_byte_timeout,
         idle_timeout=settings.idle_timeout,
-        access=AccessLog(writer if settings.access_log else None),
+        access=access,
     )
     app[RELAY] = relay
     await backend.probe()
@@ -92,17 +113,30 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
+        for task in [*tasks, *([preload] if preload else [])]:
             task.cancel()
-        for task in tasks:
-            with suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
         await backend.close()
-        if preload is not None:
-            preload.cancel()
         if simulator is not None:
             await simulator.stop()
-        writer.stop()
+
+
+async def _chat(app: web.Application) -> AsyncIterator[None]:
+    """Conversations: the database (migrated at start), replies in flight, and the service both transports use."""
+    settings = app[SETTINGS]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.database_url or default_url(settings.data_dir))
+    await store.open()
+    interrupted = await store.interrupt_unfinished()
+    if interrupted:
+        LOG.warning("replies left unfinished by a previous run are marked interrupted", extra={"count": interrupted})
+    generations = Generations(store, app[BACKEND], Hub())
+    app[CHAT] = Chat(store, generations, app[BACKEND], settings)
+    try:
+        yield
+    finally:
+        await generations.shutdown()
+        await store.close()
 
 
 def _backend_changed(app: web.Application, status: BackendStatus) -> None:
@@ -159,6 +193,30 @@ async def request_ids(request: web.Request, handler: Handler) -> web.StreamRespo
     return await handler(request)
 
 
+@web.middleware
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One line for every request the relay does not log itself (the chat API, its WebSocket, the page, health)."""
+    path = request.path
+    if path.startswith(("/api/", "/v1/")):
+        return await handler(request)
+    received, status = time.perf_counter(), 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        route = request.match_info.route.resource
+        request.app[ACCESS].write(
+            {
+                "request_id": request.get("request_id"),
+                "method": request.method,
+                "route": route.canonical if route is not None else None,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - received) * 1000, 2),
+            }
+        )
+
+
 async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["X-Request-ID"] = request.get("request_id", "")
     response.headers.pop("Server", None)
@@ -212,6 +270,8 @@ def _error(request: web.Request, error: ClawdbotError) -> web.Response:
         body = {"error": error.message, "code": error.code}
         if isinstance(error, BackendError):
             body["backend"] = error.backend
+        if isinstance(error, Conflict):
+            body.update(error.details)
     return _json(body, error.status)
 
 
@@ -247,7 +307,9 @@ def startup_line(settings: Settings, port: int, backend: Backend) -> str:
         health = f"answering (version {status.version}; models: {models})"
     else:
         health = f"NOT answering — {status.error}; /readyz reports it until it comes back"
+    database = make_url(settings.database_url or default_url(settings.data_dir))
     return (
         f"clawdbot {__version__} on http://{settings.host}:{port} — backend {backend.url} "
-        f"[{kind}] {health} — {time.strftime('%H:%M:%S')}"
+        f"[{kind}] {health} — chat page http://{settings.host}:{port}/chat, conversations in "
+        f"{database.render_as_string(hide_password=True)} — {time.strftime('%H:%M:%S')}"
     )

@@ -124,9 +124,9 @@ class Simulator:
             self.runners[info.name] = runner
         return runner
 
-    async def preload(self) -> None:
-        """Load every model now, as `ollama run` does before the first prompt."""
-        num_ctx = self.settings.context_length or self.profile.context_length
+    async def preload(self, num_ctx: int | None = None) -> None:
+        """Load every model now, as `ollama run` does before the first prompt (with the num_ctx chats will use)."""
+        num_ctx = num_ctx or self.settings.context_length or self.profile.context_length
         for info in self.models.values():
             await self.runner(info).ensure_loaded(num_ctx)
 

@@ -1,0 +1,244 @@
+"""Conversations as the chat page uses them: send, regenerate, edit, stop, views and exports.
+
+Both transports (WebSocket and plain HTTP with an event stream) call this one service. The user's message is
+stored before anything is sent to the model; the reply's row exists from the moment its generation starts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import orjson
+
+from . import context
+from .backends import Backend
+from .errors import BadRequest, Conflict, NotFound
+from .generations import Generations
+from .settings import Settings
+from .store import Store
+
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def title_from(text: str) -> str:
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= 60 else line[:59].rstrip() + "…"
+
+
+class Chat:
+    def __init__(self, store: Store, generations: Generations, backend: Backend, settings: Settings) -> None:
+        self.store = store
+        self.generations = generations
+        self.backend = backend
+        self.settings = settings
+        self._starting: set[str] = set()  # conversations between "may I start?" and the generation existing
+
+    # ---- what the page reads -------------------------------------------------------------------------------
+    def models(self) -> dict[str, Any]:
+        listed = [
+            {
+                "name": m.get("name"),
+                "size": m.get("size"),
+                "parameter_size": (m.get("details") or {}).get("parameter_size"),
+                "quantization": (m.get("details") or {}).get("quantization_level"),
+                "family": (m.get("details") or {}).get("family"),
+                "capabilities": m.get("capabilities") or [],
+            }
+            for m in self.backend.status.models
+        ]
+        return {
+            "models": listed,
+            "default": self.default_model(),
+            "num_ctx": self.settings.num_ctx,
+            "reachable": self.backend.status.reachable,
+            "simulated": self.backend.simulated,
+        }
+
+    def default_model(self) -> str:
+        if self.settings.default_model:
+            return self.settings.default_model
+        names = self.backend.status.model_names()
+        return names[0] if names else "qwen3:32b"
+
+    async def conversation(self, conversation_id: str) -> dict[str, Any]:
+        # Not one of our ids: no need to ask the database, and PostgreSQL would fail on some (a NUL).
+        found = await self.store.get_conversation(conversation_id) if _ID.fullmatch(conversation_id) else None
+        if found is None:
+            raise NotFound(f"no conversation {conversation_id}")
+        return found
+
+    async def first_title(self, conversation_id: str) -> str:
+        """The title of a conversation that follows its first (shown) message."""
+        history = await self.store.messages(conversation_id)
+        first = next((m for m in history if m["role"] == "user"), None)
+        return title_from(first["content"]) if first else ""
+
+    async def view(self, conversation_id: str) -> dict[str, Any]:
+        """A conversation with its shown messages, the reply in flight if any, and how full its context is."""
+        conversation = await self.conversation(conversation_id)
+        history = await self.store.messages(conversation_id)
+        active = self.generations.active.get(conversation_id)
+        last_reply = next((m for m in reversed(history) if m["role"] == "assistant"), None)
+        return {
+            "conversation": conversation,
+            "messages": history,
+            "active": active.snapshot() if active else None,
+            "context": {
+                "in_use": context.in_use(history),
+                "num_ctx": self._num_ctx(conversation),
+                "omitted_turns": (last_reply or {}).get("omitted_turns") or 0,
+            },
+        }
+
+    # ---- what the page does --------------------------------------------------------------------------------
+    async def send(self, conversation_id: str, content: str, client_id: str | None = None) -> dict[str, Any]:
+        content = self._checked(content)
+        with self._turn(conversation_id):
+            conversation = await self.conversation(conversation_id)
+            # The store titles a conversation only while it has no title, i.e. from its first message.
+            user = await self.store.add_message(
+                conversation_id, "user", content, status="sent", client_id=client_id, title=title_from(content)
+            )
+            self._publish(conversation_id, {"type": "message.new", "message": user})
+            reply = await self._reply(conversation)
+        return {"message": user, "reply": reply}
+
+    async def regenerate(self, conversation_id: str) -> dict[str, Any]:
+        with self._turn(conversation_id):
+            conversation = await self.conversation(conversation_id)
+            history = await self.store.messages(conversation_id)
+            if not any(m["role"] == "user" for m in history):
+                raise BadRequest("there is no message to answer again")
+            await self._supersede(conversation_id, [m["id"] for m in history[_last_user(history) + 1 :]])
+            reply = await self._reply(conversation)
+        return {"reply": reply}
+
+    async def edit(self, conversation_id: str, content: str) -> dict[str, Any]:
+        """Replace the last user message (and the reply to it) with new text, and answer that."""
+        content = self._checked(content)
+        with self._turn(conversation_id):
+            conversation = await self.conversation(conversation_id)
+            history = await self.store.messages(conversation_id)
+            if not any(m["role"] == "user" for m in history):
+                raise BadRequest("there is no message to edit")
+            await self._supersede(conversation_id, [m["id"] for m in history[_last_user(history) :]])
+            user = await self.store.add_message(conversation_id, "user", content, status="sent")
+            if not conversation["title_set"]:  # the edited message may have been the first one
+                await self.store.update_conversation(conversation_id, title=await self.first_title(conversation_id))
+            self._publish(conversation_id, {"type": "message.new", "message": user})
+            reply = await self._reply(conversation)
+        return {"message": user, "reply": reply}
+
+    async def stop(self, conversation_id: str) -> dict[str, Any]:
+        await self.conversation(conversation_id)
+        generation = self.generations.stop(conversation_id)
+        return {"stopping": generation.id if generation else None}
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+    def _checked(self, content: str) -> str:
+        if not isinstance(content, str) or not content.strip():
+            raise BadRequest("the message is empty")
+        if len(content) > self.settings.max_message_chars:
+            raise BadRequest(
+                f"the message has {len(content)} characters; the limit is "
+                f"{self.settings.max_message_chars} (--max-message-chars)"
+            )
+        return content
+
+    def _turn(self, conversation_id: str) -> _Turn:
+        running = self.generations.active.get(conversation_id)
+        if running is not None or conversation_id in self._starting:
+            reply_id = running.id if running else ""
+            raise Conflict(
+                "a reply is still being written in this conversation; stop it or wait for it",
+                conversation_id=conversation_id,
+                reply_id=reply_id,
+                events=f"/chat/api/conversations/{conversation_id}/events",
+            )
+        return _Turn(self._starting, conversation_id)
+
+    def _publish(self, conversation_id: str, event: dict[str, Any]) -> None:
+        self.generations.hub.publish(conversation_id, {**event, "conversation_id": conversation_id})
+
+    async def _supersede(self, conversation_id: str, ids: list[str]) -> None:
+        await self.store.supersede(ids)
+        if ids:
+            self._publish(conversation_id, {"type": "messages.superseded", "ids": ids})
+
+    def _num_ctx(self, conversation: dict[str, Any]) -> int:
+        return int(conversation.get("num_ctx") or self.settings.num_ctx)
+
+    async def _reply(self, conversation: dict[str, Any]) -> dict[str, Any]:
+        history = await self.store.messages(conversation["id"])
+        num_ctx = self._num_ctx(conversation)
+        plan = context.plan(history, conversation["system_prompt"], num_ctx, self.settings.reply_room)
+        reply = await self.store.add_message(
+            conversation["id"],
+            "assistant",
+            status="waiting",
+            model=conversation["model"],
+            omitted_turns=plan.omitted_turns,
+        )
+        options: dict[str, Any] = {"num_ctx": num_ctx}
+        if conversation["temperature"] is not None:
+            options["temperature"] = conversation["temperature"]
+        body: dict[str, Any] = {
+            "model": conversation["model"],
+            "messages": plan.messages,
+            "stream": True,
+            "options": options,
+        }
+        if conversation["think"] is not None:
+            body["think"] = conversation["think"]
+        self.generations.start(reply, body)
+        return reply
+
+
+class _Turn:
+    """Marks a conversation as starting a reply for the length of a `with` block, so two sends cannot race."""
+
+    def __init__(self, starting: set[str], conversation_id: str) -> None:
+        self.starting, self.conversation_id = starting, conversation_id
+
+    def __enter__(self) -> None:
+        self.starting.add(self.conversation_id)
+
+    def __exit__(self, *exc: object) -> None:
+        self.starting.discard(self.conversation_id)
+
+
+def _last_user(history: list[dict[str, Any]]) -> int:
+    return max(i for i, m in enumerate(history) if m["role"] == "user")
+
+
+def export_markdown(view: dict[str, Any]) -> str:
+    conversation = view["conversation"]
+    lines = [
+        f"# {conversation['title'] or 'Untitled conversation'}",
+        "",
+        f"*{conversation['model']} · started {_stamp(conversation['created_at'])}*",
+        "",
+    ]
+    if conversation["system_prompt"]:
+        lines += ["> **System prompt:** " + conversation["system_prompt"].replace("\n", "\n> "), ""]
+    for message in view["messages"]:
+        who = "You" if message["role"] == "user" else (message["model"] or "Assistant")
+        state = "" if message["status"] in ("sent", "done") else f" ({message['status']})"
+        lines += [f"## {who} · {_stamp(message['created_at'])}{state}", ""]
+        if message["thinking"]:
+            lines += ["<details><summary>Thinking</summary>", "", message["thinking"], "", "</details>", ""]
+        lines += [message["content"], ""]
+    return "\n".join(lines)
+
+
+def export_json(view: dict[str, Any]) -> bytes:
+    return orjson.dumps(
+        {"format": "clawdbot.conversation.v1", "conversation": view["conversation"], "messages": view["messages"]},
+        option=orjson.OPT_INDENT_2,
+    )
+
+
+def _stamp(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))
