@@ -1,7 +1,9 @@
-"""`clawdbot bench` against a real simulator: counts, multi-turn history, failure kinds, both protocols."""
+"""`clawdbot bench` against a real simulator: counts, multi-turn history, failure kinds, all three protocols
+(the chat page's through a real gateway)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -9,9 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from conftest import Server, start_simulator
+from conftest import Server, script, start_gateway, start_simulator
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +119,92 @@ def test_usage_errors() -> None:
         ["--concurrency", "2"],
         ["--concurrency", "2", "--rate", "1", "--requests", "1"],
         ["--concurrency", "0", "--requests", "1"],
+        ["--target", "chat", "--concurrency", "1", "--requests", "1", "--max-tokens", "5"],
+        ["--rate", "1", "--conversations-per-user", "1"],
     ):
         result = subprocess.run(
             [sys.executable, "-m", "clawdbot", "bench", *args], capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 2, args
+
+
+# ---- --target chat: the chat page's protocol through a real gateway ---------------------------------------------
+@pytest.fixture(scope="module")
+def chat_gateway(sim: Server) -> Iterator[Server]:
+    # Heartbeats well inside the tests' --idle-timeout, so a silent model must not look like a dead socket.
+    server = start_gateway(sim.url, "--heartbeat", "0.3")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def clean_script(sim: Server) -> Iterator[Server]:
+    httpx.delete(f"{sim.url}/_sim/script")
+    yield sim
+    httpx.delete(f"{sim.url}/_sim/script")
+
+
+def stored(gateway: Server, conversation_id: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{gateway.url}/chat/api/conversations/{conversation_id}")
+    response.raise_for_status()
+    return response.json()["messages"]  # type: ignore[no-any-return]
+
+
+def test_chat_target_stores_every_turn_as_the_client_saw_it(chat_gateway: Server, tmp_path: Path) -> None:
+    data, stdout = bench(
+        chat_gateway.url,
+        tmp_path,
+        *("--target", "chat", "--concurrency", "3", "--conversations-per-user", "1", "--turns", "2", "--no-think"),
+    )
+    level = data["levels"][0]
+    records = level["records"]
+    assert (level["requests"], level["failures"]) == (6, 0)
+    assert all(r["ttft"] is not None and r["ttft"] <= r["end"] for r in records)
+    assert "ws://" in stdout
+    assert "stored TTFT" in stdout
+    conversations = {r["conversation_id"] for r in records}
+    assert len(conversations) == 3
+    for conversation_id in conversations:
+        turns = sorted((r for r in records if r["conversation_id"] == conversation_id), key=lambda r: r["turn"])
+        messages = stored(chat_gateway, conversation_id)
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 2
+        replies = {m["id"]: m for m in messages if m["role"] == "assistant"}
+        assert [r["turn"] for r in turns] == [0, 1]
+        for record in turns:
+            reply = replies[record["reply_id"]]
+            assert reply["status"] == "done"
+            assert record["output_tokens"] == reply["output_tokens"] > 0
+            assert record["reply_sha256"] == hashlib.sha256(reply["content"].encode()).hexdigest()
+            assert record["server"]["ttft_ms"] == reply["ttft_ms"]
+        # Only the new message went over the socket; the server sent the model the whole history.
+        assert turns[1]["prompt_tokens"] > turns[0]["prompt_tokens"] + turns[0]["output_tokens"]
+    assert level["output_tokens"] == sum(r["output_tokens"] for r in records)
+
+
+def test_chat_failed_replies_are_counted_by_kind(chat_gateway: Server, clean_script: Server, tmp_path: Path) -> None:
+    script(clean_script, {"match": "", "fault": {"kind": "http_500"}, "times": 4})
+    data, stdout = bench(chat_gateway.url, tmp_path, "--target", "chat", "--concurrency", "2", "--requests", "4")
+    level = data["levels"][0]
+    assert level["failure_kinds"] == {"failed_http_500": 4}
+    assert all("answered 500" in r["detail"] for r in level["records"])
+    assert "failures 4/4 (100.00%): failed_http_500 4" in stdout
+
+
+def test_chat_heartbeats_count_as_traffic_and_the_turn_budget_still_ends_a_stall(
+    chat_gateway: Server, clean_script: Server, tmp_path: Path
+) -> None:
+    script(
+        clean_script,
+        {"match": "", "fault": {"kind": "slow_first", "seconds": 1.5}},  # silent longer than --idle-timeout
+        {"match": "", "fault": {"kind": "stall", "after": 2, "seconds": 10}},  # longer than --timeout
+    )
+    data, _ = bench(
+        chat_gateway.url,
+        tmp_path,
+        *("--target", "chat", "--concurrency", "1", "--requests", "2", "--idle-timeout", "1", "--timeout", "3"),
+    )
+    first, second = sorted(data["levels"][0]["records"], key=lambda r: r["start"])
+    assert first["failure"] is None
+    assert first["ttft"] > 1.4
+    assert second["failure"] == "timeout"
+    assert 2.5 < second["end"] < 6

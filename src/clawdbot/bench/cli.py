@@ -1,4 +1,5 @@
-"""`clawdbot bench`: reproduce the seed's load-test table against any Ollama or OpenAI-compatible endpoint."""
+"""`clawdbot bench`: reproduce the seed's load-test table against any Ollama or OpenAI-compatible endpoint, or
+against the platform's own chat page protocol."""
 
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ def _numbers(value: str | None) -> list[float]:
 @click.argument("url", default="http://127.0.0.1:18789")
 @click.option(
     "--target",
-    type=click.Choice(["ollama", "openai"]),
+    type=click.Choice(["ollama", "openai", "chat"]),
     default="ollama",
     show_default=True,
-    help="Protocol: Ollama's /api/chat (NDJSON) or OpenAI's /v1/chat/completions (SSE).",
+    help="Protocol: Ollama's /api/chat (NDJSON), OpenAI's /v1/chat/completions (SSE), or the chat page's "
+    "(chat: each user creates conversations with POST /chat/api/conversations and talks over one WebSocket at "
+    "/chat/api/ws; TTFT runs from the send command, and the gateway stores every turn).",
 )
 @click.option("--model", default="qwen3:32b", show_default=True)
 @click.option("--concurrency", help="Closed-loop virtual users per level, e.g. 30,87.")
@@ -49,18 +52,25 @@ def _numbers(value: str | None) -> list[float]:
     help="Open-loop arrivals per second per level (Poisson), e.g. 1,5; each arrival is a "
     "conversation of --turns turns.",
 )
-@click.option("--requests", type=click.IntRange(min=1), help="Requests per level.")
+@click.option("--requests", type=click.IntRange(min=1), help="Requests (turns) per level.")
 @click.option(
     "--duration",
     type=click.FloatRange(min=0.1),
     help="Seconds per level to start requests in; requests in flight then finish.",
 )
 @click.option(
+    "--conversations-per-user",
+    type=click.IntRange(min=1),
+    help="Closed loop: conversations each user holds before leaving (e.g. 1 with --turns 3: every user has "
+    "exactly one 3-turn conversation); a failed turn ends its conversation.",
+)
+@click.option(
     "--turns",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Turns per conversation; each turn sends the growing history.",
+    help="Turns per conversation; each turn sends the growing history (chat: only the new message, as the "
+    "server keeps the history).",
 )
 @click.option(
     "--think-time",
@@ -76,8 +86,17 @@ def _numbers(value: str | None) -> list[float]:
     show_default=True,
     help="Seconds over which closed-loop users start.",
 )
-@click.option("--max-tokens", type=click.IntRange(min=1), help="Cap on output tokens (num_predict / max_tokens).")
-@click.option("--think/--no-think", default=None, help="qwen3 thinking on or off (default: the server's default).")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    help="Cap on output tokens (num_predict / max_tokens). Not with --target chat: a conversation's settings "
+    "have no output cap, so replies are as long as the model makes them.",
+)
+@click.option(
+    "--think/--no-think",
+    default=None,
+    help="qwen3 thinking on or off (default: the server's default; chat: the conversation's think setting).",
+)
 @click.option("--system", help="System prompt for every conversation.")
 @click.option(
     "--prompts",
@@ -89,14 +108,15 @@ def _numbers(value: str | None) -> list[float]:
     type=click.FloatRange(min=1),
     default=900.0,
     show_default=True,
-    help="Seconds one request may take in all.",
+    help="Seconds one request may take in all (chat: one turn, from the send command to reply.done).",
 )
 @click.option(
     "--idle-timeout",
     type=click.FloatRange(min=1),
     default=600.0,
     show_default=True,
-    help="Seconds a request may wait for its next bytes (the first ones include queueing).",
+    help="Seconds a request may wait for its next bytes (the first ones include queueing; chat: for its next "
+    "WebSocket event, heartbeats included).",
 )
 @click.option(
     "--warmup",
@@ -135,6 +155,7 @@ def bench(
     rate: str | None,
     requests: int | None,
     duration: float | None,
+    conversations_per_user: int | None,
     turns: int,
     think_time: float,
     ramp_up: float,
@@ -153,19 +174,31 @@ def bench(
 ) -> None:
     """Load-test a chat endpoint: TTFT, full-reply time, failures and tokens/s per concurrency level.
 
-    Example: clawdbot bench http://127.0.0.1:18789 --concurrency 30,87 --duration 60 --turns 3 --think-time 2
+    \b
+    Examples:
+      clawdbot bench http://127.0.0.1:18789 --concurrency 30,87 --duration 60 --turns 3 --think-time 2
+      clawdbot bench http://127.0.0.1:18789 --target chat --concurrency 500 --conversations-per-user 1 --turns 3
+
+    The second drives the chat page's protocol: 500 users, each with one 3-turn conversation stored by the gateway.
     """
     users, rates = _numbers(concurrency), _numbers(rate)
     if bool(users) == bool(rates):
         raise click.UsageError("give exactly one of --concurrency (closed loop) or --rate (open loop)")
-    if requests is None and duration is None:
-        raise click.UsageError("give --requests or --duration (or both) so every level is bounded")
+    if conversations_per_user is not None and rates:
+        raise click.UsageError("--conversations-per-user is for --concurrency; with --rate each arrival is one")
+    if requests is None and duration is None and conversations_per_user is None:
+        raise click.UsageError(
+            "give --requests, --duration or --conversations-per-user (or several) so every level is bounded"
+        )
+    if target == "chat" and max_tokens is not None:
+        raise click.UsageError("--max-tokens cannot be used with --target chat: conversations have no output cap")
     shape = RequestShape(target, url, model, max_tokens, think, timeout, idle_timeout)
     base = Plan(
         "users" if users else "rate",
         0,
         requests,
         duration,
+        conversations_per_user,
         turns,
         think_time,
         ramp_up,
@@ -180,15 +213,16 @@ def bench(
     summaries = []
     for amount in users or rates:
         label = f"{amount:g} users" if users else f"{amount:g}/s"
-        header = (
-            f"\nlevel {label} · {turns} turn(s) · think {think_time:g} s · "
-            + (f"{requests} requests" if requests else "")
-            + (f" · {duration:g} s" if duration else "")
-        )
+        parts = [f"level {label}", f"{turns} turn(s)", f"think {think_time:g} s"]
+        parts += [f"{requests} requests"] if requests else []
+        parts += [f"{duration:g} s"] if duration else []
+        parts += [f"{conversations_per_user} conversation(s) per user"] if conversations_per_user else []
+        header = "\n" + " · ".join(parts)
         if warmup:
             _warm_up(base, warmup)
         plans = _split(base, amount, workers, bool(users))
-        results = _run(plans, label, requests, duration, show)
+        bound = requests or (int(amount) * conversations_per_user * turns if conversations_per_user else None)
+        results = _run(plans, label, bound, duration, show)
         summary = summarise(label, results, max_loop_lag_ms)
         summary["records"] = [row for result in results for row in result.records]
         summaries.append(summary)
@@ -199,7 +233,18 @@ def bench(
             json_path,
             summaries,
             _config(
-                url, target, model, turns, think_time, max_tokens, think, workers, seed, users or rates, bool(users)
+                url,
+                target,
+                model,
+                turns,
+                conversations_per_user,
+                think_time,
+                max_tokens,
+                think,
+                workers,
+                seed,
+                users or rates,
+                bool(users),
             ),
         )
         click.echo(f"\nraw results: {json_path}")
@@ -207,7 +252,15 @@ def bench(
 
 def _warm_up(base: Plan, count: int) -> None:
     warm = replace(
-        base, mode="users", amount=min(count, 8), requests=count, duration=None, turns=1, think_time=0, ramp_up=0
+        base,
+        mode="users",
+        amount=min(count, 8),
+        requests=count,
+        duration=None,
+        conversations=None,
+        turns=1,
+        think_time=0,
+        ramp_up=0,
     )
     result = uvloop.run(run_plan(warm, Counters([0.0] * 4, 0)))
     failed = [row for row in result.records if row["failure"]]
@@ -278,6 +331,7 @@ def _config(
     target: str,
     model: str,
     turns: int,
+    conversations_per_user: int | None,
     think_time: float,
     max_tokens: int | None,
     think: bool | None,
@@ -293,6 +347,7 @@ def _config(
         "mode": "users" if closed else "rate",
         "levels": levels,
         "turns": turns,
+        "conversations_per_user": conversations_per_user,
         "think_time": think_time,
         "max_tokens": max_tokens,
         "think": think,

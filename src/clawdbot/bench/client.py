@@ -1,5 +1,6 @@
 """One streamed request, timed the way shared/reference/load-testing.md asks: a timestamp the moment bytes
-arrive, parsing only after the stream has ended, token counts from the server's own numbers.
+arrive, parsing only after the stream has ended, token counts from the server's own numbers. The chat page's
+protocol (`--target chat`) is in chat.py; both are driven through the `User` interface below.
 
 TTFT is the first chunk that carries a token (thinking or answer); TTFO the first answer token, which for
 qwen3 with thinking on comes much later. Gaps are between reads, so chunks that arrive together count once.
@@ -8,13 +9,16 @@ qwen3 with thinking on comes much later. Gaps are between reads, so chunks that 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
+
+from .workload import Conversation
 
 
 @dataclass(slots=True)
@@ -34,9 +38,12 @@ class Record:
     failure: str | None = None
     detail: str | None = None
     reply: str = ""
+    conversation_id: str | None = None  # chat target: where the turn is stored on the server
+    reply_id: str | None = None
+    server: dict[str, Any] = field(default_factory=dict)  # chat target: the stored reply's own timings
 
     def as_row(self) -> dict[str, Any]:
-        return {
+        row: dict[str, Any] = {
             "user": self.user,
             "turn": self.turn,
             "scheduled": self.scheduled,
@@ -50,11 +57,20 @@ class Record:
             "detail": self.detail,
             "gaps": [round(g, 6) for g in self.gaps],
         }
+        if self.conversation_id is not None:
+            # Enough to check afterwards that the server stored exactly what the client was shown.
+            row.update(
+                conversation_id=self.conversation_id,
+                reply_id=self.reply_id,
+                reply_sha256=hashlib.sha256(self.reply.encode()).hexdigest(),
+                server=self.server,
+            )
+        return row
 
 
 @dataclass(frozen=True, slots=True)
 class RequestShape:
-    target: str  # "ollama" | "openai"
+    target: str  # "ollama" | "openai" | "chat"
     base_url: str
     model: str
     max_tokens: int | None
@@ -64,8 +80,11 @@ class RequestShape:
 
     @property
     def url(self) -> str:
-        path = "/api/chat" if self.target == "ollama" else "/v1/chat/completions"
-        return self.base_url.rstrip("/") + path
+        base = self.base_url.rstrip("/")
+        if self.target == "chat":
+            scheme, rest = base.split("://", 1)
+            return ("wss" if scheme == "https" else "ws") + "://" + rest + "/chat/api/ws"
+        return base + ("/api/chat" if self.target == "ollama" else "/v1/chat/completions")
 
     def body(self, messages: list[dict[str, str]]) -> bytes:
         if self.target == "ollama":
@@ -86,6 +105,30 @@ class RequestShape:
         if self.think is False:
             openai["reasoning_effort"] = "none"
         return orjson.dumps(openai)
+
+
+class User(Protocol):
+    """One virtual user: it takes turns in conversations and holds whatever connection state it needs."""
+
+    async def turn(self, conversation: Conversation, record: Record) -> None:
+        """Send the conversation's next message and fill `record` with what happened; never raises."""
+
+    async def close(self) -> None:
+        """Let go of connections held across turns."""
+
+
+class HttpUser:
+    """A user of a stateless API: every turn is one request that carries the whole history."""
+
+    def __init__(self, session: aiohttp.ClientSession, shape: RequestShape) -> None:
+        self.session = session
+        self.shape = shape
+
+    async def turn(self, conversation: Conversation, record: Record) -> None:
+        await send(self.session, self.shape, conversation.next_turn(), record)
+
+    async def close(self) -> None:
+        return None
 
 
 async def send(

@@ -66,6 +66,10 @@ def summarise(label: str, results: list[WorkerResult], lag_limit: float) -> dict
         "itl": _dist([g for r in ok for g in r["gaps"]]),
         "tpot": _dist(tpot),
         "wait": _dist([r["start"] - r["scheduled"] for r in rows]),
+        # chat target: the gateway's own TTFT (generation start → first token), stored with each reply
+        "server_ttft": _dist(
+            [r["server"]["ttft_ms"] / 1000 for r in ok if (r.get("server") or {}).get("ttft_ms") is not None]
+        ),
         "output_tokens": output,
         "token_source": "server" if output else "none reported",
         "window_seconds": window,
@@ -134,6 +138,12 @@ def render_level(summary: dict[str, Any], header: str) -> str:
         f"  client      loop lag p99 {client['loop_lag_p99_ms']:.1f} ms   CPU {client['cpu_cores']:.2f} cores "
         f"({client['workers']} worker(s)) — {verdict}",
     ]
+    if s["server_ttft"]["n"]:
+        lines.insert(
+            3,
+            f"  stored TTFT p50 {_s(s['server_ttft']['p50'])} s   p99 {_s(s['server_ttft']['p99'])} s   (the "
+            "gateway's own, from reply start; the rest is storing the turn)",
+        )
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import multiprocessing
 import random
 import resource
@@ -20,7 +21,8 @@ from typing import Any
 
 import aiohttp
 
-from .client import Record, RequestShape, send
+from .chat import ChatUser
+from .client import HttpUser, Record, RequestShape, User
 from .workload import Conversation
 
 STARTED, FINISHED, FAILED, IN_FLIGHT = range(4)
@@ -35,6 +37,7 @@ class Plan:
     amount: float  # users, or conversations per second, for this worker
     requests: int | None
     duration: float | None
+    conversations: int | None  # closed loop: conversations each user holds before leaving (None: no limit)
     turns: int
     think_time: float
     ramp_up: float
@@ -115,17 +118,27 @@ class _Level:
     async def _user(self, uid: int, delay: float) -> None:
         await asyncio.sleep(delay)
         rng = random.Random(f"{self.plan.seed}:{self.plan.worker}:{uid}")
-        while True:
-            conversation = Conversation(rng, list(self.plan.openings), self.plan.system)
-            for turn in range(self.plan.turns):
-                if not self._time_left() or not self.tickets.take():
+        user = open_user(self.plan.shape, self.session)
+        try:
+            for _ in itertools.count() if self.plan.conversations is None else range(self.plan.conversations):
+                if not await self._conversation(uid, user, rng):
                     return
-                record = await self._request(uid, turn, conversation, time.perf_counter())
-                if record.failure:
-                    await asyncio.sleep(0.1)  # a dead server must not become a hot loop
-                    break
-                if self.plan.think_time:
-                    await asyncio.sleep(self.plan.think_time * rng.uniform(0.5, 1.5))
+        finally:
+            await user.close()
+
+    async def _conversation(self, uid: int, user: User, rng: random.Random) -> bool:
+        """One conversation of a closed-loop user; False when the level's budget or time has run out."""
+        conversation = Conversation(rng, list(self.plan.openings), self.plan.system)
+        for turn in range(self.plan.turns):
+            if not self._time_left() or not self.tickets.take():
+                return False
+            record = await self._request(uid, turn, user, conversation, time.perf_counter())
+            if record.failure:
+                await asyncio.sleep(0.1)  # a dead server must not become a hot loop
+                return True
+            if self.plan.think_time:
+                await asyncio.sleep(self.plan.think_time * rng.uniform(0.5, 1.5))
+        return True
 
     async def arrivals(self) -> None:
         """Poisson arrivals from a precomputed schedule; each arrival is a conversation of --turns turns."""
@@ -148,24 +161,28 @@ class _Level:
     async def _session(self, uid: int, due: float, seed: float) -> None:
         rng = random.Random(seed)
         conversation = Conversation(rng, list(self.plan.openings), self.plan.system)
+        user = open_user(self.plan.shape, self.session)
         scheduled = due
-        for turn in range(self.plan.turns):
-            if turn and not self.tickets.take():
-                return
-            record = await self._request(uid, turn, conversation, scheduled)
-            if record.failure:
-                return
-            pause = self.plan.think_time * rng.uniform(0.5, 1.5) if self.plan.think_time else 0.0
-            scheduled = time.perf_counter() + pause
-            await asyncio.sleep(pause)
+        try:
+            for turn in range(self.plan.turns):
+                if turn and not self.tickets.take():
+                    return
+                record = await self._request(uid, turn, user, conversation, scheduled)
+                if record.failure:
+                    return
+                pause = self.plan.think_time * rng.uniform(0.5, 1.5) if self.plan.think_time else 0.0
+                scheduled = time.perf_counter() + pause
+                await asyncio.sleep(pause)
+        finally:
+            await user.close()
 
-    async def _request(self, uid: int, turn: int, conversation: Conversation, scheduled: float) -> Record:
+    async def _request(self, uid: int, turn: int, user: User, conversation: Conversation, scheduled: float) -> Record:
         counters = self.counters
         counters.add(STARTED)
         counters.add(IN_FLIGHT)
         record = Record(uid, turn, scheduled)
         try:
-            await send(self.session, self.plan.shape, conversation.next_turn(), record)
+            await user.turn(conversation, record)
         finally:
             counters.add(IN_FLIGHT, -1)
         counters.add(FAILED if record.failure else FINISHED)
@@ -175,6 +192,10 @@ class _Level:
         row["worker"] = self.plan.worker
         self.result.records.append(row)
         return record
+
+
+def open_user(shape: RequestShape, session: aiohttp.ClientSession) -> User:
+    return ChatUser(session, shape) if shape.target == "chat" else HttpUser(session, shape)
 
 
 async def _sleep_until(due: float) -> None:
