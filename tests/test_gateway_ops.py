@@ -364,3 +364,25 @@ def test_garbage_json_is_the_backends_to_reject(simulator: Server, gateway: Serv
     assert relayed.status_code == 400
     assert (relayed.headers["content-type"], relayed.content) == (direct.headers["content-type"], direct.content)
     assert relayed.json()["error"].startswith("invalid character 'o'")
+
+
+@pytest.mark.parametrize(
+    ("database_url", "shown"),
+    [
+        ("postgresql://clawdbot:s3cret@db.internal/chat", "postgresql://clawdbot:***@db.internal/chat"),
+        ("sqlite:////var/lib/clawdbot/chat.db", "/var/lib/clawdbot/chat.db"),
+    ],
+)
+def test_the_startup_line_names_the_database_but_never_its_password(database_url: str, shown: str) -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from clawdbot.backends import Backend, BackendStatus
+    from clawdbot.settings import Settings
+    from clawdbot.web import startup_line
+
+    backend = SimpleNamespace(url="http://127.0.0.1:11434", simulated=False, status=BackendStatus())
+    line = startup_line(Settings(database_url=database_url), 18789, cast(Backend, backend))
+    assert f"conversations in {shown} " in line
+    assert "s3cret" not in line
+    assert "chat page http://127.0.0.1:18789/chat" in line

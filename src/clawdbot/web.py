@@ -308,8 +308,9 @@ def startup_line(settings: Settings, port: int, backend: Backend) -> str:
     else:
         health = f"NOT answering — {status.error}; /readyz reports it until it comes back"
     database = make_url(settings.database_url or default_url(settings.data_dir))
+    where = database.database if database.get_backend_name() == "sqlite" else database.render_as_string()
     return (
         f"clawdbot {__version__} on http://{settings.host}:{port} — backend {backend.url} "
         f"[{kind}] {health} — chat page http://{settings.host}:{port}/chat, conversations in "
-        f"{database.render_as_string(hide_password=True)} — {time.strftime('%H:%M:%S')}"
+        f"{where} — {time.strftime('%H:%M:%S')}"
     )
