@@ -1,0 +1,49 @@
+// How numbers and times read on the page.
+import type { Message, Model } from "./types";
+
+const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const dated = new Intl.DateTimeFormat(undefined, {
+  month: "short",
+  day: "numeric",
+  hour: "2-digit",
+  minute: "2-digit",
+});
+const full = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
+const count = new Intl.NumberFormat();
+
+export function messageTime(ms: number): { short: string; long: string; iso: string } {
+  const when = new Date(ms);
+  const today = new Date().toDateString() === when.toDateString();
+  return { short: (today ? clock : dated).format(when), long: full.format(when), iso: when.toISOString() };
+}
+
+export function seconds(ms: number): string {
+  return ms < 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 1000)} s`;
+}
+
+export function tokens(n: number): string {
+  return count.format(n);
+}
+
+/** TTFT, tokens/s, output tokens and total time, from whichever of them the finished reply has. */
+export function replyStats(message: Message): string[] {
+  const parts: string[] = [];
+  if (message.ttft_ms != null) parts.push(`TTFT ${seconds(message.ttft_ms)}`);
+  if (message.output_tokens && message.eval_ms) {
+    parts.push(`${((message.output_tokens / message.eval_ms) * 1000).toFixed(1)} tok/s`);
+  }
+  if (message.output_tokens != null) parts.push(`${tokens(message.output_tokens)} tokens`);
+  if (message.total_ms != null) parts.push(`${seconds(message.total_ms)} total`);
+  return parts;
+}
+
+export function modelLabel(model: Model): string {
+  const parts = [model.name];
+  if (model.size) parts.push(`${(model.size / 1e9).toFixed(1)} GB`);
+  if (model.quantization) parts.push(model.quantization);
+  return parts.join(" · ");
+}
+
+export function plural(n: number, one: string, many: string): string {
+  return `${n} ${n === 1 ? one : many}`;
+}

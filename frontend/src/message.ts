@@ -1,0 +1,184 @@
+// One message on the page. A reply re-renders from its whole text so far, at most once per frame (the caller's job).
+import { h } from "./dom";
+import { messageTime, replyStats, seconds } from "./format";
+import { icon } from "./icons";
+import { renderMarkdown } from "./markdown";
+import type { Message, Status } from "./types";
+
+const LIVE: ReadonlySet<Status> = new Set(["waiting", "thinking", "writing"]);
+const LABELS: Record<Status, string> = {
+  sent: "",
+  waiting: "Waiting…",
+  thinking: "Thinking…",
+  writing: "Writing…",
+  done: "Done",
+  stopped: "Stopped",
+  failed: "Failed",
+  interrupted: "Interrupted",
+};
+
+function actionButton(action: string, label: string, name: "copy" | "edit" | "regenerate"): HTMLButtonElement {
+  const button = h("button", {
+    type: "button",
+    class: "msg-action",
+    "data-action": action,
+    "data-testid": action,
+    title: label,
+    "aria-label": label,
+  });
+  button.append(icon(name), h("span", { class: "label", text: label }));
+  return button;
+}
+
+export class MessageView {
+  readonly element: HTMLElement;
+  seq = 0; // the last delta applied; a snapshot or a stale delta with a lower number is ignored
+  canEdit = false;
+  canRegenerate = false;
+  private readonly status = h("span", { class: "msg-status", "data-testid": "message-status" });
+  private readonly time = h("time", { class: "msg-time", "data-testid": "message-time" });
+  private readonly thinking = h("details", { class: "thinking", "data-testid": "thinking" });
+  private readonly thinkingSummary = h("summary", { "data-testid": "thinking-summary" });
+  private readonly thinkingBody = h("div", { class: "thinking-body" });
+  readonly body = h("div", { class: "msg-body", "data-testid": "message-content" });
+  private readonly error = h("p", { class: "msg-error", "data-testid": "message-error", role: "note" });
+  private readonly stats = h("span", { class: "msg-stats", "data-testid": "message-stats" });
+  private readonly copy = actionButton("copy", "Copy", "copy");
+  private readonly edit = actionButton("edit", "Edit", "edit");
+  private readonly regenerate = actionButton("regenerate", "Regenerate", "regenerate");
+  private rendered: string | null = null;
+  private renderedThinking: string | null = null;
+  private thinkingFrom: number | null = null; // client clock, for the live "Thinking… 2.1 s"
+  private thinkingUntil: number | null = null;
+  editing = false;
+
+  constructor(public message: Message) {
+    const who = message.role === "user" ? "You" : (message.model ?? "Assistant");
+    this.element = h("article", {
+      class: `msg msg-${message.role}`,
+      "data-testid": "message",
+      "data-id": message.id,
+      "data-role": message.role,
+    });
+    this.thinking.append(this.thinkingSummary, this.thinkingBody);
+    const meta = h("div", { class: "msg-meta" }, h("span", { class: "msg-who", text: who }), this.time, this.status);
+    const actions = h("div", { class: "msg-actions" }, this.copy, this.edit, this.regenerate);
+    const foot = h("div", { class: "msg-foot" }, this.stats, actions);
+    this.element.append(meta, this.thinking, this.body, this.error, foot);
+    this.noteStatus(message.status);
+  }
+
+  get id(): string {
+    return this.message.id;
+  }
+
+  get live(): boolean {
+    return LIVE.has(this.message.status);
+  }
+
+  /** Take newer fields; remembers when thinking started and ended, for the live timer. */
+  update(fields: Partial<Message>): void {
+    if (fields.status && fields.status !== this.message.status) this.noteStatus(fields.status);
+    this.message = { ...this.message, ...fields };
+  }
+
+  render(): void {
+    const m = this.message;
+    this.element.dataset.status = m.status;
+    this.element.classList.toggle("is-live", this.live);
+    const when = messageTime(m.created_at);
+    this.time.textContent = when.short;
+    this.time.dateTime = when.iso;
+    this.time.title = when.long;
+    this.status.textContent = this.statusText();
+    this.status.hidden = !this.status.textContent;
+    this.renderThinking();
+    if (!this.editing) this.renderBody();
+    this.error.textContent = m.error ?? "";
+    this.error.hidden = !m.error || !(m.status === "failed" || m.status === "interrupted");
+    const stats = this.live || m.role === "user" ? [] : replyStats(m);
+    this.stats.textContent = stats.join(" · ");
+    this.stats.hidden = stats.length === 0;
+    this.copy.hidden = this.live || !m.content;
+    this.edit.hidden = !this.canEdit;
+    this.regenerate.hidden = !this.canRegenerate;
+  }
+
+  /** A user message's text turns into an editor; `save` resolves true when the new text was accepted. */
+  beginEdit(save: (text: string) => Promise<boolean>): void {
+    if (this.editing) return;
+    this.editing = true;
+    const area = h("textarea", {
+      class: "edit-input",
+      "data-testid": "edit-input",
+      rows: 3,
+      "aria-label": "Edit your message",
+    });
+    area.value = this.message.content;
+    const cancel = h("button", { type: "button", class: "button", "data-testid": "edit-cancel", text: "Cancel" });
+    const send = h("button", { type: "button", class: "button primary", "data-testid": "edit-save", text: "Send" });
+    const finish = (): void => {
+      this.editing = false;
+      this.rendered = null;
+      this.render();
+    };
+    cancel.addEventListener("click", finish);
+    send.addEventListener("click", async () => {
+      if (area.value.trim() && (await save(area.value))) finish();
+    });
+    area.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") {
+        event.stopPropagation();
+        finish();
+      } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        send.click();
+      }
+    });
+    this.body.replaceChildren(area, h("div", { class: "edit-buttons" }, cancel, send));
+    area.focus();
+    area.setSelectionRange(area.value.length, area.value.length);
+  }
+
+  private noteStatus(status: Status): void {
+    const now = performance.now();
+    if (status === "thinking") this.thinkingFrom ??= now;
+    else if (this.thinkingFrom !== null) this.thinkingUntil ??= now;
+  }
+
+  private statusText(): string {
+    const m = this.message;
+    if (m.status === "waiting" && m.queue_position) return `Waiting · #${m.queue_position} in the queue`;
+    return LABELS[m.status];
+  }
+
+  private renderThinking(): void {
+    const m = this.message;
+    const visible = Boolean(m.thinking) || m.status === "thinking";
+    this.thinking.hidden = !visible;
+    if (!visible) return;
+    this.thinking.classList.toggle("is-live", m.status === "thinking");
+    this.thinkingSummary.textContent = this.thinkingLabel();
+    if (m.thinking !== this.renderedThinking) {
+      this.thinkingBody.textContent = m.thinking; // thinking is shown as written, never as HTML
+      this.renderedThinking = m.thinking;
+    }
+  }
+
+  private thinkingLabel(): string {
+    const m = this.message;
+    const from = this.thinkingFrom;
+    if (m.status === "thinking") return from === null ? "Thinking…" : `Thinking… ${seconds(performance.now() - from)}`;
+    if (m.thinking_ms != null) return `Thought for ${seconds(m.thinking_ms)}`;
+    if (from !== null && this.thinkingUntil !== null) return `Thought for ${seconds(this.thinkingUntil - from)}`;
+    return "Thoughts";
+  }
+
+  private renderBody(): void {
+    const content = this.message.content;
+    if (content === this.rendered) return;
+    this.rendered = content;
+    if (this.message.role === "user") this.body.textContent = content; // what the user typed, as typed
+    else this.body.replaceChildren(renderMarkdown(content));
+  }
+}

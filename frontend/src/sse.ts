@@ -1,0 +1,94 @@
+// The fallback where WebSockets are blocked: one event stream for the open conversation, commands as POSTs.
+import { api, eventsUrl } from "./api";
+import { backoff, DEFAULT_HEARTBEAT_S, MISSED_HEARTBEATS, Watchdog } from "./link";
+import type { CommandFields, Hooks, Transport } from "./link";
+import type { CommandName, ServerEvent, TurnResult } from "./types";
+
+const CONNECT_TIMEOUT_MS = 10_000;
+
+export class SseTransport implements Transport {
+  readonly kind = "sse";
+  private source: EventSource | null = null;
+  private watched: string | null = null;
+  private greeted = false; // a hello on this conversation's stream already came: the next one is a reconnection
+  private heartbeatMs = DEFAULT_HEARTBEAT_S * 1000;
+  private attempt = 0;
+  private retry: number | undefined;
+  private onHello: (() => void) | null = null;
+  private readonly watchdog = new Watchdog(() => this.reopen());
+
+  constructor(private readonly hooks: Hooks) {
+    hooks.state("live", "sse");
+  }
+
+  watch(conversationId: string | null): Promise<void> {
+    if (conversationId === this.watched && this.source) return Promise.resolve();
+    this.shut();
+    this.watched = conversationId;
+    this.greeted = false;
+    this.attempt = 0;
+    return conversationId ? this.open() : Promise.resolve();
+  }
+
+  command(name: CommandName, conversationId: string, fields: CommandFields = {}): Promise<TurnResult> {
+    if (name === "send") return api.send(conversationId, fields.content ?? "", fields.client_id);
+    if (name === "edit") return api.edit(conversationId, fields.content ?? "");
+    if (name === "regenerate") return api.regenerate(conversationId);
+    return api.stop(conversationId);
+  }
+
+  close(): void {
+    this.shut();
+    this.watched = null;
+  }
+
+  /** Resolves on the stream's hello (the server listens from then on) or, failing that, after a while. */
+  private open(): Promise<void> {
+    const conversationId = this.watched;
+    if (!conversationId) return Promise.resolve();
+    const source = new EventSource(eventsUrl(conversationId));
+    this.source = source;
+    this.watchdog.feed(CONNECT_TIMEOUT_MS);
+    source.onmessage = (message: MessageEvent<string>) => this.receive(JSON.parse(message.data) as ServerEvent);
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) this.reopen();
+      else this.hooks.state("reconnecting", this.kind);
+    };
+    return new Promise((resolve) => {
+      const timer = window.setTimeout(resolve, CONNECT_TIMEOUT_MS);
+      this.onHello = () => {
+        window.clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  private receive(event: ServerEvent): void {
+    if (event.type === "hello") {
+      this.heartbeatMs = event.heartbeat * 1000;
+      this.attempt = 0;
+      this.hooks.state("live", "sse");
+      this.onHello?.();
+      this.onHello = null;
+      if (this.greeted) this.hooks.reconnected();
+      this.greeted = true;
+    }
+    this.watchdog.feed(this.heartbeatMs * MISSED_HEARTBEATS);
+    this.hooks.event(event);
+  }
+
+  /** EventSource retries by itself after a dropped stream, but not after an error status or a silent death. */
+  private reopen(): void {
+    this.shut();
+    if (!this.watched) return;
+    this.hooks.state("reconnecting", this.kind);
+    this.retry = window.setTimeout(() => void this.open(), backoff(this.attempt++));
+  }
+
+  private shut(): void {
+    window.clearTimeout(this.retry);
+    this.watchdog.stop();
+    this.source?.close();
+    this.source = null;
+  }
+}

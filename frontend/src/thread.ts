@@ -1,0 +1,240 @@
+// The open conversation's messages: merges the server's rows, snapshots and deltas, renders once per frame.
+import { copyText, flash } from "./dom";
+import { MessageView } from "./message";
+import type { ConversationView, Message, ServerEvent, Snapshot } from "./types";
+
+export type Action = "copy" | "edit" | "regenerate";
+
+export interface ThreadHooks {
+  busyChanged(busy: boolean): void;
+  /** A reply ended; `watched` is true when this tab saw it end (not when it was loaded finished). */
+  replyFinished(view: MessageView, watched: boolean): void;
+  action(action: Action, view: MessageView): void;
+  /** A delta arrived out of order or for an unknown reply: the page reloads the conversation to resync. */
+  lostTrack(): void;
+  error(error: unknown): void;
+}
+
+const STICK_PX = 80; // this close to the bottom, the view follows a growing reply
+
+export class Thread {
+  conversationId: string | null = null;
+  private readonly views = new Map<string, MessageView>();
+  private readonly finished = new Set<string>(); // replies whose final row this tab has: nothing older replaces it
+  private readonly dirty = new Set<MessageView>();
+  private frame = 0;
+  private ticker: number | undefined;
+  private busy = false;
+
+  constructor(
+    private readonly list: HTMLElement,
+    private readonly scroller: HTMLElement,
+    private readonly hooks: ThreadHooks,
+  ) {
+    list.addEventListener("click", (event) => this.click(event));
+  }
+
+  get isBusy(): boolean {
+    return this.busy;
+  }
+
+  /** Empty the list; `loading` hides the empty-chat greeting until `load` brings the messages. */
+  reset(conversationId: string | null, loading = false): void {
+    this.conversationId = conversationId;
+    this.list.toggleAttribute("data-loading", loading);
+    this.views.clear();
+    this.finished.clear();
+    this.dirty.clear();
+    this.list.replaceChildren();
+    this.changed();
+  }
+
+  /** Merge a fetched view: rows this tab has newer versions of (streamed text, final rows) are kept. */
+  load(view: ConversationView): void {
+    if (view.conversation.id !== this.conversationId) this.reset(view.conversation.id);
+    const opening = this.views.size === 0; // a reload after a reply leaves the reader where they are
+    this.list.removeAttribute("data-loading");
+    const shown = new Set(view.messages.map((m) => m.id));
+    const newest = Math.max(0, ...view.messages.map((m) => m.created_at));
+    for (const old of [...this.views.values()]) {
+      if (!shown.has(old.id) && old.message.created_at <= newest) this.remove(old.id);
+    }
+    for (const message of view.messages) this.upsert(message, false);
+    if (view.active) this.snapshot(view.active);
+    this.changed();
+    if (opening) this.scrollToEnd();
+  }
+
+  apply(event: ServerEvent): void {
+    if (!("conversation_id" in event) || event.conversation_id !== this.conversationId) return;
+    switch (event.type) {
+      case "message.new":
+      case "reply.start":
+        this.upsert(event.message, false);
+        break;
+      case "messages.superseded":
+        for (const id of event.ids) this.remove(id);
+        break;
+      case "reply.status":
+        this.views.get(event.id)?.update({ status: event.status, queue_position: event.queue_position ?? null });
+        this.mark(event.id);
+        break;
+      case "reply.delta":
+        this.delta(event);
+        break;
+      case "reply.snapshot":
+        this.snapshot(event);
+        break;
+      case "reply.done":
+        this.finish(event.message);
+        break;
+    }
+    this.changed();
+  }
+
+  /** Rows from an ack (the reply as it started) arrive in any order with the events; the same merge applies. */
+  add(message: Message | undefined): void {
+    if (!message || message.conversation_id !== this.conversationId) return;
+    this.upsert(message, false);
+    this.changed();
+    this.scrollToEnd();
+  }
+
+  scrollToEnd(): void {
+    requestAnimationFrame(() => (this.scroller.scrollTop = this.scroller.scrollHeight));
+  }
+
+  private upsert(message: Message, final: boolean): MessageView {
+    let view = this.views.get(message.id);
+    if (!view) {
+      view = new MessageView(message);
+      this.views.set(message.id, view);
+      this.insert(view);
+    } else if (this.finished.has(message.id) && !final) {
+      return view; // an older row (an ack, a slow fetch) after the final one
+    } else if (final || !isLive(message) || view.seq === 0) {
+      view.update(message);
+    } else {
+      const { content: _c, thinking: _t, status: _s, ...rest } = message; // the streamed text is newer
+      view.update(rest);
+    }
+    if (final || !isLive(message)) this.finished.add(message.id);
+    this.mark(view.id);
+    return view;
+  }
+
+  private delta(event: Extract<ServerEvent, { type: "reply.delta" }>): void {
+    const view = this.views.get(event.id);
+    if (!view) return this.hooks.lostTrack();
+    if (this.finished.has(event.id) || event.seq <= view.seq) return;
+    if (event.seq !== view.seq + 1) return this.hooks.lostTrack(); // a gap: the reload's snapshot fills it
+    const m = view.message;
+    view.update({
+      content: m.content + (event.content ?? ""),
+      thinking: m.thinking + (event.thinking ?? ""),
+      status: event.content ? "writing" : event.thinking && m.status === "waiting" ? "thinking" : m.status,
+    });
+    view.seq = event.seq;
+    this.mark(view.id);
+  }
+
+  private snapshot(snapshot: Snapshot): void {
+    const view = this.upsert(snapshot.message, false);
+    if (this.finished.has(snapshot.id) || snapshot.seq < view.seq) return;
+    view.update({ status: snapshot.status, content: snapshot.content, thinking: snapshot.thinking });
+    view.seq = snapshot.seq;
+    this.mark(view.id);
+  }
+
+  private finish(message: Message): void {
+    const watched = !this.finished.has(message.id);
+    const view = this.upsert(message, true);
+    view.render(); // now, not next frame: the announcement reads the rendered text
+    this.hooks.replyFinished(view, watched);
+  }
+
+  private remove(id: string): void {
+    const view = this.views.get(id);
+    if (!view) return;
+    this.views.delete(id);
+    this.dirty.delete(view);
+    view.element.remove();
+  }
+
+  /** Keep the server's order (created_at, then id) whatever order rows arrive in. */
+  private insert(view: MessageView): void {
+    const key = (m: Message): string => `${String(m.created_at).padStart(15, "0")}${m.id}`;
+    const mine = key(view.message);
+    const after = [...this.views.values()].find(
+      (other) => other !== view && other.element.isConnected && key(other.message) > mine,
+    );
+    this.list.insertBefore(view.element, after?.element ?? null);
+  }
+
+  private mark(id: string): void {
+    const view = this.views.get(id);
+    if (!view) return;
+    this.dirty.add(view);
+    // Coalesce: however many deltas arrive, the DOM is rebuilt at most once per frame, from the full text.
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
+  }
+
+  private flush(): void {
+    this.frame = 0;
+    const s = this.scroller;
+    const stick = s.scrollHeight - s.scrollTop - s.clientHeight < STICK_PX;
+    for (const view of this.dirty) view.render();
+    this.dirty.clear();
+    if (stick) s.scrollTop = s.scrollHeight;
+  }
+
+  /** After any change: who may be edited or regenerated, whether a reply is in flight, the thinking timer. */
+  private changed(): void {
+    const ordered = [...this.list.children]
+      .map((element) => this.views.get((element as HTMLElement).dataset.id ?? ""))
+      .filter((view) => view !== undefined);
+    const busy = ordered.some((view) => view.live);
+    const lastUser = ordered.findLast((view) => view.message.role === "user");
+    const last = ordered.at(-1);
+    for (const view of ordered) {
+      const canEdit = !busy && view === lastUser;
+      const canRegenerate = !busy && view === last && view.message.role === "assistant";
+      if (canEdit !== view.canEdit || canRegenerate !== view.canRegenerate) {
+        view.canEdit = canEdit;
+        view.canRegenerate = canRegenerate;
+        this.mark(view.id);
+      }
+    }
+    if (busy && this.ticker === undefined) this.ticker = window.setInterval(() => this.tick(), 250);
+    if (!busy) {
+      window.clearInterval(this.ticker);
+      this.ticker = undefined;
+    }
+    if (busy !== this.busy) {
+      this.busy = busy;
+      this.hooks.busyChanged(busy);
+    }
+  }
+
+  /** The live "Thinking… 2.1 s" moves on even while the model sends nothing. */
+  private tick(): void {
+    for (const view of this.views.values()) if (view.message.status === "thinking") this.mark(view.id);
+  }
+
+  private click(event: MouseEvent): void {
+    const button = (event.target as Element).closest<HTMLElement>("[data-action]");
+    if (!button) return;
+    if (button.dataset.action === "copy-code") {
+      const code = button.closest(".code-block")?.querySelector("pre")?.textContent ?? "";
+      copyText(code).then(() => flash(button, "Copied"), this.hooks.error);
+      return;
+    }
+    const id = button.closest<HTMLElement>("[data-testid=message]")?.dataset.id;
+    const view = id ? this.views.get(id) : undefined;
+    if (view) this.hooks.action(button.dataset.action as Action, view);
+  }
+}
+
+function isLive(message: Message): boolean {
+  return message.status === "waiting" || message.status === "thinking" || message.status === "writing";
+}
