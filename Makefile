@@ -1,6 +1,6 @@
 UV ?= python3 -m uv
 
-.PHONY: install demo test lint typecheck fmt check bench-overhead
+.PHONY: install demo test lint typecheck fmt check bench-overhead bench-chat-db screenshots
 
 install:
 	$(UV) sync --locked
@@ -26,3 +26,9 @@ check: lint typecheck test
 
 bench-overhead:
 	$(UV) run --locked python benchmarks/gateway_overhead.py
+
+bench-chat-db:
+	$(UV) run --locked python benchmarks/chat_database.py --conversations 500 --turns 3
+
+screenshots:
+	$(UV) run --locked python scripts/screenshots.py
