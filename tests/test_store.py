@@ -11,6 +11,7 @@ import asyncio
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -20,7 +21,8 @@ from sqlalchemy import TextClause, bindparam, text
 
 from chat_support import ChatApi, chat_api, postgres_database, wait_until
 from clawdbot import migrations
-from clawdbot.store import Store, async_url, conversations, new_id
+from clawdbot.database import driver_url
+from clawdbot.store import Store, conversations, new_id
 from conftest import Server, script, start_gateway
 
 # Short replies with nothing a search could trip on (the simulator's own replies hold code, "_" and "%").
@@ -52,11 +54,11 @@ def api(gateway: Server, simulator: Server) -> Iterator[ChatApi]:
 
 async def _query(url: str, sql: str | TextClause, **params: object) -> list[tuple[Any, ...]]:
     store = Store(url)
+    statement = text(sql) if isinstance(sql, str) else sql
     try:
-        async with store.engine.connect() as conn:
-            return [tuple(row) for row in await conn.execute(text(sql) if isinstance(sql, str) else sql, params)]
+        return await store.read(lambda conn: [tuple(row) for row in conn.execute(statement, params)])
     finally:
-        await store.engine.dispose()
+        await store.close()
 
 
 def query(url: str, sql: str | TextClause, **params: object) -> list[tuple[Any, ...]]:
@@ -235,8 +237,7 @@ async def test_the_schema_is_at_head_and_opening_again_changes_nothing(gateway: 
         store = Store(database_url)
         await store.open()
         try:
-            async with store.engine.connect() as conn:
-                assert await conn.run_sync(migrations.current) == head
+            assert await store.read(migrations.current) == head
         finally:
             await store.close()
     assert await _query(database_url, "SELECT version_num FROM alembic_version") == [(head,)]
@@ -255,16 +256,17 @@ async def test_writes_queued_together_commit_together_and_one_failure_spares_the
     seen_by_a_reader: list[int] = []
 
     def insert(conversation_id: str) -> Any:
-        async def op(conn: Any) -> None:
+        def op(conn: Any) -> None:
             row = {"title": "", "title_set": False, "model": "m", "system_prompt": "", "pinned": False}
-            await conn.execute(conversations.insert().values(id=conversation_id, created_at=1, updated_at=1, **row))
+            conn.execute(conversations.insert().values(id=conversation_id, created_at=1, updated_at=1, **row))
 
         return op
 
-    async def peek(conn: Any) -> None:
-        async with store.engine.connect() as other:  # another connection must not see the group half-done
-            result = await other.execute(text("SELECT count(*) FROM conversations WHERE id = :i"), {"i": ids[0]})
-            seen_by_a_reader.append(int(result.scalar_one()))
+    def peek(conn: Any) -> None:
+        # Another connection, in another thread, must not see the group half-done.
+        sql = "SELECT count(*) FROM conversations WHERE id = :i"
+        with ThreadPoolExecutor(1) as elsewhere:
+            seen_by_a_reader.append(int(elsewhere.submit(query, database_url, sql, i=ids[0]).result()[0][0]))
 
     try:
         results = await asyncio.gather(
@@ -278,7 +280,8 @@ async def test_writes_queued_together_commit_together_and_one_failure_spares_the
         assert results[1] is None
         assert isinstance(results[2], Exception)
         assert results[3] is None
-        assert seen_by_a_reader == [0]
+        # The group failed and was rolled back (the reader saw none of it), then each write ran on its own.
+        assert seen_by_a_reader == [0, 1]
         for conversation_id in ids:
             assert await store.get_conversation(conversation_id) is not None
             await store.delete_conversation(conversation_id)
@@ -293,11 +296,12 @@ def test_ids_are_uuid7_and_sort_in_the_order_they_were_made() -> None:
     assert all(uuid.UUID(i).version == 7 for i in made[:100])
 
 
-def test_database_urls_name_the_async_driver() -> None:
-    assert async_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
-    assert async_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
-    assert async_url("sqlite:////tmp/x.db") == "sqlite+aiosqlite:////tmp/x.db"
-    assert async_url("postgresql+asyncpg://u@h/db") == "postgresql+asyncpg://u@h/db"
+def test_database_urls_name_the_driver() -> None:
+    assert driver_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert driver_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert driver_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert driver_url("sqlite+aiosqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert driver_url("postgresql+asyncpg://u@h/db") == "postgresql+asyncpg://u@h/db"
 
 
 # ---- restarts ------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from .backends import Backend
 from .errors import BadRequest, Conflict, NotFound
 from .generations import Generations
 from .settings import Settings
-from .store import Store
+from .store import Store, new_message
 
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -77,8 +78,7 @@ class Chat:
 
     async def view(self, conversation_id: str) -> dict[str, Any]:
         """A conversation with its shown messages, the reply in flight if any, and how full its context is."""
-        conversation = await self.conversation(conversation_id)
-        history = await self.store.messages(conversation_id)
+        conversation, history = await self._history(conversation_id)
         active = self.generations.active.get(conversation_id)
         last_reply = next((m for m in reversed(history) if m["role"] == "assistant"), None)
         return {
@@ -93,42 +93,40 @@ class Chat:
         }
 
     # ---- what the page does --------------------------------------------------------------------------------
+    # A turn is one read (the conversation and its history) and one write (everything the turn changes), and the
+    # write is committed before the model is asked: the user's message is stored before it is forwarded.
     async def send(self, conversation_id: str, content: str, client_id: str | None = None) -> dict[str, Any]:
         content = self._checked(content)
         with self._turn(conversation_id):
-            conversation = await self.conversation(conversation_id)
+            conversation, history = await self._history(conversation_id)
+            user = new_message(conversation_id, "user", content, status="sent", client_id=client_id)
             # The store titles a conversation only while it has no title, i.e. from its first message.
-            user = await self.store.add_message(
-                conversation_id, "user", content, status="sent", client_id=client_id, title=title_from(content)
-            )
-            self._publish(conversation_id, {"type": "message.new", "message": user})
-            reply = await self._reply(conversation)
+            reply = await self._reply(conversation, [*history, user], [user], title=title_from(content))
         return {"message": user, "reply": reply}
 
     async def regenerate(self, conversation_id: str) -> dict[str, Any]:
         with self._turn(conversation_id):
-            conversation = await self.conversation(conversation_id)
-            history = await self.store.messages(conversation_id)
+            conversation, history = await self._history(conversation_id)
             if not any(m["role"] == "user" for m in history):
                 raise BadRequest("there is no message to answer again")
-            await self._supersede(conversation_id, [m["id"] for m in history[_last_user(history) + 1 :]])
-            reply = await self._reply(conversation)
+            keep = _last_user(history) + 1
+            reply = await self._reply(conversation, history[:keep], [], supersede=history[keep:])
         return {"reply": reply}
 
     async def edit(self, conversation_id: str, content: str) -> dict[str, Any]:
         """Replace the last user message (and the reply to it) with new text, and answer that."""
         content = self._checked(content)
         with self._turn(conversation_id):
-            conversation = await self.conversation(conversation_id)
-            history = await self.store.messages(conversation_id)
+            conversation, history = await self._history(conversation_id)
             if not any(m["role"] == "user" for m in history):
                 raise BadRequest("there is no message to edit")
-            await self._supersede(conversation_id, [m["id"] for m in history[_last_user(history) :]])
-            user = await self.store.add_message(conversation_id, "user", content, status="sent")
-            if not conversation["title_set"]:  # the edited message may have been the first one
-                await self.store.update_conversation(conversation_id, title=await self.first_title(conversation_id))
-            self._publish(conversation_id, {"type": "message.new", "message": user})
-            reply = await self._reply(conversation)
+            keep = _last_user(history)
+            user = new_message(conversation_id, "user", content, status="sent")
+            shown = [*history[:keep], user]
+            first = next(m for m in shown if m["role"] == "user")  # the edited message may have been the first one
+            reply = await self._reply(
+                conversation, shown, [user], supersede=history[keep:], title=title_from(first["content"]), retitle=True
+            )
         return {"message": user, "reply": reply}
 
     async def stop(self, conversation_id: str) -> dict[str, Any]:
@@ -162,25 +160,47 @@ class Chat:
     def _publish(self, conversation_id: str, event: dict[str, Any]) -> None:
         self.generations.hub.publish(conversation_id, {**event, "conversation_id": conversation_id})
 
-    async def _supersede(self, conversation_id: str, ids: list[str]) -> None:
-        await self.store.supersede(ids)
-        if ids:
-            self._publish(conversation_id, {"type": "messages.superseded", "ids": ids})
-
     def _num_ctx(self, conversation: dict[str, Any]) -> int:
         return int(conversation.get("num_ctx") or self.settings.num_ctx)
 
-    async def _reply(self, conversation: dict[str, Any]) -> dict[str, Any]:
-        history = await self.store.messages(conversation["id"])
+    async def _history(self, conversation_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The conversation and its shown messages; not one of our ids needs no query (PostgreSQL fails on a NUL)."""
+        found: dict[str, Any] | None = None
+        history: list[dict[str, Any]] = []
+        if _ID.fullmatch(conversation_id):
+            found, history = await self.store.conversation_and_messages(conversation_id)
+        if found is None:
+            raise NotFound(f"no conversation {conversation_id}")
+        return found, history
+
+    async def _reply(
+        self,
+        conversation: dict[str, Any],
+        history: list[dict[str, Any]],
+        new: list[dict[str, Any]],
+        *,
+        supersede: Sequence[dict[str, Any]] = (),
+        title: str | None = None,
+        retitle: bool = False,
+    ) -> dict[str, Any]:
+        """Store the turn (`new` messages, `supersede`d ones, the reply's row) at once, then start the reply to
+        `history` (the messages the model is to see)."""
+        conversation_id = conversation["id"]
         num_ctx = self._num_ctx(conversation)
         plan = context.plan(history, conversation["system_prompt"], num_ctx, self.settings.reply_room)
-        reply = await self.store.add_message(
-            conversation["id"],
+        reply = new_message(
+            conversation_id,
             "assistant",
             status="waiting",
             model=conversation["model"],
             omitted_turns=plan.omitted_turns,
         )
+        superseded = [m["id"] for m in supersede]
+        await self.store.record_turn(conversation_id, [*new, reply], supersede=superseded, title=title, retitle=retitle)
+        if superseded:
+            self._publish(conversation_id, {"type": "messages.superseded", "ids": superseded})
+        for sent in new:
+            self._publish(conversation_id, {"type": "message.new", "message": sent})
         options: dict[str, Any] = {"num_ctx": num_ctx}
         if conversation["temperature"] is not None:
             options["temperature"] = conversation["temperature"]

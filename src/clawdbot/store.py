@@ -1,20 +1,16 @@
 """Conversations and messages, kept in SQLite (the default) or PostgreSQL through SQLAlchemy Core.
 
-Every write goes through one writer task that owns one connection and commits in groups: concurrent chats queue
-their writes instead of fighting for SQLite's lock, so none of them ever sees "database is locked", and a burst
-of writes costs one commit. Reads use a pool of other connections (SQLite in WAL mode lets them run alongside
-the writer). A message is a row of its own: saving one never rewrites its conversation.
+The tables and the queries on them; database.py runs the queries (reads alongside one group-committing writer).
+A message is a row of its own: saving one never rewrites its conversation.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -28,16 +24,19 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     column,
     delete,
-    event,
     func,
+    literal,
     literal_column,
     select,
     text,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import Connection
+
+from .database import Database
 
 metadata = MetaData()
 
@@ -84,8 +83,7 @@ messages = Table(
     Index("messages_by_conversation", "conversation_id", "created_at"),
 )
 
-T = TypeVar("T")
-Write = Callable[[AsyncConnection], Awaitable[T]]
+Row = dict[str, Any]
 _ACTIVE = ("waiting", "thinking", "writing")
 _id_lock = threading.Lock()
 _last_id = [0, 0]  # (milliseconds, counter) so ids made in the same millisecond still sort
@@ -109,89 +107,26 @@ def new_id() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-def async_url(url: str) -> str:
-    """Accept the URLs people write (`sqlite:///…`, `postgresql://…`) and name the async driver."""
-    for plain, driver in (
-        ("sqlite://", "sqlite+aiosqlite://"),
-        ("postgresql://", "postgresql+asyncpg://"),
-        ("postgres://", "postgresql+asyncpg://"),
-    ):
-        if url.startswith(plain):
-            return driver + url[len(plain) :]
-    return url
-
-
 class Store:
+    """The chat platform's queries. Each method is one step on the database, however many statements it runs."""
+
     def __init__(self, url: str, *, max_pending_writes: int = 10_000) -> None:
-        self.url = async_url(url)
-        self.sqlite = self.url.startswith("sqlite")
-        if self.sqlite:
-            path = self.url.split(":///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(self.url, pool_size=8, max_overflow=8, pool_pre_ping=True)
-        if self.sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
-        self._writes: asyncio.Queue[tuple[Write[Any], asyncio.Future[Any]]] = asyncio.Queue(max_pending_writes)
-        self._writer: asyncio.Task[None] | None = None
+        self.db = Database(url, max_pending_writes=max_pending_writes)
+        self.sqlite = self.db.sqlite
+        self.read, self.write = self.db.read, self.db.write
 
     @property
     def dialect(self) -> str:
-        return "sqlite" if self.sqlite else "postgresql"
+        return self.db.dialect
 
     async def open(self) -> None:
         """Bring the schema to the newest migration, then start the writer."""
         from .migrations import upgrade
 
-        async with self.engine.begin() as conn:
-            await conn.run_sync(upgrade)
-        self._writer = asyncio.create_task(self._write_loop())
+        await self.db.open(upgrade)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._writes.join()
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-        await self.engine.dispose()
-
-    # ---- the single writer ---------------------------------------------------------------------------------
-    async def write(self, op: Write[T]) -> T:
-        """Run `op` in the writer's transaction and wait until it is committed."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._writes.put((op, future))  # bounded: a flood of writes waits here, memory stays flat
-        return await future
-
-    async def _write_loop(self) -> None:
-        async with self.engine.connect() as conn:
-            while True:
-                batch = [await self._writes.get()]
-                while not self._writes.empty() and len(batch) < 256:
-                    batch.append(self._writes.get_nowait())
-                await self._commit(conn, batch)
-                for _ in batch:
-                    self._writes.task_done()
-
-    @staticmethod
-    async def _commit(conn: AsyncConnection, batch: list[tuple[Write[Any], asyncio.Future[Any]]]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        try:
-            async with conn.begin():
-                for op, future in batch:
-                    try:
-                        async with conn.begin_nested():  # one failing write must not undo the others
-                            results.append((future, await op(conn), None))
-                    except Exception as failed:  # noqa: BLE001 - handed to the caller that asked for the write
-                        results.append((future, None, failed))
-        except Exception as commit_failed:  # noqa: BLE001 - every write in the group failed with the commit
-            results = [(future, None, commit_failed) for _, future in batch]
-        for future, value, problem in results:
-            if future.done():
-                continue
-            if problem is None:
-                future.set_result(value)
-            else:
-                future.set_exception(problem)
+        await self.db.close()
 
     # ---- conversations -------------------------------------------------------------------------------------
     async def create_conversation(
@@ -219,110 +154,94 @@ class Store:
             "updated_at": stamp,
         }
 
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(conversations.insert().values(**row))
+        def query(conn: Connection) -> None:
+            conn.execute(conversations.insert().values(**row))
 
-        await self.write(op)
+        await self.write(query)
         return row
 
     async def list_conversations(self, limit: int = 500) -> list[dict[str, Any]]:
-        query = (
-            select(conversations)
-            .order_by(conversations.c.pinned.desc(), conversations.c.updated_at.desc())
-            .limit(limit)
-        )
-        async with self.engine.connect() as conn:
-            return [_row(row) for row in (await conn.execute(query)).mappings()]
+        order = (conversations.c.pinned.desc(), conversations.c.updated_at.desc())
+        return await self.read(lambda conn: _rows(conn.execute(select(conversations).order_by(*order).limit(limit))))
 
     async def get_conversation(self, conversation_id: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(conversations).where(conversations.c.id == conversation_id))).mappings()
-            found = row.first()
-        return _row(found) if found else None
+        return await self.read(lambda conn: _conversation(conn, conversation_id))
+
+    async def conversation_and_messages(self, conversation_id: str) -> tuple[Row | None, list[Row]]:
+        """A conversation and its shown messages, read together (one snapshot, one step)."""
+
+        def query(conn: Connection) -> tuple[Row | None, list[Row]]:
+            found = _conversation(conn, conversation_id)
+            return found, _messages(conn, conversation_id, False) if found else []
+
+        return await self.read(query)
 
     async def update_conversation(self, conversation_id: str, **fields: Any) -> dict[str, Any] | None:
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**fields))
+        def query(conn: Connection) -> None:
+            conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**fields))
 
         if fields:
-            await self.write(op)
+            await self.write(query)
         return await self.get_conversation(conversation_id)
 
     async def delete_conversation(self, conversation_id: str) -> bool:
-        async def op(conn: AsyncConnection) -> int:
-            await conn.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
-            result = await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
-            return result.rowcount
+        def query(conn: Connection) -> int:
+            conn.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
+            return conn.execute(delete(conversations).where(conversations.c.id == conversation_id)).rowcount
 
-        return bool(await self.write(op))
+        return bool(await self.write(query))
 
     # ---- messages ------------------------------------------------------------------------------------------
     async def messages(self, conversation_id: str, *, include_superseded: bool = False) -> list[dict[str, Any]]:
-        query = select(messages).where(messages.c.conversation_id == conversation_id)
-        if not include_superseded:
-            query = query.where(messages.c.superseded.is_(False))
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query.order_by(messages.c.created_at, messages.c.id))).mappings()
-            return [_row(row) for row in rows]
+        return await self.read(lambda conn: _messages(conn, conversation_id, include_superseded))
 
-    async def add_message(
+    async def record_turn(
         self,
         conversation_id: str,
-        role: str,
-        content: str = "",
+        rows: list[dict[str, Any]],
         *,
-        status: str,
-        model: str | None = None,
-        client_id: str | None = None,
+        supersede: list[str] | None = None,
         title: str | None = None,
-        omitted_turns: int | None = None,
-    ) -> dict[str, Any]:
-        """Insert a message and touch its conversation (and set its title from the first message) at once."""
-        stamp = now_ms()
-        row = {
-            "id": new_id(),
-            "conversation_id": conversation_id,
-            "role": role,
-            "content": content,
-            "thinking": "",
-            "status": status,
-            "superseded": False,
-            "created_at": stamp,
-            "model": model,
-            "client_id": client_id,
-            "omitted_turns": omitted_turns,
-        }
+        retitle: bool = False,
+    ) -> None:
+        """Everything one turn changes, in one write: earlier messages superseded, new messages (made by
+        `new_message()`) inserted, the conversation touched and, while the user has not named it, titled (`retitle`:
+        even if it has a title already, as after an edit of its first message)."""
 
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(messages.insert().values(**row))
-            values: dict[str, Any] = {"updated_at": stamp}
-            where = conversations.c.id == conversation_id
-            await conn.execute(update(conversations).where(where).values(**values))
+        def query(conn: Connection) -> None:
+            if supersede:
+                conn.execute(update(messages).where(messages.c.id.in_(supersede)).values(superseded=True))
+            if rows:
+                conn.execute(messages.insert(), rows)
+            values: dict[str, Any] = {"updated_at": now_ms()}
             if title:
-                untitled = where & conversations.c.title_set.is_(False) & (conversations.c.title == "")
-                await conn.execute(update(conversations).where(untitled).values(title=title))
+                named: Any = conversations.c.title_set.is_(True)
+                if not retitle:  # a first message titles only a conversation that has no title yet
+                    named = named | (conversations.c.title != "")
+                values["title"] = case((named, conversations.c.title), else_=literal(title))
+            conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**values))
 
-        await self.write(op)
+        await self.write(query)
+
+    async def add_message(
+        self, conversation_id: str, role: str, content: str = "", *, title: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Insert one message and touch its conversation (and title it from its first message)."""
+        row = new_message(conversation_id, role, content, **fields)
+        await self.record_turn(conversation_id, [row], title=title)
         return {**_MESSAGE_DEFAULTS, **row}
 
     async def update_message(self, message_id: str, **fields: Any) -> None:
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(update(messages).where(messages.c.id == message_id).values(**fields))
+        def query(conn: Connection) -> None:
+            conn.execute(update(messages).where(messages.c.id == message_id).values(**fields))
 
-        await self.write(op)
-
-    async def supersede(self, message_ids: list[str]) -> None:
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(update(messages).where(messages.c.id.in_(message_ids)).values(superseded=True))
-
-        if message_ids:
-            await self.write(op)
+        await self.write(query)
 
     async def interrupt_unfinished(self) -> int:
         """Replies still marked in progress belong to a gateway that stopped: mark them interrupted."""
 
-        async def op(conn: AsyncConnection) -> int:
-            result = await conn.execute(
+        def query(conn: Connection) -> int:
+            return conn.execute(
                 update(messages)
                 .where(messages.c.status.in_(_ACTIVE))
                 .values(
@@ -330,10 +249,9 @@ class Store:
                     finished_at=now_ms(),
                     error="the gateway stopped while this reply was being written",
                 )
-            )
-            return result.rowcount
+            ).rowcount
 
-        return int(await self.write(op))
+        return int(await self.write(query))
 
     # ---- search --------------------------------------------------------------------------------------------
     async def search(self, text: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -342,29 +260,31 @@ class Store:
         if not needle:
             return []
         pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        found: dict[str, dict[str, Any]] = {}
-        async with self.engine.connect() as conn:
-            titles = await conn.execute(
-                select(conversations)
-                .where(_like(conversations.c.title, pattern, self.sqlite))
-                .order_by(conversations.c.updated_at.desc())
-                .limit(limit)
-            )
-            for row in titles.mappings():
-                found[row["id"]] = {"conversation": _row(row), "snippet": None, "message_id": None}
-            hits = await conn.execute(self._message_query(needle, pattern, limit))
-            for row in hits.mappings():
+        titles_query = (
+            select(conversations)
+            .where(_like(conversations.c.title, pattern, self.sqlite))
+            .order_by(conversations.c.updated_at.desc())
+            .limit(limit)
+        )
+        hits_query = self._message_query(needle, pattern, limit)
+
+        def query(conn: Connection) -> list[dict[str, Any]]:
+            found: dict[str, dict[str, Any]] = {}
+            for row in _rows(conn.execute(titles_query)):
+                found[row["id"]] = {"conversation": row, "snippet": None, "message_id": None}
+            for hit in conn.execute(hits_query).mappings():
                 entry = found.setdefault(
-                    row["conversation_id"], {"conversation": None, "snippet": None, "message_id": row["id"]}
+                    hit["conversation_id"], {"conversation": None, "snippet": None, "message_id": hit["id"]}
                 )
                 if entry["snippet"] is None:
-                    entry["snippet"], entry["message_id"] = _snippet(row["content"], needle), row["id"]
+                    entry["snippet"], entry["message_id"] = _snippet(hit["content"], needle), hit["id"]
             missing = [cid for cid, entry in found.items() if entry["conversation"] is None]
             if missing:
-                rows = await conn.execute(select(conversations).where(conversations.c.id.in_(missing)))
-                for row in rows.mappings():
-                    found[row["id"]]["conversation"] = _row(row)
-        results = [entry for entry in found.values() if entry["conversation"] is not None]
+                for row in _rows(conn.execute(select(conversations).where(conversations.c.id.in_(missing)))):
+                    found[row["id"]]["conversation"] = row
+            return [entry for entry in found.values() if entry["conversation"] is not None]
+
+        results = await self.read(query)
         results.sort(key=lambda entry: entry["conversation"]["updated_at"], reverse=True)
         return results[:limit]
 
@@ -384,6 +304,49 @@ class Store:
         return query.order_by(messages.c.created_at.desc()).limit(limit * 4)
 
 
+def new_message(
+    conversation_id: str,
+    role: str,
+    content: str = "",
+    *,
+    status: str,
+    model: str | None = None,
+    client_id: str | None = None,
+    omitted_turns: int | None = None,
+) -> dict[str, Any]:
+    """A new message row, not yet stored (see Store.record_turn)."""
+    return {
+        **_MESSAGE_DEFAULTS,
+        "id": new_id(),
+        "conversation_id": conversation_id,
+        "role": role,
+        "content": content,
+        "thinking": "",
+        "status": status,
+        "superseded": False,
+        "created_at": now_ms(),
+        "model": model,
+        "client_id": client_id,
+        "omitted_turns": omitted_turns,
+    }
+
+
+def _conversation(conn: Connection, conversation_id: str) -> dict[str, Any] | None:
+    found = conn.execute(select(conversations).where(conversations.c.id == conversation_id)).mappings().first()
+    return _row(found) if found else None
+
+
+def _messages(conn: Connection, conversation_id: str, include_superseded: bool) -> list[dict[str, Any]]:
+    query = select(messages).where(messages.c.conversation_id == conversation_id)
+    if not include_superseded:
+        query = query.where(messages.c.superseded.is_(False))
+    return _rows(conn.execute(query.order_by(messages.c.created_at, messages.c.id)))
+
+
+def _rows(result: Any) -> list[dict[str, Any]]:
+    return [_row(row) for row in result.mappings()]
+
+
 _MESSAGE_DEFAULTS = {str(column.name): None for column in messages.columns}
 
 
@@ -398,10 +361,6 @@ def _like(column: Any, pattern: str, sqlite: bool) -> Any:
     return column.ilike(pattern, escape="\\")
 
 
-def _lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
-
-
 def _snippet(content: str, needle: str, width: int = 60) -> str:
     at = content.lower().find(needle.lower())
     if at < 0:
@@ -410,23 +369,5 @@ def _snippet(content: str, needle: str, width: int = 60) -> str:
     return ("…" if start else "") + content[start:end] + ("…" if end < len(content) else "")
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # The sqlite3 module's own transaction handling turns each RELEASE SAVEPOINT into a commit, which would undo
-    # the writer's group commit; SQLAlchemy's recipe: the driver stays out of it and _sqlite_begin says BEGIN.
-    dbapi_connection.isolation_level = None
-    # SQLite's LIKE folds the case of ASCII letters only; search folds every script's, as Python does.
-    dbapi_connection.create_function("unicode_lower", 1, _lower, deterministic=True)
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor the writer them
-    cursor.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; a power cut may lose the last commits
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")  # wait out a checkpoint instead of failing
-    cursor.close()
-
-
-def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN")
-
-
 def default_url(data_dir: Path) -> str:
-    return f"sqlite+aiosqlite:///{data_dir / 'clawdbot.db'}"
+    return f"sqlite:///{data_dir / 'clawdbot.db'}"
