@@ -156,16 +156,36 @@ async def chat(backend: Backend, body: dict[str, Any]) -> AsyncIterator[Delta | 
                 if response.status != 200:
                     raise _http_error(backend, response.status, await response.read())
                 pending = b""
+                clock = asyncio.get_running_loop().time
+                moved = -1.0
                 while data := await response.content.readany():
                     started = True
-                    deadline.reschedule(asyncio.get_running_loop().time() + settings.idle_timeout)
+                    now = clock()
+                    if now - moved >= 1.0:  # a new timer per chunk is waste: the deadline moves once a second
+                        deadline.reschedule(now + settings.idle_timeout + 1.0)
+                        moved = now
                     *lines, pending = (pending + data).split(b"\n")
+                    # The lines that arrived together become one delta: when the gateway is busy, it does less.
+                    merged: Delta | None = None
                     for line in lines:
-                        if line.strip():
-                            event = _event(backend, line)
+                        if not line.strip():
+                            continue
+                        event = _event(backend, line)
+                        if isinstance(event, Final):
+                            if merged is not None:
+                                yield merged
                             yield event
-                            if isinstance(event, Final):
-                                return
+                            return
+                        if merged is None:
+                            merged = event
+                        elif event.thinking and merged.content:  # keep the order: answer text came first
+                            yield merged
+                            merged = event
+                        else:
+                            merged.thinking += event.thinking
+                            merged.content += event.content
+                    if merged is not None:
+                        yield merged
                 if pending.strip():
                     event = _event(backend, pending)
                     yield event

@@ -1,0 +1,100 @@
+"""How the chat platform reads a backend's stream: the lines that arrive together become one delta, in order.
+
+A backend that answers with exactly chosen writes (several NDJSON lines in one write, a line split across writes)
+shows what `backends.chat` hands the generation: one event per read, so a busy gateway does less per token, and
+the text is the same whatever the boundaries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from clawdbot.backends import Backend, Delta, Final, chat
+from clawdbot.errors import BackendError
+from clawdbot.settings import Settings
+
+
+def line(thinking: str = "", content: str = "", done: bool = False) -> bytes:
+    chunk: dict[str, object] = {"model": "m", "message": {"role": "assistant", "content": content}, "done": done}
+    if thinking:
+        chunk["message"] = {"role": "assistant", "content": content, "thinking": thinking}
+    if done:
+        chunk.update(done_reason="stop", prompt_eval_count=7, eval_count=4, eval_duration=1_000_000)
+    return orjson.dumps(chunk) + b"\n"
+
+
+async def serve(writes: list[bytes], pause: float = 0.05) -> TestServer:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for data in writes:
+            await response.write(data)
+            await asyncio.sleep(pause)  # each write reaches the gateway as a read of its own
+        return response
+
+    app = web.Application()
+    app.router.add_post("/api/chat", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def events(writes: list[bytes], **settings: float) -> AsyncIterator[Delta | Final]:
+    server = await serve(writes, settings.pop("pause", 0.05))
+    backend = Backend(Settings(**settings), f"http://127.0.0.1:{server.port}")
+    try:
+        async for event in chat(backend, {"model": "m", "messages": [], "stream": True}):
+            yield event
+    finally:
+        await backend.close()
+        await server.close()
+
+
+async def collect(writes: list[bytes], **settings: float) -> list[Delta | Final]:
+    return [event async for event in events(writes, **settings)]
+
+
+@pytest.mark.asyncio
+async def test_lines_that_arrive_together_are_one_delta() -> None:
+    got = await collect(
+        [
+            line(thinking="Let ") + line(thinking="me think.") + line(content="The "),
+            line(content="answer") + line(content=" is 4."),
+            line(done=True),
+        ]
+    )
+    assert got[:2] == [Delta(thinking="Let me think.", content="The "), Delta(content="answer is 4.")]
+    assert isinstance(got[2], Final)
+    assert (got[2].prompt_tokens, got[2].output_tokens) == (7, 4)
+    assert len(got) == 3
+
+
+@pytest.mark.asyncio
+async def test_thinking_after_answer_text_in_one_read_keeps_its_order() -> None:
+    got = await collect([line(content="A") + line(thinking="B") + line(content="C"), line(done=True)])
+    assert got[:2] == [Delta(content="A"), Delta(thinking="B", content="C")]
+
+
+@pytest.mark.asyncio
+async def test_a_line_split_across_reads_and_the_final_line_in_the_same_read() -> None:
+    whole = line(content="héllo ") + line(content="wörld") + line(done=True)
+    cut = len(line(content="héllo ")) + 5  # in the middle of the second line
+    got = await collect([whole[:cut], whole[cut:]])
+    assert got[0] == Delta(content="héllo ")
+    assert got[1] == Delta(content="wörld")
+    assert isinstance(got[2], Final)
+
+
+@pytest.mark.asyncio
+async def test_a_stream_that_goes_silent_fails_within_a_second_of_the_idle_timeout() -> None:
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(BackendError) as failed:
+        await collect([line(content="a"), line(content="b")], idle_timeout=1.0, pause=4.0)
+    assert failed.value.kind == "idle_timeout"
+    assert 1.0 <= asyncio.get_running_loop().time() - started < 3.0
