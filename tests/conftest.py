@@ -21,6 +21,17 @@ import pytest
 _URL = re.compile(r"http://127\.0\.0\.1:(\d+)")
 
 
+def terminate(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as systemd stops a service; SIGKILL if it has not exited within 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class Server:
     """A `clawdbot …` process; `url` is where it listens, `stderr_path` holds its logs."""
@@ -36,13 +47,7 @@ class Server:
         return self.stderr_path.read_text(encoding="utf-8")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._close_pipe()
 
     def kill(self) -> None:

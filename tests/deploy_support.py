@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import Server, free_port
+from conftest import Server, free_port, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -60,13 +59,7 @@ class Proxy:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 def start_proxy(name: str, args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Proxy:
