@@ -172,7 +172,7 @@ class Store:
 
         def query(conn: Connection) -> tuple[Row | None, list[Row]]:
             found = _conversation(conn, conversation_id)
-            return found, _messages(conn, conversation_id, False) if found else []
+            return found, _messages(conn, conversation_id) if found else []
 
         return await self.read(query)
 
@@ -192,8 +192,9 @@ class Store:
         return bool(await self.write(query))
 
     # ---- messages ------------------------------------------------------------------------------------------
-    async def messages(self, conversation_id: str, *, include_superseded: bool = False) -> list[dict[str, Any]]:
-        return await self.read(lambda conn: _messages(conn, conversation_id, include_superseded))
+    async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
+        """The shown messages (not those replaced by Regenerate or Edit), oldest first."""
+        return await self.read(lambda conn: _messages(conn, conversation_id))
 
     async def record_turn(
         self,
@@ -222,14 +223,6 @@ class Store:
             conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**values))
 
         await self.write(query)
-
-    async def add_message(
-        self, conversation_id: str, role: str, content: str = "", *, title: str | None = None, **fields: Any
-    ) -> dict[str, Any]:
-        """Insert one message and touch its conversation (and title it from its first message)."""
-        row = new_message(conversation_id, role, content, **fields)
-        await self.record_turn(conversation_id, [row], title=title)
-        return {**_MESSAGE_DEFAULTS, **row}
 
     async def update_message(self, message_id: str, **fields: Any) -> None:
         def query(conn: Connection) -> None:
@@ -336,11 +329,9 @@ def _conversation(conn: Connection, conversation_id: str) -> dict[str, Any] | No
     return _row(found) if found else None
 
 
-def _messages(conn: Connection, conversation_id: str, include_superseded: bool) -> list[dict[str, Any]]:
-    query = select(messages).where(messages.c.conversation_id == conversation_id)
-    if not include_superseded:
-        query = query.where(messages.c.superseded.is_(False))
-    return _rows(conn.execute(query.order_by(messages.c.created_at, messages.c.id)))
+def _messages(conn: Connection, conversation_id: str) -> list[dict[str, Any]]:
+    shown = (messages.c.conversation_id == conversation_id) & messages.c.superseded.is_(False)
+    return _rows(conn.execute(select(messages).where(shown).order_by(messages.c.created_at, messages.c.id)))
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:
