@@ -64,10 +64,7 @@ class Chat:
         return names[0] if names else "qwen3:32b"
 
     async def conversation(self, conversation_id: str) -> dict[str, Any]:
-        # Not one of our ids: no need to ask the database, and PostgreSQL would fail on some (a NUL).
-        found = await self.store.get_conversation(conversation_id) if _ID.fullmatch(conversation_id) else None
-        if found is None:
-            raise NotFound(f"no conversation {conversation_id}")
+        found, _ = await self._history(conversation_id, messages=False)
         return found
 
     async def first_title(self, conversation_id: str) -> str:
@@ -163,12 +160,18 @@ class Chat:
     def _num_ctx(self, conversation: dict[str, Any]) -> int:
         return int(conversation.get("num_ctx") or self.settings.num_ctx)
 
-    async def _history(self, conversation_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The conversation and its shown messages; not one of our ids needs no query (PostgreSQL fails on a NUL)."""
+    async def _history(
+        self, conversation_id: str, *, messages: bool = True
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The conversation (NotFound if there is none) and, with `messages`, its shown messages, in one read.
+        Not one of our ids needs no query, and PostgreSQL would fail on some (a NUL)."""
         found: dict[str, Any] | None = None
         history: list[dict[str, Any]] = []
         if _ID.fullmatch(conversation_id):
-            found, history = await self.store.conversation_and_messages(conversation_id)
+            if messages:
+                found, history = await self.store.conversation_and_messages(conversation_id)
+            else:
+                found = await self.store.get_conversation(conversation_id)
         if found is None:
             raise NotFound(f"no conversation {conversation_id}")
         return found, history

@@ -98,7 +98,7 @@ class Database:
     async def read(self, query: Query[T]) -> T:
         """Run `query` on a reading connection, as one step."""
         if self._sync is not None:
-            return await asyncio.get_running_loop().run_in_executor(self._readers, _read, self._sync, query)
+            return await asyncio.get_running_loop().run_in_executor(self._readers, _on_connection, self._sync, query)
         assert self._async is not None
         try:
             async with self._async.connect() as conn:
@@ -118,7 +118,9 @@ class Database:
     async def _on_writer(self, query: Query[T]) -> T:
         """Run `query` on a fresh connection where the writer runs (its thread, or the event loop)."""
         if self._sync is not None:
-            return await asyncio.get_running_loop().run_in_executor(self._writer_thread, _read, self._sync, query)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._writer_thread, _on_connection, self._sync, query
+            )
         assert self._async is not None
         async with self._async.connect() as conn:
             return await conn.run_sync(query)
@@ -173,7 +175,7 @@ class Database:
             LOG.debug("closing a broken database connection failed")
 
 
-def _read(engine: Engine, query: Query[T]) -> T:
+def _on_connection(engine: Engine, query: Query[T]) -> T:
     with engine.connect() as conn:
         return query(conn)
 
