@@ -88,6 +88,10 @@ def start_simulator(*args: str) -> Server:
 
 
 def start_gateway(ollama_url: str, *args: str, env: dict[str, str] | None = None) -> Server:
+    """A gateway on a free port with its own data directory. Unless a test is about admission control, it may run
+    64 generations at once (the default is the backend's parallelism, 1 without OLLAMA_NUM_PARALLEL)."""
+    if "--max-running" not in args:
+        args = (*args, "--max-running", "64")
     return start_process(
         [
             "serve",

@@ -182,11 +182,12 @@ def test_chat_target_stores_every_turn_as_the_client_saw_it(chat_gateway: Server
 
 
 def test_chat_failed_replies_are_counted_by_kind(chat_gateway: Server, clean_script: Server, tmp_path: Path) -> None:
-    script(clean_script, {"match": "", "fault": {"kind": "http_500"}, "times": 4})
+    # Eight: the gateway retries a failure before the first token once, so each reply meets two.
+    script(clean_script, {"match": "", "fault": {"kind": "http_500"}, "times": 8})
     data, stdout = bench(chat_gateway.url, tmp_path, "--target", "chat", "--concurrency", "2", "--requests", "4")
     level = data["levels"][0]
     assert level["failure_kinds"] == {"failed_http_500": 4}
-    assert all("answered 500" in r["detail"] for r in level["records"])
+    assert all("HTTP 500" in r["detail"] for r in level["records"])
     assert "failures 4/4 (100.00%): failed_http_500 4" in stdout
 
 

@@ -63,7 +63,8 @@ def deltas(events: list[dict[str, Any]], kind: str) -> str:
 
 
 def seqs(events: list[dict[str, Any]]) -> list[int]:
-    return [e["seq"] for e in events if e["type"] == "reply.delta"]
+    """The sequence numbers of a reply's numbered events (all but snapshots and queue positions)."""
+    return [e["seq"] for e in events if e["type"].startswith("reply.") and e["type"] != "reply.snapshot" and "seq" in e]
 
 
 def squeezed(events: list[dict[str, Any]]) -> list[str]:
@@ -109,6 +110,7 @@ async def test_a_whole_reply_over_the_socket(
         "reply.delta",
         "reply.status:writing",
         "reply.delta",
+        "reply.stats",
         "reply.done",
     ]
     assert events[0]["message"] == ack["message"]
@@ -186,7 +188,8 @@ async def test_stop_and_conflicts_over_the_socket(
         error = await socket.command(kind, conversation_id=conversation["id"], **fields)
         assert (error["type"], error["code"], error["status"]) == ("error", "conflict", 409)
         assert error["reply_id"] == reply_id
-        assert error["events"] == f"/chat/api/conversations/{conversation['id']}/events"
+        assert error["events"] == f"/chat/api/generations/{reply_id}/events"
+        assert error["conversation_events"] == f"/chat/api/conversations/{conversation['id']}/events"
     ack = await socket.command("stop", conversation_id=conversation["id"])
     assert (ack["command"], ack["stopping"]) == ("stop", reply_id)
     done = (await socket.until(done_of(reply_id)))[-1]["message"]
@@ -274,15 +277,25 @@ class EventStream:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
         self.heartbeats = 0
+        self.last_id: str | None = None
 
     async def read(self, within: float = 5.0) -> dict[str, Any]:
+        """The next event; its `id:` line, if any, is kept in `last_id` (and checked against the event)."""
+        ident = None
         async with asyncio.timeout(within):
             line = b""
-            while not line.strip():
+            while not line.strip() or line.startswith(b"id: "):
+                if line.startswith(b"id: "):
+                    ident = line[len(b"id: ") :].strip().decode()
                 line = await self.response.content.readline()
                 assert line, "the event stream ended"
         assert line.startswith(b"data: "), line
         event: dict[str, Any] = json.loads(line[len(b"data: ") :])
+        if ident is not None:
+            self.last_id = ident
+            assert ident.rpartition(":")[2] == str(event["seq"]), (ident, event)
+        else:
+            assert event.get("seq") is None or event["type"] == "reply.snapshot", event
         return event
 
     async def next(self) -> dict[str, Any]:
@@ -335,6 +348,7 @@ async def test_a_whole_reply_through_sse_and_post(
         "reply.delta",
         "reply.status:writing",
         "reply.delta",
+        "reply.stats",
         "reply.done",
     ]
     assert seqs(events) == list(range(1, len(seqs(events)) + 1))

@@ -82,7 +82,8 @@ def assert_conflict(response: httpx.Response, conversation_id: str, reply_id: st
     body = response.json()
     assert body["code"] == "conflict"
     assert body["reply_id"] == reply_id
-    assert body["events"] == f"/chat/api/conversations/{conversation_id}/events"
+    assert body["events"] == f"/chat/api/generations/{reply_id}/events"  # where to attach
+    assert body["conversation_events"] == f"/chat/api/conversations/{conversation_id}/events"
     assert "reply" in body["error"]
 
 
@@ -320,23 +321,25 @@ def test_regenerate_and_edit_need_a_message(api: ChatApi, action: str, body: obj
 
 
 # ---- when the backend fails ---------------------------------------------------------------------------------------
-FAULTS: list[tuple[dict[str, Any], list[str], int]] = [
-    ({"kind": "http_500"}, ["answered 500", "model runner has unexpectedly stopped"], 0),
-    ({"kind": "error_line", "after": 3}, ["the model failed", "CUDA error"], 3),
-    ({"kind": "stall", "after": 3, "seconds": 5}, ["sent nothing for 1 s in the middle of the reply"], 3),
-    ({"kind": "drop", "after": 3}, ["closed the connection in the middle of the reply"], 3),
-    ({"kind": "malformed", "after": 3}, ["not JSON"], 3),
+FAULTS: list[tuple[dict[str, Any], str, list[str], int]] = [
+    ({"kind": "http_500"}, "http_500", ["HTTP 500", "model runner has unexpectedly stopped"], 0),
+    ({"kind": "error_line", "after": 3}, "error_line", ["The model stopped with an error", "CUDA error"], 3),
+    ({"kind": "stall", "after": 3, "seconds": 5}, "idle_timeout", ["stopped sending in the middle of the reply"], 3),
+    ({"kind": "drop", "after": 3}, "reset_mid_stream", ["closed the connection in the middle of the reply"], 3),
+    ({"kind": "malformed", "after": 3}, "malformed", ["not Ollama's streaming format"], 3),
 ]
 
 
-@pytest.mark.parametrize(("fault", "words", "kept"), FAULTS, ids=[str(f[0]["kind"]) for f in FAULTS])
+@pytest.mark.parametrize(("fault", "kind", "words", "kept"), FAULTS, ids=[str(f[0]["kind"]) for f in FAULTS])
 def test_a_backend_failure_fails_the_reply_with_a_reason_and_keeps_its_text(
-    api: ChatApi, spy: Spy, simulator: Server, fault: dict[str, object], words: list[str], kept: int
+    api: ChatApi, spy: Spy, simulator: Server, fault: dict[str, object], kind: str, words: list[str], kept: int
 ) -> None:
     conversation = api.create()
-    script(simulator, {"reply": "alpha beta gamma delta epsilon zeta", "thinking": "", "fault": fault})
+    # A failure before any text is retried once, unseen: it must happen twice to reach the user.
+    times = 1 if kept else 2
+    script(simulator, {"reply": "alpha beta gamma delta epsilon zeta", "thinking": "", "fault": fault, "times": times})
     reply = api.turn(conversation["id"], "fail please")
-    assert reply["status"] == "failed"
+    assert (reply["status"], reply["error_kind"]) == ("failed", kind)
     for word in words:
         assert word in reply["error"]
     received = spy.last_chat().text()
@@ -353,6 +356,7 @@ def test_an_unreachable_backend_fails_the_reply_and_the_next_send_is_accepted(do
         for text in ("hello?", "anyone?"):
             reply = api.turn(conversation["id"], text)
             assert reply["status"] == "failed"
-            assert "refused the connection or could not be reached" in reply["error"]
+            assert "could not be reached (connection refused)" in reply["error"]
+            assert reply["error_kind"] == "connect_refused"
             assert reply["content"] == ""
         assert api.http.get("/models").json()["reachable"] is False

@@ -349,7 +349,7 @@ def test_replies_cut_off_by_a_stop_or_a_crash_are_kept_as_interrupted(simulator:
                 reply = view["messages"][-1]
                 assert reply["id"] == reply_id
                 assert (reply["status"], reply["content"]) == ("interrupted", content)
-                assert "the gateway stopped while this reply was being written" in reply["error"]
+                assert "The gateway stopped while this reply was being written" in reply["error"]
                 assert reply["finished_at"] is not None
             script(simulator, OK)
             assert api.turn(stopped, "and now?")["status"] == "done"

@@ -6,12 +6,14 @@ stored before anything is sent to the model; the reply's row exists from the mom
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import IntegrityError
 
 from . import context
 from .backends import Backend
@@ -34,7 +36,9 @@ class Chat:
         self.generations = generations
         self.backend = backend
         self.settings = settings
-        self._starting: set[str] = set()  # conversations between "may I start?" and the generation existing
+        # Conversations between "may I start?" and the generation existing, with the client id of the send
+        # starting there and what it will answer: a retry of that very send waits for the same answer.
+        self._starting: dict[str, tuple[str | None, asyncio.Future[dict[str, Any]]]] = {}
 
     # ---- what the page reads -------------------------------------------------------------------------------
     def models(self) -> dict[str, Any]:
@@ -67,6 +71,37 @@ class Chat:
         found, _ = await self._history(conversation_id, messages=False)
         return found
 
+    async def reply(self, reply_id: str) -> dict[str, Any]:
+        """A reply's stored row; NotFound (never a new generation) for an id that is not one."""
+        found = await self.store.get_message(reply_id) if _ID.fullmatch(reply_id) else None
+        if found is None or found["role"] != "assistant":
+            raise NotFound(f"no reply {reply_id}: nothing is being written or was stored under that id")
+        return found
+
+    async def generation(self, reply_id: str) -> dict[str, Any]:
+        """Where a reply stands: live from the event log while it runs (and briefly after), else its stored row."""
+        job = self.generations.log.job(reply_id)
+        if job is not None:
+            return {
+                "id": job.id,
+                "conversation_id": job.conversation_id,
+                "live": not job.finished,
+                "seq": job.seq,
+                "queue_position": job.queue_position,
+                "snapshot": job.snapshot(),
+                "events": f"/chat/api/generations/{job.id}/events",
+            }
+        row = await self.reply(reply_id)
+        return {
+            "id": row["id"],
+            "conversation_id": row["conversation_id"],
+            "live": False,
+            "seq": None,
+            "queue_position": None,
+            "message": row,
+            "events": f"/chat/api/generations/{row['id']}/events",
+        }
+
     async def first_title(self, conversation_id: str) -> str:
         """The title of a conversation that follows its first (shown) message."""
         history = await self.store.messages(conversation_id)
@@ -76,12 +111,12 @@ class Chat:
     async def view(self, conversation_id: str) -> dict[str, Any]:
         """A conversation with its shown messages, the reply in flight if any, and how full its context is."""
         conversation, history = await self._history(conversation_id)
-        active = self.generations.active.get(conversation_id)
+        active = self.generations.snapshot(conversation_id)
         last_reply = next((m for m in reversed(history) if m["role"] == "assistant"), None)
         return {
             "conversation": conversation,
             "messages": history,
-            "active": active.snapshot() if active else None,
+            "active": active,
             "context": {
                 "in_use": context.in_use(history),
                 "num_ctx": self._num_ctx(conversation),
@@ -92,25 +127,63 @@ class Chat:
     # ---- what the page does --------------------------------------------------------------------------------
     # A turn is one read (the conversation and its history) and one write (everything the turn changes), and the
     # write is committed before the model is asked: the user's message is stored before it is forwarded.
-    async def send(self, conversation_id: str, content: str, client_id: str | None = None) -> dict[str, Any]:
+    async def send(
+        self, conversation_id: str, content: str, client_id: str | None = None, *, user: str = "local"
+    ) -> dict[str, Any]:
+        """Store the user's message and start the reply. Idempotent by `client_id`: a retried send gets the first
+        one's message and reply (with `duplicate: true`), never a second message or a second generation."""
         content = self._checked(content)
-        with self._turn(conversation_id):
+        if client_id is not None and (earlier := await self._sent_before(conversation_id, client_id)) is not None:
+            return earlier
+        with self._turn(conversation_id, client_id) as turn:
             conversation, history = await self._history(conversation_id)
-            user = new_message(conversation_id, "user", content, status="sent", client_id=client_id)
-            # The store titles a conversation only while it has no title, i.e. from its first message.
-            reply = await self._reply(conversation, [*history, user], [user], title=title_from(content))
-        return {"message": user, "reply": reply}
+            if client_id is not None and (earlier := _answered(history, client_id)) is not None:
+                return earlier  # stored between the check above and this read
+            user_message = new_message(conversation_id, "user", content, status="sent", client_id=client_id)
+            try:
+                # The store titles a conversation only while it has no title, i.e. from its first message.
+                reply = await self._reply(
+                    conversation, [*history, user_message], [user_message], user, title=title_from(content)
+                )
+            except IntegrityError:  # the id belongs to a message no longer shown (edited away): still the same send
+                message, answer = await self.store.by_client_id(conversation_id, client_id or "")
+                if message is None:
+                    raise
+                return turn.done({"message": message, "reply": answer, "duplicate": True})
+            return turn.done({"message": user_message, "reply": reply})
 
-    async def regenerate(self, conversation_id: str) -> dict[str, Any]:
+    async def _sent_before(self, conversation_id: str, client_id: str) -> dict[str, Any] | None:
+        """The answer already given to a send with this client id, if there was one."""
+        starting = self._starting.get(conversation_id)
+        if starting is not None and starting[0] == client_id:
+            return {**await asyncio.shield(starting[1]), "duplicate": True}
+        running = self.generations.active.get(conversation_id)
+        if running is not None and running.client_id == client_id:
+            return {"message": running.prompt, "reply": running.reply, "duplicate": True}
+        return None  # a send that finished is found in the history the turn reads anyway
+
+    async def regenerate(self, conversation_id: str, *, user: str = "local") -> dict[str, Any]:
         with self._turn(conversation_id):
             conversation, history = await self._history(conversation_id)
             if not any(m["role"] == "user" for m in history):
                 raise BadRequest("there is no message to answer again")
             keep = _last_user(history) + 1
-            reply = await self._reply(conversation, history[:keep], [], supersede=history[keep:])
+            reply = await self._reply(conversation, history[:keep], [], user, supersede=history[keep:])
         return {"reply": reply}
 
-    async def edit(self, conversation_id: str, content: str) -> dict[str, Any]:
+    async def continue_reply(self, conversation_id: str, *, user: str = "local") -> dict[str, Any]:
+        """Go on with a reply that ended early (interrupted, failed or stopped) from the text it has: the model
+        gets that text as the start of its answer. The old reply is superseded by the new one, which starts
+        with the same text."""
+        with self._turn(conversation_id):
+            conversation, history = await self._history(conversation_id)
+            last = history[-1] if history else None
+            if last is None or last["role"] != "assistant" or last["status"] not in _ENDED_EARLY:
+                raise BadRequest("only a reply that was interrupted, failed or stopped can be continued")
+            reply = await self._reply(conversation, history, [], user, supersede=[last], prefix=last)
+        return {"reply": reply}
+
+    async def edit(self, conversation_id: str, content: str, *, user: str = "local") -> dict[str, Any]:
         """Replace the last user message (and the reply to it) with new text, and answer that."""
         content = self._checked(content)
         with self._turn(conversation_id):
@@ -118,13 +191,19 @@ class Chat:
             if not any(m["role"] == "user" for m in history):
                 raise BadRequest("there is no message to edit")
             keep = _last_user(history)
-            user = new_message(conversation_id, "user", content, status="sent")
-            shown = [*history[:keep], user]
+            edited = new_message(conversation_id, "user", content, status="sent")
+            shown = [*history[:keep], edited]
             first = next(m for m in shown if m["role"] == "user")  # the edited message may have been the first one
             reply = await self._reply(
-                conversation, shown, [user], supersede=history[keep:], title=title_from(first["content"]), retitle=True
+                conversation,
+                shown,
+                [edited],
+                user,
+                supersede=history[keep:],
+                title=title_from(first["content"]),
+                retitle=True,
             )
-        return {"message": user, "reply": reply}
+        return {"message": edited, "reply": reply}
 
     async def stop(self, conversation_id: str) -> dict[str, Any]:
         await self.conversation(conversation_id)
@@ -142,17 +221,16 @@ class Chat:
             )
         return content
 
-    def _turn(self, conversation_id: str) -> _Turn:
+    def _turn(self, conversation_id: str, client_id: str | None = None) -> _Turn:
         running = self.generations.active.get(conversation_id)
         if running is not None or conversation_id in self._starting:
-            reply_id = running.id if running else ""
-            raise Conflict(
-                "a reply is still being written in this conversation; stop it or wait for it",
-                conversation_id=conversation_id,
-                reply_id=reply_id,
-                events=f"/chat/api/conversations/{conversation_id}/events",
-            )
-        return _Turn(self._starting, conversation_id)
+            details = {"conversation_id": conversation_id, "conversation_events": _events(conversation_id)}
+            if running is not None:  # where to attach: the reply's own event stream, replayable from any seq
+                details.update(reply_id=running.id, events=f"/chat/api/generations/{running.id}/events")
+            else:
+                details.update(events=_events(conversation_id))
+            raise Conflict("a reply is still being written in this conversation; stop it or wait for it", **details)
+        return _Turn(self._starting, conversation_id, client_id)
 
     def _publish(self, conversation_id: str, event: dict[str, Any]) -> None:
         self.generations.hub.publish(conversation_id, {**event, "conversation_id": conversation_id})
@@ -181,25 +259,37 @@ class Chat:
         conversation: dict[str, Any],
         history: list[dict[str, Any]],
         new: list[dict[str, Any]],
+        user: str,
         *,
         supersede: Sequence[dict[str, Any]] = (),
         title: str | None = None,
         retitle: bool = False,
+        prefix: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Store the turn (`new` messages, `supersede`d ones, the reply's row) at once, then start the reply to
-        `history` (the messages the model is to see)."""
+        `history` (the messages the model is to see; with a `prefix` reply last, the model goes on from it).
+        The slot or queue place is taken first: when the queue is full, nothing is stored."""
         conversation_id = conversation["id"]
         num_ctx = self._num_ctx(conversation)
         plan = context.plan(history, conversation["system_prompt"], num_ctx, self.settings.reply_room)
         reply = new_message(
             conversation_id,
             "assistant",
+            (prefix or {}).get("content") or "",
             status="waiting",
             model=conversation["model"],
             omitted_turns=plan.omitted_turns,
         )
+        reply["thinking"] = (prefix or {}).get("thinking") or ""
         superseded = [m["id"] for m in supersede]
-        await self.store.record_turn(conversation_id, [*new, reply], supersede=superseded, title=title, retitle=retitle)
+        ticket = self.generations.admit(user)
+        try:
+            await self.store.record_turn(
+                conversation_id, [*new, reply], supersede=superseded, title=title, retitle=retitle
+            )
+        except BaseException:
+            self.generations.admission.release(ticket)
+            raise
         if superseded:
             self._publish(conversation_id, {"type": "messages.superseded", "ids": superseded})
         for sent in new:
@@ -215,21 +305,56 @@ class Chat:
         }
         if conversation["think"] is not None:
             body["think"] = conversation["think"]
-        self.generations.start(reply, body)
+        prompt = next((m for m in new if m["role"] == "user"), None)
+        self.generations.start(reply, body, ticket, prompt=prompt)
         return reply
 
 
 class _Turn:
-    """Marks a conversation as starting a reply for the length of a `with` block, so two sends cannot race."""
+    """Marks a conversation as starting a reply for the length of a `with` block, so two sends cannot race; a
+    retry of the same send (same client id) waits for this one's answer instead."""
 
-    def __init__(self, starting: set[str], conversation_id: str) -> None:
+    def __init__(
+        self,
+        starting: dict[str, tuple[str | None, asyncio.Future[dict[str, Any]]]],
+        conversation_id: str,
+        client_id: str | None,
+    ) -> None:
         self.starting, self.conversation_id = starting, conversation_id
+        self.answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.answer.add_done_callback(lambda answer: answer.cancelled() or answer.exception())  # no retry waited
+        self.client_id = client_id
 
-    def __enter__(self) -> None:
-        self.starting.add(self.conversation_id)
+    def __enter__(self) -> _Turn:
+        self.starting[self.conversation_id] = (self.client_id, self.answer)
+        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.starting.discard(self.conversation_id)
+    def done(self, result: dict[str, Any]) -> dict[str, Any]:
+        self.answer.set_result(result)
+        return result
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, *rest: object) -> None:
+        del self.starting[self.conversation_id]
+        if not self.answer.done():
+            if isinstance(error, Exception):
+                self.answer.set_exception(error)
+            else:
+                self.answer.cancel()
+
+
+_ENDED_EARLY = ("interrupted", "failed", "stopped")
+
+
+def _events(conversation_id: str) -> str:
+    return f"/chat/api/conversations/{conversation_id}/events"
+
+
+def _answered(history: list[dict[str, Any]], client_id: str) -> dict[str, Any] | None:
+    for index, message in enumerate(history):
+        if message["client_id"] == client_id:
+            reply = next((m for m in history[index + 1 :] if m["role"] == "assistant"), None)
+            return {"message": message, "reply": reply, "duplicate": True}
+    return None
 
 
 def _last_user(history: list[dict[str, Any]]) -> int:

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .admission import user_of
 from .chat import Chat, export_json, export_markdown
 from .errors import BadRequest
 
@@ -72,7 +73,9 @@ def routes(app: web.Application) -> None:
     r.add_post("/chat/api/conversations/{id}/messages", send)
     r.add_post("/chat/api/conversations/{id}/regenerate", regenerate)
     r.add_post("/chat/api/conversations/{id}/edit", edit)
+    r.add_post("/chat/api/conversations/{id}/continue", continue_reply)
     r.add_post("/chat/api/conversations/{id}/stop", stop)
+    r.add_get("/chat/api/generations/{id}", generation, allow_head=False)
     r.add_get("/chat/api/search", search, allow_head=False)
 
 
@@ -164,18 +167,32 @@ async def export(request: web.Request) -> web.Response:
     )
 
 
+def _user(request: web.Request) -> str:
+    return user_of(request, tuple(request.app[CHAT].settings.trusted_proxies))
+
+
 async def send(request: web.Request) -> web.Response:
     message = await parse(request, NewMessage)
-    return json(await request.app[CHAT].send(request.match_info["id"], message.content, message.client_id), 202)
+    chat = request.app[CHAT]
+    result = await chat.send(request.match_info["id"], message.content, message.client_id, user=_user(request))
+    return json(result, 200 if result.get("duplicate") else 202)  # 200: that send was already taken
 
 
 async def regenerate(request: web.Request) -> web.Response:
-    return json(await request.app[CHAT].regenerate(request.match_info["id"]), 202)
+    return json(await request.app[CHAT].regenerate(request.match_info["id"], user=_user(request)), 202)
 
 
 async def edit(request: web.Request) -> web.Response:
     message = await parse(request, EditedMessage)
-    return json(await request.app[CHAT].edit(request.match_info["id"], message.content), 202)
+    return json(await request.app[CHAT].edit(request.match_info["id"], message.content, user=_user(request)), 202)
+
+
+async def continue_reply(request: web.Request) -> web.Response:
+    return json(await request.app[CHAT].continue_reply(request.match_info["id"], user=_user(request)), 202)
+
+
+async def generation(request: web.Request) -> web.Response:
+    return json({"generation": await request.app[CHAT].generation(request.match_info["id"])})
 
 
 async def stop(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -68,6 +68,11 @@ class Metrics:
         self.relayed_bytes = 0
         self.backend_up = 0
         self.log_lines_dropped = 0
+        self.replies: defaultdict[str, int] = defaultdict(int)  # final status
+        self.reply_failures: defaultdict[str, int] = defaultdict(int)  # cause (BackendError.kind)
+        self.reply_retries: defaultdict[str, int] = defaultdict(int)  # cause of the failure retried unseen
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}  # name: (help, read at scrape time)
+        self.labelled: dict[str, tuple[str, str, Callable[[], dict[str, int]]]] = {}  # name: (help, label, read)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
@@ -145,6 +150,28 @@ class _Collector:
         )
         overhead.add_metric([], m.overhead.buckets(), m.overhead.total)
         yield overhead
+        yield _counter(
+            "clawdbot_chat_replies",
+            "Chat replies by how they ended.",
+            ["status"],
+            {(k,): v for k, v in m.replies.items()},
+        )
+        yield _counter(
+            "clawdbot_chat_reply_failures",
+            "Chat replies that failed, by cause.",
+            ["cause"],
+            {(k,): v for k, v in m.reply_failures.items()},
+        )
+        yield _counter(
+            "clawdbot_chat_reply_retries",
+            "Backend failures before the first token that were retried once, unseen by the user, by cause.",
+            ["cause"],
+            {(k,): v for k, v in m.reply_retries.items()},
+        )
+        for name, (doc, label, counts) in m.labelled.items():
+            yield _counter(name, doc, [label], {(k,): v for k, v in counts().items()})
+        for name, (doc, gauge) in m.gauges.items():
+            yield GaugeMetricFamily(name, doc, value=gauge())
         yield GaugeMetricFamily("clawdbot_active_streams", "Requests being relayed now.", value=m.active_streams)
         yield GaugeMetricFamily(
             "clawdbot_backend_up", "1 when the last health check reached the backend.", value=m.backend_up

@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from .admission import Admission, Overloaded, Ticket, user_of
 from .backends import Backend
 from .errors import BackendError
 from .logs import AccessLog
@@ -93,6 +94,7 @@ class Exchange:
     method: str
     route: str
     received: float
+    queued: float = 0.0  # seconds waiting for a backend slot: the model's queue, not the gateway's overhead
     forwarded: float = 0.0
     headers_at: float = 0.0
     first_write: float = 0.0
@@ -123,7 +125,10 @@ class Relay:
         first_byte_timeout: float,
         idle_timeout: float,
         access: AccessLog,
+        admission: Admission,
+        trusted_proxies: tuple[str, ...] = (),
     ) -> None:
+        self.admission, self.trusted_proxies = admission, trusted_proxies
         self.backend = backend
         self.metrics = metrics
         self.first_byte_timeout = first_byte_timeout
@@ -136,8 +141,16 @@ class Relay:
         ex = Exchange(request["request_id"], request.method, route_label(request.path), self.clock())
         self.active.add(ex)
         self.metrics.active_streams += 1
+        ticket: Ticket | None = None
         try:
             body = await request.read()
+            if request.method == "POST" and request.path in GENERATION:
+                # The same slots and fair queue as the chat page: a script cannot jump the line.
+                ticket = self.admission.enter(user_of(request, self.trusted_proxies))
+                if not ticket.running:
+                    waited = self.clock()
+                    await self.admission.wait(ticket)
+                    ex.queued = self.clock() - waited
             upstream = await self._forward(request, body, ex)
             try:
                 return await self._relay(request, upstream, ex)
@@ -151,10 +164,16 @@ class Relay:
             ex.status = error.status
             ex.fail("rejected", None)
             raise
+        except Overloaded as error:
+            ex.status = error.status
+            ex.fail("rejected", None)
+            raise
         except asyncio.CancelledError:
             ex.fail("client_closed", None)
             raise
         finally:
+            if ticket is not None:
+                self.admission.release(ticket, self.clock() - ex.forwarded if ex.forwarded else None)
             self._finish(ex)
 
     async def _forward(self, request: web.Request, body: bytes, ex: Exchange) -> aiohttp.ClientResponse:
@@ -243,7 +262,7 @@ class Relay:
     def _first_write(self, ex: Exchange) -> None:
         ex.first_write = self.clock()
         self.metrics.ttft.labels(ex.route).observe(ex.first_write - ex.received)
-        self.metrics.overhead.observe((ex.forwarded - ex.received) + (ex.first_write - ex.headers_at))
+        self.metrics.overhead.observe((ex.forwarded - ex.received - ex.queued) + (ex.first_write - ex.headers_at))
 
     async def _conclude(
         self,

@@ -17,6 +17,8 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from . import __version__
+from .admission import Overloaded, user_of
+from .chat import Chat
 from .chatapi import CHAT, EditedMessage, NewMessage, checked
 from .errors import BadRequest, ClawdbotError, Conflict
 
@@ -28,6 +30,7 @@ class Outbox:
         self.send = send
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(_OUTBOX)
         self.overflowed = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
 
     def push(self, data: bytes) -> None:
         try:
@@ -41,6 +44,11 @@ class Outbox:
     async def drain(self) -> None:
         while True:
             await self.send(await self.queue.get())
+            self.queue.task_done()
+
+    async def flush(self) -> None:
+        """Until everything queued so far has been sent."""
+        await self.queue.join()
 
     async def beat(self, interval: float) -> None:
         while True:
@@ -51,6 +59,7 @@ class Outbox:
 def routes(app: web.Application) -> None:
     app.router.add_get("/chat/api/ws", websocket, allow_head=False)
     app.router.add_get("/chat/api/conversations/{id}/events", events, allow_head=False)
+    app.router.add_get("/chat/api/generations/{id}/events", generation_events, allow_head=False)
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -67,10 +76,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         asyncio.create_task(_close_on_overflow(outbox, ws)),
     ]
     outbox.event({"type": "hello", "version": __version__, "heartbeat": settings.heartbeat})
+    user = user_of(request, tuple(settings.trusted_proxies))
     try:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
-                await _command(request, outbox, subscribed, message.data)
+                await _command(request, outbox, subscribed, message.data, user)
             elif message.type == WSMsgType.ERROR:
                 break
     finally:
@@ -87,10 +97,9 @@ async def _close_on_overflow(outbox: Outbox, ws: web.WebSocketResponse) -> None:
     await ws.close(code=1013, message=b"too far behind; reconnect to get the current state")
 
 
-async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], raw: str) -> None:
+async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], raw: str, user: str) -> None:
     """Run one client command; its answer (or a clear error) goes back on the same socket."""
     chat = request.app[CHAT]
-    hub = chat.generations.hub
     reference = None
     try:
         command = orjson.loads(raw)
@@ -101,26 +110,30 @@ async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], r
         if kind == "ping":
             outbox.event({"type": "pong", "ref": reference})
             return
-        if not isinstance(conversation_id, str):
-            raise BadRequest("conversation_id is required")
-        if kind == "unsubscribe":
-            hub.unsubscribe(conversation_id, outbox)
-            subscribed.discard(conversation_id)
-        elif conversation_id not in subscribed:  # listen first, so no event of what the command starts is missed
-            await chat.conversation(conversation_id)
-            hub.subscribe(conversation_id, outbox)
-            subscribed.add(conversation_id)
-            active = chat.generations.active.get(conversation_id)
-            if active is not None:
-                outbox.event(active.snapshot())
-        result = await _run(chat, kind, conversation_id, command)
+        if kind == "resume":
+            result = await _resume(chat, outbox, subscribed, command)
+        else:
+            if not isinstance(conversation_id, str):
+                raise BadRequest("conversation_id is required")
+            if kind == "unsubscribe":
+                chat.generations.hub.unsubscribe(conversation_id, outbox)
+                subscribed.discard(conversation_id)
+            elif conversation_id not in subscribed:  # listen first, so no event of what the command starts is missed
+                await chat.conversation(conversation_id)
+                _listen(chat, outbox, subscribed, conversation_id)
+                snapshot = chat.generations.snapshot(conversation_id)
+                if snapshot is not None:
+                    outbox.event(snapshot)
+            result = await _run(chat, kind, conversation_id, command, user)
         outbox.event({"type": "ack", "ref": reference, "command": kind, **result})
     except orjson.JSONDecodeError:
         outbox.event(
             {"type": "error", "ref": None, "code": "bad_request", "status": 400, "message": "a command must be JSON"}
         )
     except ClawdbotError as error:
-        details = error.details if isinstance(error, Conflict) else {}
+        details: dict[str, Any] = dict(error.details) if isinstance(error, Conflict) else {}
+        if isinstance(error, Overloaded):
+            details["retry_after"] = error.retry_after
         outbox.event(
             {
                 "type": "error",
@@ -133,49 +146,186 @@ async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], r
         )
 
 
-async def _run(chat: Any, kind: str, conversation_id: str, command: dict[str, Any]) -> dict[str, Any]:
+def _listen(chat: Chat, outbox: Outbox, subscribed: set[str], conversation_id: str) -> None:
+    if conversation_id not in subscribed:
+        chat.generations.hub.subscribe(conversation_id, outbox)
+        subscribed.add(conversation_id)
+
+
+async def _resume(chat: Chat, outbox: Outbox, subscribed: set[str], command: dict[str, Any]) -> dict[str, Any]:
+    """`resume`: a reply's events from seq `from` on, then (still running) the live ones, never a second
+    generation. A reply that ended a while ago is answered from the database with its final row."""
+    reply_id, start = command.get("reply_id"), command.get("from", 1)
+    if not isinstance(reply_id, str) or not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        raise BadRequest("resume needs reply_id (a string) and from (a sequence number, 1 for all)")
+    job = chat.generations.log.job(reply_id)
+    if job is not None:
+        # Subscribing and replaying in one step of the event loop: the live events start right after the replay.
+        _listen(chat, outbox, subscribed, job.conversation_id)
+        for data in chat.generations.log.replay(reply_id, start) or []:
+            outbox.push(data)
+        return {"reply_id": reply_id, "conversation_id": job.conversation_id, "seq": job.seq, "live": not job.finished}
+    row = await chat.reply(reply_id)
+    _listen(chat, outbox, subscribed, row["conversation_id"])
+    outbox.event(stored_reply(row))
+    return {"reply_id": reply_id, "conversation_id": row["conversation_id"], "seq": None, "live": False}
+
+
+def stored_reply(row: dict[str, Any]) -> dict[str, Any]:
+    """A finished reply that is no longer in the event log: its final row, as a reply.done without a seq."""
+    return {
+        "type": "reply.done",
+        "conversation_id": row["conversation_id"],
+        "id": row["id"],
+        "seq": None,
+        "stored": True,
+        "message": row,
+    }
+
+
+async def _run(chat: Chat, kind: str, conversation_id: str, command: dict[str, Any], user: str) -> dict[str, Any]:
     if kind in ("subscribe", "unsubscribe"):
         return {"conversation_id": conversation_id}
     if kind == "send":
         message = checked(NewMessage, {"content": command.get("content"), "client_id": command.get("client_id")})
-        return dict(await chat.send(conversation_id, message.content, message.client_id))
+        return dict(await chat.send(conversation_id, message.content, message.client_id, user=user))
     if kind == "edit":
         edited = checked(EditedMessage, {"content": command.get("content")})
-        return dict(await chat.edit(conversation_id, edited.content))
+        return dict(await chat.edit(conversation_id, edited.content, user=user))
     if kind == "regenerate":
-        return dict(await chat.regenerate(conversation_id))
+        return dict(await chat.regenerate(conversation_id, user=user))
+    if kind == "continue":
+        return dict(await chat.continue_reply(conversation_id, user=user))
     if kind == "stop":
         return dict(await chat.stop(conversation_id))
-    raise BadRequest(f"unknown command {kind!r}; use subscribe, unsubscribe, send, edit, regenerate, stop or ping")
+    raise BadRequest(
+        f"unknown command {kind!r}; use subscribe, unsubscribe, resume, send, edit, regenerate, continue, stop or ping"
+    )
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """The SSE fallback: one conversation's events; the page sends its commands with plain POSTs."""
+    """The SSE fallback: one conversation's events; the page sends its commands with plain POSTs. A reply's
+    events carry `id: <reply id>:<seq>`, so a reconnecting EventSource (Last-Event-ID) gets what it missed."""
     chat = request.app[CHAT]
-    settings = chat.settings
     conversation_id = request.match_info["id"]
     await chat.conversation(conversation_id)
+    resume = _last_event(request)
+    reply_id, _, seq = resume.partition(":")
+    log = chat.generations.log
+    replay: list[bytes] | None = None
+    job = log.job(reply_id) if reply_id else None
+    if job is not None and job.conversation_id == conversation_id and seq.isdigit():
+        replay = log.replay(reply_id, int(seq) + 1)
+    response, outbox = await _event_stream(request, reply_stream=False)
+    if replay is not None:
+        for data in replay:
+            outbox.push(data)
+    else:
+        snapshot = chat.generations.snapshot(conversation_id)
+        if snapshot is not None:
+            outbox.event(snapshot)
+    chat.generations.hub.subscribe(conversation_id, outbox)
+    try:
+        await outbox.overflowed.wait()  # otherwise runs until the client leaves and the handler is cancelled
+    finally:
+        chat.generations.hub.unsubscribe(conversation_id, outbox)
+        await _stop(outbox)
+    return response
+
+
+async def generation_events(request: web.Request) -> web.StreamResponse:
+    """One reply's events as SSE (`id: <seq>`), from `?from=N` or after `Last-Event-ID`, then live until it
+    ends. A reply that ended a while ago gets its stored row; an unknown id a 404, and nothing is started."""
+    chat = request.app[CHAT]
+    reply_id = request.match_info["id"]
+    start = _start(request)
+    log = chat.generations.log
+    row = None if log.job(reply_id) is not None else await chat.reply(reply_id)  # NotFound if there is none
+    response, outbox = await _event_stream(request, reply_stream=True)
+    ended = asyncio.Event()
+    finished = _Finisher(outbox, ended)
+    try:
+        if row is not None or not log.follow(reply_id, start, finished):  # ended while the stream opened
+            outbox.event(stored_reply(row or await chat.reply(reply_id)))
+            ended.set()
+        waits = [asyncio.ensure_future(ended.wait()), asyncio.ensure_future(outbox.overflowed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):  # the last events out before the stream ends; a stuck client gives up
+                await outbox.flush()
+    finally:
+        log.unfollow(reply_id, finished)
+        await _stop(outbox)
+    return response
+
+
+class _Finisher:
+    """Passes a reply's events to the outbox and notices the last one."""
+
+    def __init__(self, outbox: Outbox, ended: asyncio.Event) -> None:
+        self.outbox, self.ended = outbox, ended
+
+    def push(self, data: bytes) -> None:
+        self.outbox.push(data)
+        if data.startswith(b'{"type":"reply.done"'):
+            self.ended.set()
+
+
+def _last_event(request: web.Request) -> str:
+    return request.headers.get("Last-Event-ID") or request.query.get("last_event_id", "")
+
+
+def _start(request: web.Request) -> int:
+    """The first seq wanted: `?from=N`, or one after `Last-Event-ID`; 1 (everything) by default."""
+    raw, after = request.query.get("from"), _last_event(request)
+    try:
+        if raw is not None:
+            start = int(raw)
+        elif after:
+            start = int(after.rpartition(":")[2]) + 1
+        else:
+            start = 1
+    except ValueError:
+        raise BadRequest("from (and Last-Event-ID) must be a whole number") from None
+    if start < 0:
+        raise BadRequest("from must not be negative")
+    return start
+
+
+async def _event_stream(request: web.Request, *, reply_stream: bool) -> tuple[web.StreamResponse, Outbox]:
+    settings = request.app[CHAT].settings
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
 
     async def send(data: bytes) -> None:
-        await response.write(b"data: " + data + b"\n\n")
+        await response.write(_sse(data, reply_stream))
 
     outbox = Outbox(send)
     outbox.event({"type": "hello", "version": __version__, "heartbeat": settings.heartbeat})
-    active = chat.generations.active.get(conversation_id)
-    if active is not None:
-        outbox.event(active.snapshot())
-    chat.generations.hub.subscribe(conversation_id, outbox)
-    tasks = [asyncio.create_task(outbox.drain()), asyncio.create_task(outbox.beat(settings.heartbeat))]
-    try:
-        await outbox.overflowed.wait()  # otherwise runs until the client leaves and the handler is cancelled
-    finally:
-        chat.generations.hub.unsubscribe(conversation_id, outbox)
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*tasks, return_exceptions=True)
-    return response
+    outbox.tasks = [asyncio.create_task(outbox.drain()), asyncio.create_task(outbox.beat(settings.heartbeat))]
+    return response, outbox
+
+
+def _sse(data: bytes, reply_stream: bool) -> bytes:
+    """One SSE event. Numbered reply events get an id: the seq on a reply's stream, reply:seq on a
+    conversation's (where several replies follow each other)."""
+    if b'"seq":' in data:
+        event = orjson.loads(data)
+        seq = event.get("seq")
+        if isinstance(seq, int):
+            ident = str(seq) if reply_stream else f"{event['id']}:{seq}"
+            return b"id: " + ident.encode() + b"\ndata: " + data + b"\n\n"
+    return b"data: " + data + b"\n\n"
+
+
+async def _stop(outbox: Outbox) -> None:
+    for task in outbox.tasks:
+        task.cancel()
+    with contextlib.suppress(Exception):
+        await asyncio.gather(*outbox.tasks, return_exceptions=True)

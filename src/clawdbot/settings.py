@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -116,7 +117,44 @@ class Settings(_Base):
         "connection while the model thinks silently.",
     )
 
+    max_running: int | None = Field(
+        None,
+        ge=1,
+        description="Generations the backend runs at once; the rest wait in the gateway's fair queue. Set it to "
+        "the backend's parallelism (default: $OLLAMA_NUM_PARALLEL if set, else 1, Ollama's default; with --demo, "
+        "the demo simulator's slots).",
+    )
+    max_queue: int = Field(
+        1000, ge=0, description="Generations that may wait for a slot, all users together; beyond it, 503."
+    )
+    max_queue_per_user: int = Field(
+        100, ge=1, description="Generations one user may have waiting for a slot; beyond it, 429."
+    )
+    trusted_proxies: list[str] = Field(
+        ["127.0.0.1/32", "::1/128"],
+        description="Addresses (CIDR) of reverse proxies whose X-Forwarded-For names the user, for fair queueing.",
+    )
+    checkpoint_interval: float = Field(
+        1.0, gt=0, le=60, description="Seconds between saves of the text of replies in flight (what a crash loses)."
+    )
+    reply_log_events: int = Field(
+        10_000, ge=16, description="Events of one reply kept for resuming clients; older ones fold into a snapshot."
+    )
+    reply_log_bytes: int = Field(
+        1 << 20, ge=4096, description="Bytes of one reply's events kept for resuming clients (same folding)."
+    )
+
     _check_url = field_validator("ollama_url")(_http_url)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not an address or a CIDR network") from None
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -24,12 +24,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     case,
     column,
     delete,
     func,
     literal,
     literal_column,
+    or_,
     select,
     text,
     update,
@@ -80,7 +82,19 @@ messages = Table(
     Column("eval_ms", Integer),
     Column("omitted_turns", Integer),
     Column("client_id", String(64)),
+    Column("error_kind", String(32)),  # a failed reply's cause (BackendError.kind), as counted in /metrics
     Index("messages_by_conversation", "conversation_id", "created_at"),
+    Index("messages_by_client_id", "conversation_id", "client_id", unique=True),
+)
+
+# The text so far of replies being written, about once a second; see migration 0002.
+reply_checkpoints = Table(
+    "reply_checkpoints",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("content", Text, nullable=False),
+    Column("thinking", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
 )
 
 Row = dict[str, Any]
@@ -186,6 +200,8 @@ class Store:
 
     async def delete_conversation(self, conversation_id: str) -> bool:
         def query(conn: Connection) -> int:
+            mine = select(messages.c.id).where(messages.c.conversation_id == conversation_id)
+            conn.execute(delete(reply_checkpoints).where(reply_checkpoints.c.id.in_(mine)))
             conn.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
             return conn.execute(delete(conversations).where(conversations.c.id == conversation_id)).rowcount
 
@@ -230,19 +246,84 @@ class Store:
 
         await self.write(query)
 
+    async def get_message(self, message_id: str) -> dict[str, Any] | None:
+        def query(conn: Connection) -> dict[str, Any] | None:
+            found = conn.execute(select(messages).where(messages.c.id == message_id)).mappings().first()
+            return _row(found) if found else None
+
+        return await self.read(query)
+
+    async def by_client_id(self, conversation_id: str, client_id: str) -> tuple[Row | None, Row | None]:
+        """The user message a client sent with this id, and the reply that answered it (or its successor)."""
+
+        def query(conn: Connection) -> tuple[Row | None, Row | None]:
+            mine = (messages.c.conversation_id == conversation_id) & (messages.c.client_id == client_id)
+            found = conn.execute(select(messages).where(mine)).mappings().first()
+            if found is None:
+                return None, None
+            after = (
+                (messages.c.conversation_id == conversation_id)
+                & (messages.c.role == "assistant")
+                & (messages.c.created_at >= found["created_at"])
+            )
+            order = (messages.c.superseded, messages.c.created_at, messages.c.id)
+            reply = conn.execute(select(messages).where(after).order_by(*order).limit(1)).mappings().first()
+            return _row(found), _row(reply) if reply else None
+
+        return await self.read(query)
+
+    async def checkpoint(self, rows: list[dict[str, Any]]) -> None:
+        """Save the text so far of replies in flight (`b_id`, `b_status`, `b_content`, `b_thinking` each)."""
+        stamp = now_ms()
+        saved = [
+            {"id": r["b_id"], "content": r["b_content"], "thinking": r["b_thinking"], "updated_at": stamp} for r in rows
+        ]
+        # Only a row still in flight takes a status: a late checkpoint never undoes a reply's final state.
+        status = (
+            update(messages)
+            .where(messages.c.id == bindparam("b_id"), or_(*(messages.c.status == active for active in _ACTIVE)))
+            .values(status=bindparam("b_status"))
+        )
+
+        def query(conn: Connection) -> None:
+            conn.execute(delete(reply_checkpoints).where(reply_checkpoints.c.id.in_([r["id"] for r in saved])))
+            conn.execute(reply_checkpoints.insert(), saved)
+            conn.execute(status, [{"b_id": r["b_id"], "b_status": r["b_status"]} for r in rows])
+
+        await self.write(query)
+
+    async def finish_reply(self, message_id: str, **fields: Any) -> None:
+        """Store a reply's final state; its checkpoint is no longer needed."""
+
+        def query(conn: Connection) -> None:
+            conn.execute(update(messages).where(messages.c.id == message_id).values(**fields))
+            conn.execute(delete(reply_checkpoints).where(reply_checkpoints.c.id == message_id))
+
+        await self.write(query)
+
     async def interrupt_unfinished(self) -> int:
-        """Replies still marked in progress belong to a gateway that stopped: mark them interrupted."""
+        """Replies still marked in progress belong to a gateway that stopped: mark them interrupted, with the
+        text of their last checkpoint."""
+        saved = reply_checkpoints.c
+
+        def checkpointed(column: Any, own: Any) -> Any:
+            return func.coalesce(select(column).where(saved.id == messages.c.id).scalar_subquery(), own)
 
         def query(conn: Connection) -> int:
-            return conn.execute(
+            count = conn.execute(
                 update(messages)
                 .where(messages.c.status.in_(_ACTIVE))
                 .values(
                     status="interrupted",
+                    content=checkpointed(saved.content, messages.c.content),
+                    thinking=checkpointed(saved.thinking, messages.c.thinking),
                     finished_at=now_ms(),
-                    error="the gateway stopped while this reply was being written",
+                    error="The gateway stopped while this reply was being written; the text so far is kept.",
+                    error_kind="gateway_stopped",
                 )
             ).rowcount
+            conn.execute(delete(reply_checkpoints))
+            return int(count)
 
         return int(await self.write(query))
 

@@ -7,6 +7,7 @@ opened in a cleanup context at startup and closed at shutdown; nothing happens a
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 import time
@@ -20,10 +21,12 @@ from aiohttp.typedefs import Handler
 from sqlalchemy.engine import make_url
 
 from . import __version__, chatapi, pages, realtime
+from .admission import Admission, Overloaded
 from .backends import Backend, BackendStatus
 from .chat import Chat
 from .chatapi import CHAT
 from .errors import BackendError, ClawdbotError, Conflict, NotFound, PayloadTooLarge
+from .eventlog import MemoryLog
 from .generations import Generations, Hub
 from .logs import LOG, AccessLog, LineWriter
 from .logs import setup as setup_logging
@@ -37,6 +40,7 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)
+ADMISSION: web.AppKey[Admission] = web.AppKey("admission", Admission)
 LOG_WRITER: web.AppKey[LineWriter] = web.AppKey("log-writer", LineWriter)
 ACCESS: web.AppKey[AccessLog] = web.AppKey("access-log", AccessLog)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -95,6 +99,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         )  # the first chat need not wait for a model load
     backend = Backend(settings, url, simulated=simulator is not None)
     app[BACKEND] = backend
+    admission = app[ADMISSION] = _admission(settings, metrics, simulator.settings.num_parallel if simulator else None)
     access = app[ACCESS] = AccessLog(app[LOG_WRITER] if settings.access_log else None)
     relay = Relay(
         backend,
@@ -102,6 +107,8 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         first_byte_timeout=settings.first_byte_timeout,
         idle_timeout=settings.idle_timeout,
         access=access,
+        admission=admission,
+        trusted_proxies=tuple(settings.trusted_proxies),
     )
     app[RELAY] = relay
     await backend.probe()
@@ -130,13 +137,48 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     interrupted = await store.interrupt_unfinished()
     if interrupted:
         LOG.warning("replies left unfinished by a previous run are marked interrupted", extra={"count": interrupted})
-    generations = Generations(store, app[BACKEND], Hub())
+    log = MemoryLog(max_events=settings.reply_log_events, max_bytes=settings.reply_log_bytes)
+    app[METRICS].gauges["clawdbot_reply_log_bytes"] = (
+        "Bytes of reply events kept for resuming clients, all replies together.",
+        log.held_bytes,
+    )
+    generations = Generations(
+        store,
+        app[BACKEND],
+        Hub(),
+        log,
+        app[ADMISSION],
+        app[METRICS],
+        checkpoint_interval=settings.checkpoint_interval,
+    )
     app[CHAT] = Chat(store, generations, app[BACKEND], settings)
     try:
         yield
     finally:
         await generations.shutdown()
         await store.close()
+
+
+def _admission(settings: Settings, metrics: Metrics, simulated_slots: int | None) -> Admission:
+    """K slots for the backend: as configured, else its parallelism as far as the gateway can know it."""
+    slots = settings.max_running
+    if slots is None and simulated_slots is not None:
+        slots = simulated_slots or 64  # the demo simulator's 0 means unlimited
+    if slots is None:
+        parallel = os.environ.get("OLLAMA_NUM_PARALLEL", "")
+        slots = int(parallel) if parallel.isdigit() and int(parallel) > 0 else 1
+    admission = Admission(slots, max_queue=settings.max_queue, max_queue_per_user=settings.max_queue_per_user)
+    metrics.gauges.update(
+        clawdbot_generation_slots=("Generations the backend may run at once (--max-running).", lambda: admission.slots),
+        clawdbot_generations_running=("Generations holding a backend slot now.", lambda: admission.running),
+        clawdbot_generations_queued=("Generations waiting for a backend slot.", lambda: admission.queued),
+    )
+    metrics.labelled["clawdbot_generations_rejected"] = (
+        "Generations refused because the queue was full (429 per user, 503 in all), by reason.",
+        "reason",
+        lambda: admission.rejected,
+    )
+    return admission
 
 
 def _backend_changed(app: web.Application, status: BackendStatus) -> None:
@@ -272,7 +314,12 @@ def _error(request: web.Request, error: ClawdbotError) -> web.Response:
             body["backend"] = error.backend
         if isinstance(error, Conflict):
             body.update(error.details)
-    return _json(body, error.status)
+        if isinstance(error, Overloaded):
+            body["retry_after"] = error.retry_after
+    response = _json(body, error.status)
+    if isinstance(error, Overloaded):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 def _json(body: object, status: int = 200) -> web.Response:

@@ -189,7 +189,9 @@ class _Exchange:
         record.server = {name: final.get(name) for name in _SERVER_TIMINGS}
         status = final.get("status")
         if status == "failed":
-            record.failure, record.detail = failed_kind(final.get("error")), str(final.get("error"))[:300]
+            kind = final.get("error_kind")  # the cause as /metrics counts it; older gateways only wrote text
+            record.failure = f"failed_{kind}" if kind else failed_kind(final.get("error"))
+            record.detail = str(final.get("error"))[:300]
         elif status != "done":
             record.failure, record.detail = str(status), str(final.get("error") or f"the reply ended {status}")
         elif final.get("content") != record.reply:
