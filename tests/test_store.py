@@ -8,6 +8,7 @@ PostgreSQL its half is skipped, unless CI=true.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -228,6 +229,27 @@ async def test_fifty_conversations_sending_at_once_all_get_their_reply(gateway: 
     assert '"level":"error"' not in gateway.logs()
 
 
+def test_a_client_id_is_taken_once_even_after_its_message_was_edited_away(api: ChatApi, database_url: str) -> None:
+    conversation_id = api.create()["id"]
+    api.turn(conversation_id, "first try")  # no client id: any number of those
+    original = api.send(conversation_id, "with an id", client_id="tab-7")
+    api.wait_reply(conversation_id, original["reply"]["id"])
+    edited = api.post(conversation_id, "edit", {"content": "edited"})
+    api.wait_reply(conversation_id, edited["reply"]["id"])
+    # The retry's message is no longer shown; the database's unique index still recognises it.
+    again = api.http.post(
+        f"/conversations/{conversation_id}/messages", json={"content": "with an id", "client_id": "tab-7"}
+    )
+    assert again.status_code == 200, again.text
+    assert (again.json()["duplicate"], again.json()["message"]["id"]) == (True, original["message"]["id"])
+    counted = query(
+        database_url,
+        "SELECT count(*) FROM messages WHERE conversation_id = :cid AND role = 'user'",
+        cid=conversation_id,
+    )
+    assert counted == [(3,)]  # first try, with an id (superseded), edited
+
+
 # ---- migrations and the writer -------------------------------------------------------------------------------------
 @pytest.mark.asyncio
 async def test_the_schema_is_at_head_and_opening_again_changes_nothing(gateway: Server, database_url: str) -> None:
@@ -305,8 +327,17 @@ def test_database_urls_name_the_driver() -> None:
 
 
 # ---- restarts ------------------------------------------------------------------------------------------------------
-def test_replies_cut_off_by_a_stop_or_a_crash_are_kept_as_interrupted(simulator: Server) -> None:
-    url = f"sqlite:///{tempfile.mkdtemp(prefix='clawdbot-restart-')}/chat.db"
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_replies_cut_off_by_a_stop_or_a_crash_are_kept_as_interrupted(simulator: Server, kind: str) -> None:
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            url = f"sqlite:///{tempfile.mkdtemp(prefix='clawdbot-restart-')}/chat.db"
+        else:
+            url = stack.enter_context(postgres_database())
+        _cut_off_replies_are_kept(simulator, url)
+
+
+def _cut_off_replies_are_kept(simulator: Server, url: str) -> None:
     stalled: dict[str, object] = {
         "reply": "one two three four five",
         "thinking": "",
@@ -331,26 +362,30 @@ def test_replies_cut_off_by_a_stop_or_a_crash_are_kept_as_interrupted(simulator:
     finally:
         first.stop()  # SIGTERM: the gateway stores what it has before it exits
 
-    second = start_gateway(simulator.url, "--database-url", url)
+    second = start_gateway(simulator.url, "--database-url", url, "--checkpoint-interval", "0.1")
     try:
         crashed, crashed_reply = start_a_reply(second)
+        saved = "SELECT content FROM reply_checkpoints"
+        wait_until(lambda: query(url, saved) == [("one two three",)], "the text to be checkpointed")
     finally:
-        second.kill()  # nothing is stored on the way out: the next start must clean up
+        second.kill()  # SIGKILL: nothing more is stored on the way out; the next start must clean up
 
     third = start_gateway(simulator.url, "--database-url", url)
     try:
         with chat_api(third.url) as api:
-            for conversation_id, reply_id, content in [
-                (stopped, stopped_reply, "one two three"),
-                (crashed, crashed_reply, ""),
+            for conversation_id, reply_id, error in [
+                (stopped, stopped_reply, "The gateway stopped while this reply was being written"),
+                (crashed, crashed_reply, "the text so far is kept"),
             ]:
                 view = api.view(conversation_id)
                 assert view["active"] is None
                 reply = view["messages"][-1]
                 assert reply["id"] == reply_id
-                assert (reply["status"], reply["content"]) == ("interrupted", content)
-                assert "The gateway stopped while this reply was being written" in reply["error"]
+                assert (reply["status"], reply["content"]) == ("interrupted", "one two three")
+                assert reply["error_kind"] == "gateway_stopped"
+                assert error in reply["error"]
                 assert reply["finished_at"] is not None
+            assert query(url, "SELECT count(*) FROM reply_checkpoints") == [(0,)]
             script(simulator, OK)
             assert api.turn(stopped, "and now?")["status"] == "done"
     finally:
