@@ -494,3 +494,27 @@ def test_kill_9_keeps_the_checkpointed_text_and_continue_goes_on_from_it(
             assert "interrupted, failed or stopped" in refused.json()["error"]
     finally:
         restarted.stop()
+
+
+@pytest.mark.asyncio
+async def test_sigterm_with_clients_attached_ends_their_streams_and_stores_the_reply_in_flight(
+    session: aiohttp.ClientSession, simulator: Server, spy: Spy, tmp_path: Path
+) -> None:
+    database = tmp_path / "term.db"
+    gateway = start_gateway(spy.url, "--database-url", f"sqlite:///{database}")
+    with chat_api(gateway.url) as api:
+        conversation = api.create()
+        script(simulator, {"reply": LONG, "thinking": ""})
+        socket = await connect(session, gateway.url)
+        reply_id = (await socket.command("send", conversation_id=conversation["id"], content="go"))["reply"]["id"]
+        events = await session.get(f"{gateway.url}/chat/api/generations/{reply_id}/events")
+        await socket.until(lambda e: e["type"] == "reply.delta")
+    await asyncio.to_thread(gateway.stop)  # SIGTERM, then SIGKILL after 10 s if it has not exited
+    assert gateway.proc.returncode == 0  # it did not wait for the open WebSocket and event stream
+    closed = await socket.ws.receive(timeout=5)
+    assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    await asyncio.wait_for(events.read(), timeout=5)  # the event stream ended too
+    stored = rows(database, "SELECT status, content FROM messages WHERE id = ?", reply_id)
+    assert stored[0][0] == "interrupted"
+    assert stored[0][1]
+    assert LONG.startswith(stored[0][1])

@@ -25,18 +25,31 @@ from .errors import BadRequest, ClawdbotError, Conflict
 _OUTBOX = 4096  # events a client may lag behind before it is disconnected
 
 
+_BEHIND = (1013, b"too far behind; reconnect and resume")
+_RESTARTING = (1001, b"the server is restarting; reconnect and resume")
+OUTBOXES: web.AppKey[set["Outbox"]] = web.AppKey("outboxes")
+
+
 class Outbox:
+    """One client connection's queue of events. `closing` is set when the connection must end: the client fell
+    too far behind, or the server is shutting down (`why` is the WebSocket close code and reason)."""
+
     def __init__(self, send: Callable[[bytes], Awaitable[Any]]) -> None:
         self.send = send
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(_OUTBOX)
-        self.overflowed = asyncio.Event()
+        self.closing = asyncio.Event()
+        self.why = _BEHIND
         self.tasks: list[asyncio.Task[None]] = []
 
     def push(self, data: bytes) -> None:
         try:
             self.queue.put_nowait(data)
         except asyncio.QueueFull:
-            self.overflowed.set()
+            self.closing.set()
+
+    def close(self, why: tuple[int, bytes]) -> None:
+        self.why = why
+        self.closing.set()
 
     def event(self, body: dict[str, Any]) -> None:
         self.push(orjson.dumps(body))
@@ -57,6 +70,8 @@ class Outbox:
 
 
 def routes(app: web.Application) -> None:
+    app[OUTBOXES] = set()
+    app.on_shutdown.append(_close_all)
     app.router.add_get("/chat/api/ws", websocket, allow_head=False)
     app.router.add_get("/chat/api/conversations/{id}/events", events, allow_head=False)
     app.router.add_get("/chat/api/generations/{id}/events", generation_events, allow_head=False)
@@ -73,8 +88,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     tasks = [
         asyncio.create_task(outbox.drain()),
         asyncio.create_task(outbox.beat(settings.heartbeat)),
-        asyncio.create_task(_close_on_overflow(outbox, ws)),
+        asyncio.create_task(_close_when_told(outbox, ws)),
     ]
+    request.app[OUTBOXES].add(outbox)
     outbox.event({"type": "hello", "version": __version__, "heartbeat": settings.heartbeat})
     user = user_of(request, tuple(settings.trusted_proxies))
     try:
@@ -84,6 +100,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             elif message.type == WSMsgType.ERROR:
                 break
     finally:
+        request.app[OUTBOXES].discard(outbox)
         for conversation_id in subscribed:
             hub.unsubscribe(conversation_id, outbox)
         for task in tasks:
@@ -92,9 +109,18 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _close_on_overflow(outbox: Outbox, ws: web.WebSocketResponse) -> None:
-    await outbox.overflowed.wait()
-    await ws.close(code=1013, message=b"too far behind; reconnect to get the current state")
+async def _close_when_told(outbox: Outbox, ws: web.WebSocketResponse) -> None:
+    await outbox.closing.wait()
+    code, reason = outbox.why
+    await ws.close(code=code, message=reason)
+
+
+async def _close_all(app: web.Application) -> None:
+    """At shutdown, end every WebSocket and event stream: aiohttp would wait for them (a minute) before the
+    gateway could store the replies in flight. Clients reconnect to the next process and resume."""
+    open_now: set[Outbox] = app[OUTBOXES]
+    for outbox in list(open_now):
+        outbox.close(_RESTARTING)
 
 
 async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], raw: str, user: str) -> None:
@@ -226,10 +252,10 @@ async def events(request: web.Request) -> web.StreamResponse:
             outbox.event(snapshot)
     chat.generations.hub.subscribe(conversation_id, outbox)
     try:
-        await outbox.overflowed.wait()  # otherwise runs until the client leaves and the handler is cancelled
+        await outbox.closing.wait()  # otherwise runs until the client leaves and the handler is cancelled
     finally:
         chat.generations.hub.unsubscribe(conversation_id, outbox)
-        await _stop(outbox)
+        await _stop(request, outbox)
     return response
 
 
@@ -248,7 +274,7 @@ async def generation_events(request: web.Request) -> web.StreamResponse:
         if row is not None or not log.follow(reply_id, start, finished):  # ended while the stream opened
             outbox.event(stored_reply(row or await chat.reply(reply_id)))
             ended.set()
-        waits = [asyncio.ensure_future(ended.wait()), asyncio.ensure_future(outbox.overflowed.wait())]
+        waits = [asyncio.ensure_future(ended.wait()), asyncio.ensure_future(outbox.closing.wait())]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -259,7 +285,7 @@ async def generation_events(request: web.Request) -> web.StreamResponse:
                 await outbox.flush()
     finally:
         log.unfollow(reply_id, finished)
-        await _stop(outbox)
+        await _stop(request, outbox)
     return response
 
 
@@ -309,6 +335,7 @@ async def _event_stream(request: web.Request, *, reply_stream: bool) -> tuple[we
     outbox = Outbox(send)
     outbox.event({"type": "hello", "version": __version__, "heartbeat": settings.heartbeat})
     outbox.tasks = [asyncio.create_task(outbox.drain()), asyncio.create_task(outbox.beat(settings.heartbeat))]
+    request.app[OUTBOXES].add(outbox)
     return response, outbox
 
 
@@ -324,7 +351,8 @@ def _sse(data: bytes, reply_stream: bool) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
-async def _stop(outbox: Outbox) -> None:
+async def _stop(request: web.Request, outbox: Outbox) -> None:
+    request.app[OUTBOXES].discard(outbox)
     for task in outbox.tasks:
         task.cancel()
     with contextlib.suppress(Exception):
