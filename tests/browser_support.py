@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -36,6 +39,29 @@ RECORD = """() => {
     if (content) window.seen.push([reply.dataset.status, content.textContent.length]);
   }).observe(list, {subtree: true, childList: true, characterData: true, attributes: true});
 }"""
+
+# Records (time, status, text) of the newest reply at every DOM change: the whole text, so that a piece shown twice
+# or skipped is caught even if the end is right. Times are the page's clock, as in FETCHES.
+RECORD_TEXT = """() => {
+  window.shown = [];
+  const list = document.querySelector('[data-testid=message-list]');
+  new MutationObserver(() => {
+    const replies = list.querySelectorAll('[data-testid=message][data-role=assistant]');
+    const reply = replies[replies.length - 1];
+    const content = reply && reply.querySelector('[data-testid=message-content]');
+    if (content) window.shown.push([performance.now(), reply.dataset.status, content.textContent]);
+  }).observe(list, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+# An init script: every fetch the page makes, as (time, method, url).
+FETCHES = """(() => {
+  window.fetches = [];
+  const real = window.fetch;
+  window.fetch = (input, init) => {
+    window.fetches.push([performance.now(), (init && init.method) || 'GET', String(input)]);
+    return real(input, init);
+  };
+})()"""
 
 
 def new_page(browser: Browser, gateway: Server, problems: list[str], **options: Any) -> Page:
@@ -93,11 +119,41 @@ def normal(text: str) -> str:
     return " ".join(text.split())
 
 
+def counting(words: int) -> str:
+    """Distinct words ("aaa aab aac …"), one simulator token each: a repeated or lost piece changes the text."""
+    return " ".join("".join(chr(97 + int(digit)) for digit in f"{i:04d}") for i in range(words))
+
+
+def shown(page: Page, status: str) -> list[tuple[float, str]]:
+    """(time, text) of the newest reply at each DOM change while it had `status` (RECORD_TEXT)."""
+    return [(at, text) for at, state, text in page.evaluate("window.shown") if state == status]
+
+
+def create(gateway: Server, title: str = "") -> str:
+    response = httpx.post(f"{gateway.url}/chat/api/conversations", json={"title": title})
+    response.raise_for_status()
+    return str(response.json()["conversation"]["id"])
+
+
+def leave_and_stop(page: Page, gateway: Server) -> None:
+    """Stop a gateway this page used, the page leaving first: the gateway's graceful stop waits for open
+    WebSockets (until Server.stop's SIGKILL, 10 s later)."""
+    page.goto("about:blank")
+    gateway.stop()
+
+
+def post_message(gateway: Server, cid: str, content: str) -> dict[str, Any]:
+    response = httpx.post(f"{gateway.url}/chat/api/conversations/{cid}/messages", json={"content": content})
+    response.raise_for_status()
+    return response.json()  # type: ignore[no-any-return]
+
+
 # ---- a relay that breaks connections the way networks do -------------------------------------------------------------
 class Relay:
-    """A TCP relay in front of the gateway. `freeze()` turns its open WebSockets into black holes (nothing arrives,
-    nothing closes: a dead phone network or a proxy that lost the connection); `refuse_websockets` closes every
-    WebSocket upgrade at once, as a proxy that does not forward them would."""
+    """A TCP relay in front of the gateway. Its live connections are WebSockets and event streams: `freeze()` turns
+    them into black holes (nothing arrives, nothing closes: a dead phone network or a proxy that lost the
+    connection), `cut()` closes them at once (a proxy restarting). `refuse_websockets` closes every WebSocket
+    upgrade at once, as a proxy that does not forward them would; `upgrades` counts those it saw, refused or not."""
 
     def __init__(self, target: Server, *, refuse_websockets: bool = False) -> None:
         self.target_port = target.port
@@ -105,13 +161,21 @@ class Relay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.sockets: list[socket.socket] = []
-        self.websockets: list[threading.Event] = []  # each one's "frozen" flag
+        self.live: list[_Link] = []
         self.refused = 0
+        self.upgrades = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def freeze(self) -> None:
-        for frozen in self.websockets:
-            frozen.set()
+        for link in self.live:
+            link.frozen.set()
+
+    def cut(self) -> None:
+        for link in self.live:
+            for sock in (link.client, link.upstream):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the relay's threads blocked reading it
+        self.live.clear()
 
     def close(self) -> None:
         self.listener.close()
@@ -130,25 +194,46 @@ class Relay:
         self.sockets.append(client)
         head = client.recv(65536)
         websocket = head.startswith(b"GET /chat/api/ws")
+        self.upgrades += int(websocket)
         if websocket and self.refuse_websockets:
             self.refused += 1
             client.close()
             return
         upstream = socket.create_connection(("127.0.0.1", self.target_port))
         self.sockets.append(upstream)
-        frozen = threading.Event()
-        if websocket:
-            self.websockets.append(frozen)
-        upstream.sendall(head)
-        threading.Thread(target=_pump, args=(upstream, client, frozen), daemon=True).start()
-        _pump(client, upstream, frozen)
+        link = _Link(client, upstream, threading.Event())
+        threading.Thread(target=_pump, args=(upstream, client, link.frozen), daemon=True).start()
+        # A browser may reuse a kept-alive connection for an event stream: every request on it is looked at.
+        _pump(client, upstream, link.frozen, lambda request: self._look(link, request), head)
+
+    def _look(self, link: _Link, request: bytes) -> None:
+        line = request.split(b"\r\n", 1)[0]
+        if link not in self.live and line.startswith(b"GET ") and (b"/chat/api/ws" in line or b"/events" in line):
+            self.live.append(link)
 
 
-def _pump(source: socket.socket, target: socket.socket, frozen: threading.Event) -> None:
+@dataclass(eq=False)
+class _Link:
+    client: socket.socket
+    upstream: socket.socket
+    frozen: threading.Event  # read and drop: the sender never notices
+
+
+def _pump(
+    source: socket.socket,
+    target: socket.socket,
+    frozen: threading.Event,
+    look: Callable[[bytes], None] | None = None,
+    first: bytes = b"",
+) -> None:
     try:
-        while data := source.recv(65536):
-            if not frozen.is_set():  # frozen: read and drop, so the sender never notices
+        data = first or source.recv(65536)
+        while data:
+            if look is not None:
+                look(data)
+            if not frozen.is_set():
                 target.sendall(data)
+            data = source.recv(65536)
     except OSError:
         pass
     finally:

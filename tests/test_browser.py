@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,20 +22,27 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from browser_support import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    FETCHES,
     RECORD,
+    RECORD_TEXT,
     REPLY,
     Relay,
     conversation_id,
+    counting,
+    create,
     finished,
     last_reply,
+    leave_and_stop,
     new_page,
     normal,
     open_chat,
+    post_message,
     seen,
     send,
+    shown,
     view,
 )
-from conftest import Server, script, start_gateway, start_simulator
+from conftest import Server, script, start_gateway, start_simulator, wait_for
 
 PROSE = " ".join(
     [
@@ -349,12 +358,6 @@ def test_sse_fallback_streams_a_reply(page: Page, simulator: Server) -> None:
 
 
 # ---- 10. sidebar actions; regenerate and edit ------------------------------------------------------------------------
-def create(gateway: Server, title: str) -> str:
-    response = httpx.post(f"{gateway.url}/chat/api/conversations", json={"title": title})
-    response.raise_for_status()
-    return str(response.json()["conversation"]["id"])
-
-
 def item_action(page: Page, cid: str, action: str) -> None:
     item = page.locator(f"[data-testid=conversation-item][data-id='{cid}']")
     item.get_by_test_id("conversation-menu").click()
@@ -472,9 +475,7 @@ def test_settings_context_meter_and_left_out_turns(page: Page, simulator: Server
 
 
 # ---- 12. transport: a silent connection is replaced; blocked WebSockets fall back to SSE -----------------------------
-def test_a_silent_websocket_is_replaced_and_the_reply_resumes_from_a_snapshot(
-    page: Page, simulator: Server, gateway: Server
-) -> None:
+def test_a_silent_websocket_is_replaced_and_the_reply_goes_on(page: Page, simulator: Server, gateway: Server) -> None:
     relay = Relay(gateway)
     try:
         text = "lorem " * 600  # 3 s at 200 tokens/s
@@ -501,5 +502,244 @@ def test_blocked_websockets_fall_back_to_sse(page: Page, simulator: Server, gate
         assert relay.refused == 2
         send(page, "no sockets here")
         assert normal(finished(page).get_by_test_id("message-content").inner_text()) == normal(PROSE)
+    finally:
+        relay.close()
+
+
+# ---- 13. durable replies: resume after a cut or a reload, Continue after a crash, the queue, retried sends -----------
+def sent_commands(page: Page) -> list[dict[str, Any]]:
+    """Every command the page sends on its WebSockets, from now on."""
+    commands: list[dict[str, Any]] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: commands.append(json.loads(payload))))
+    return commands
+
+
+def test_a_cut_websocket_resumes_the_reply_where_it_stopped(page: Page, simulator: Server, gateway: Server) -> None:
+    text = counting(600)  # 3 s at 200 tokens/s, and no two words alike
+    script(simulator, {"match": "cut me off", "reply": text, "thinking": ""})
+    relay = Relay(gateway)
+    try:
+        commands = sent_commands(page)
+        open_chat(page, relay.url + "/chat")
+        page.evaluate(RECORD_TEXT)
+        send(page, "cut me off halfway")
+        expect(last_reply(page).get_by_test_id("message-content")).to_contain_text(text.split()[100])
+        cut_at = page.evaluate("performance.now()")
+        relay.cut()
+        reply = finished(page)
+    finally:
+        relay.close()
+    stored = view(gateway, conversation_id(page))["messages"][-1]
+    assert normal(reply.get_by_test_id("message-content").inner_text()) == normal(stored["content"]) == normal(text)
+    writing = shown(page, "writing")
+    assert all(normal(text).startswith(normal(piece)) for _, piece in writing), "a piece was shown twice or skipped"
+    assert len({len(piece) for at, piece in writing if at > cut_at}) >= 3, "it did not go on streaming after the cut"
+    resumes = [c for c in commands if c["type"] == "resume"]
+    assert [c["reply_id"] for c in resumes] == [stored["id"]]
+    assert resumes[0]["from"] > 3  # from the first event it lacked, not from the start
+
+
+def test_a_silent_event_stream_is_reopened_after_the_last_event_seen(
+    page: Page, simulator: Server, gateway: Server
+) -> None:
+    text = counting(600)
+    script(simulator, {"match": "silence", "reply": text, "thinking": ""})
+    relay = Relay(gateway)
+    try:
+        streams: list[str] = []
+        page.on("request", lambda request: streams.append(request.url) if "/events" in request.url else None)
+        open_chat(page, relay.url + "/chat?transport=sse")
+        page.evaluate(RECORD_TEXT)
+        send(page, "silence in the middle")
+        expect(last_reply(page).get_by_test_id("message-content")).to_contain_text(text.split()[100])
+        relay.freeze()
+        reply = finished(page)
+    finally:
+        relay.close()
+    stored = view(gateway, conversation_id(page))["messages"][-1]
+    assert normal(reply.get_by_test_id("message-content").inner_text()) == normal(stored["content"]) == normal(text)
+    assert all(normal(text).startswith(normal(piece)) for _, piece in shown(page, "writing"))
+    reopened = [url for url in streams if "last_event_id=" in url]
+    assert reopened, streams
+    last_seen = re.search(r"last_event_id=([0-9a-f-]+)%3A(\d+)", reopened[0])
+    assert last_seen
+    assert last_seen.group(1) == stored["id"]
+    assert int(last_seen.group(2)) > 2  # after the last event it had, not from the start
+
+
+def test_reloading_mid_reply_shows_it_still_coming(page: Page, simulator: Server, gateway: Server) -> None:
+    thinking = "Let me think about counting. " * 100  # 3 s of thinking: the reload lands in the middle of it
+    text = counting(300)
+    script(simulator, {"match": "reload me", "reply": text, "thinking": thinking})
+    page.add_init_script(FETCHES)
+    open_chat(page)
+    send(page, "reload me while it thinks")
+    expect(last_reply(page)).to_have_attribute("data-status", "thinking")
+    reply_id = last_reply(page).get_attribute("data-id")
+    cid = conversation_id(page)
+
+    page.reload()
+    page.evaluate(RECORD_TEXT)
+    reply = page.locator(f"[data-id='{reply_id}']")
+    expect(reply).to_have_attribute("data-status", "thinking")
+    expect(reply.get_by_test_id("thinking-summary")).to_have_text(re.compile(r"^Thinking…"))
+    expect(reply).to_have_attribute("data-status", "done", timeout=20_000)
+    stored = view(gateway, cid)["messages"][-1]
+    assert stored["id"] == reply_id
+    assert normal(reply.get_by_test_id("message-content").inner_text()) == normal(stored["content"]) == normal(text)
+    assert normal(reply.locator(".thinking-body").text_content() or "") == normal(thinking)
+
+    writing = shown(page, "writing")
+    assert len({len(piece) for _, piece in writing}) >= 3
+    assert all(normal(text).startswith(normal(piece)) for _, piece in writing)
+    # It went on from the live events (writing began after the reload), never re-reading the conversation meanwhile
+    # (reply.done does, before its own render: hence up to the last text shown while writing).
+    began, ended = writing[0][0], writing[-1][0]
+    path = f"/chat/api/conversations/{cid}"
+    assert not [at for at, _, url in page.evaluate("window.fetches") if url == path and began < at < ended]
+
+
+def test_an_interrupted_reply_keeps_its_text_and_continues(page: Page, simulator: Server) -> None:
+    script(
+        simulator,
+        {"match": "crash", "reply": counting(3000), "thinking": ""},  # 15 s: the gateway dies long before the end
+        {"match": "crash", "reply": " And that is the end.", "thinking": ""},
+    )
+    first = start_gateway(simulator.url, "--checkpoint-interval", "0.2", "--heartbeat", "0.5")
+    data_dir = first.args[first.args.index("--data-dir") + 1]
+    try:
+        cid = create(first, "Crash")
+        reply_id = post_message(first, cid, "crash in the middle")["reply"]["id"]
+        assert wait_for(lambda: len((view(first, cid)["active"] or {}).get("content", "")) > 200, timeout=10)
+        time.sleep(0.5)  # a checkpoint or two of that text
+    finally:
+        first.kill()  # SIGKILL: no shutdown, only what the checkpoints saved
+    second = start_gateway(simulator.url, "--data-dir", data_dir, "--heartbeat", "0.5")
+    try:
+        interrupted = view(second, cid)["messages"][-1]
+        assert (interrupted["id"], interrupted["status"]) == (reply_id, "interrupted")
+        partial = interrupted["content"]
+        assert counting(3000).startswith(partial)
+
+        open_chat(page, f"{second.url}/chat#c={cid}")
+        reply = finished(page, "interrupted")
+        expect(reply.get_by_test_id("message-status")).to_have_text("Interrupted")
+        assert normal(reply.get_by_test_id("message-content").inner_text()) == normal(partial)
+        expect(reply.get_by_test_id("regenerate")).to_be_visible()
+        reply.get_by_test_id("continue").click()
+
+        expect(page.locator(f"[data-id='{reply_id}']")).to_have_count(0)  # superseded by the continued reply
+        continued = finished(page)
+        expect(page.locator(REPLY)).to_have_count(1)
+        expect(continued.get_by_test_id("continue")).to_be_hidden()
+        stored = view(second, cid)["messages"][-1]
+        assert stored["status"] == "done"
+        assert stored["content"] == partial + " And that is the end."
+        assert normal(continued.get_by_test_id("message-content").inner_text()) == normal(stored["content"])
+    finally:
+        leave_and_stop(page, second)
+
+
+def test_a_waiting_reply_shows_its_place_in_line_and_a_full_queue_says_when_to_retry(
+    page: Page, simulator: Server
+) -> None:
+    script(
+        simulator,
+        {"match": "first in", "reply": "lorem " * 800, "thinking": ""},  # 4 s in the only slot
+        {"match": "second in", "reply": "lorem " * 300, "thinking": ""},
+        {"match": "third in", "reply": "Finally my turn.", "thinking": ""},
+    )
+    limited = start_gateway(simulator.url, "--max-running", "1", "--max-queue-per-user", "2", "--heartbeat", "0.5")
+    try:
+        first, second, third = create(limited), create(limited), create(limited)
+        for cid, text in ((first, "first in"), (second, "second in"), (third, "third in")):
+            post_message(limited, cid, text)
+
+        open_chat(page, limited.url + "/chat")  # a third reply waiting for the same user (this address): 429
+        send(page, "fourth in line")
+        expect(page.get_by_test_id("error")).to_have_text(
+            re.compile(r"The model is busy and you already have replies waiting; try again in \d+ s\.")
+        )
+        expect(page.get_by_test_id("composer-input")).to_have_value("fourth in line")
+
+        open_chat(page, f"{limited.url}/chat#c={third}")
+        status = last_reply(page).get_by_test_id("message-status")
+        expect(last_reply(page)).to_have_attribute("data-status", "waiting")
+        expect(status).to_have_text("Waiting for the model — 2nd in line")  # from the snapshot on opening it
+        expect(status).to_have_text("Waiting for the model — 1st in line")  # once the first reply is done
+        expect(finished(page)).to_contain_text("Finally my turn.")
+        expect(status).to_have_text("Done")
+    finally:
+        leave_and_stop(page, limited)
+
+
+def test_the_first_reply_to_wait_says_it_is_next_in_line(page: Page, simulator: Server) -> None:
+    script(
+        simulator,
+        {"match": "hold the slot", "reply": "lorem " * 600, "thinking": ""},
+        {"match": "wait for it", "reply": "My turn.", "thinking": ""},
+    )
+    limited = start_gateway(simulator.url, "--max-running", "1", "--heartbeat", "0.5")
+    try:
+        post_message(limited, create(limited), "hold the slot")
+        open_chat(page, limited.url + "/chat")
+        send(page, "wait for it")
+        status = last_reply(page).get_by_test_id("message-status")
+        expect(status).to_have_text("Waiting for the model — 1st in line", timeout=2_000)
+        page.reload()  # the snapshot in the conversation's view says it too
+        expect(status).to_have_text("Waiting for the model — 1st in line", timeout=2_000)
+        expect(finished(page)).to_contain_text("My turn.")
+    finally:
+        leave_and_stop(page, limited)
+
+
+# The send command reaches the server, then the page closes its socket: the ack never arrives, as when a phone
+# loses its network just after sending.
+CUT_AFTER_SEND = """(() => {
+  const real = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    real.call(this, data);
+    if (window.cutAfterSend && String(data).includes('"type":"send"')) {
+      window.cutAfterSend = false;
+      this.close();
+    }
+  };
+})()"""
+
+
+def test_a_send_cut_off_before_its_ack_is_retried_and_stored_once(
+    page: Page, simulator: Server, gateway: Server
+) -> None:
+    script(simulator, {"match": "only once", "reply": "Stored once.", "thinking": ""})
+    page.add_init_script(CUT_AFTER_SEND)
+    commands = sent_commands(page)
+    open_chat(page)
+    page.evaluate("window.cutAfterSend = true")
+    send(page, "say this only once")
+    expect(finished(page)).to_contain_text("Stored once.")
+
+    sends = [c for c in commands if c["type"] == "send"]
+    assert len(sends) == 2
+    assert sends[0]["client_id"] == sends[1]["client_id"]
+    messages = view(gateway, conversation_id(page))["messages"]
+    assert [(m["role"], m["client_id"]) for m in messages] == [("user", sends[0]["client_id"]), ("assistant", None)]
+    expect(page.locator("[data-testid=message][data-role=user]")).to_have_count(1)
+    expect(page.get_by_test_id("composer-input")).to_have_value("")
+    expect(page.get_by_test_id("error")).to_be_hidden()
+
+
+def test_coming_back_online_reconnects_without_waiting_out_the_backoff(page: Page, gateway: Server) -> None:
+    relay = Relay(gateway)
+    try:
+        open_chat(page, relay.url + "/chat")
+        relay.refuse_websockets = True
+        relay.cut()
+        assert wait_for(lambda: relay.refused >= 3, timeout=10)  # the next try is 2–4 s away
+        time.sleep(0.2)
+        relay.refuse_websockets = False
+        upgrades = relay.upgrades
+        page.evaluate("window.dispatchEvent(new Event('online'))")
+        assert wait_for(lambda: relay.upgrades > upgrades, timeout=1.2), "it waited for its backoff"
+        expect(page.get_by_test_id("link-state")).to_be_hidden()
     finally:
         relay.close()

@@ -3,13 +3,25 @@ import type { Conversation, ConversationView, Models, SearchResult, TurnResult }
 
 const BASE = "/chat/api";
 
+/** What the server added to an error: where the running reply is (409), when to try again (429, 503). */
+export interface ErrorDetails {
+  reply_id?: string;
+  retry_after?: number;
+}
+
 export class ApiError extends Error {
   constructor(
     message: string,
     readonly status: number,
     readonly code: string,
+    readonly details: ErrorDetails = {},
   ) {
     super(message);
+  }
+
+  /** Status 0: the request may or may not have reached the server, so only an idempotent one may be repeated. */
+  get connectionLost(): boolean {
+    return this.status === 0;
   }
 }
 
@@ -33,9 +45,10 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
     // a proxy's HTML error page: fall through to the status line
   }
   if (!response.ok) {
-    const found = data as { error?: string; code?: string } | null;
+    const found = data as ({ error?: string; code?: string } & ErrorDetails) | null;
     const message = found?.error ?? `The server answered ${response.status} ${response.statusText}.`;
-    throw new ApiError(message, response.status, found?.code ?? "http_" + response.status);
+    const details = { reply_id: found?.reply_id, retry_after: found?.retry_after };
+    throw new ApiError(message, response.status, found?.code ?? "http_" + response.status, details);
   }
   return data as T;
 }
@@ -59,6 +72,7 @@ export const api = {
   edit: (conversationId: string, content: string) =>
     call<TurnResult>("POST", id(conversationId) + "/edit", { content }),
   regenerate: (conversationId: string) => call<TurnResult>("POST", id(conversationId) + "/regenerate"),
+  continue: (conversationId: string) => call<TurnResult>("POST", id(conversationId) + "/continue"),
   stop: (conversationId: string) => call<TurnResult>("POST", id(conversationId) + "/stop"),
   search: (query: string) =>
     call<{ query: string; results: SearchResult[] }>("GET", "/search?q=" + encodeURIComponent(query)),
@@ -68,8 +82,10 @@ export function exportUrl(conversationId: string, format: "markdown" | "json"): 
   return `${BASE}${id(conversationId)}/export?format=${format}`;
 }
 
-export function eventsUrl(conversationId: string): string {
-  return `${BASE}${id(conversationId)}/events`;
+/** `lastEventId` (`<reply id>:<seq>`): the server replays that reply from the next event instead of a snapshot. */
+export function eventsUrl(conversationId: string, lastEventId?: string): string {
+  const after = lastEventId ? "?last_event_id=" + encodeURIComponent(lastEventId) : "";
+  return `${BASE}${id(conversationId)}/events${after}`;
 }
 
 export function socketUrl(): string {
@@ -78,6 +94,15 @@ export function socketUrl(): string {
 
 /** Server messages start lower-case ("a reply is still being written…"); a banner reads better capitalised. */
 export function plain(error: unknown): string {
+  if (error instanceof ApiError && error.details.retry_after != null) {
+    return busy(error.code, error.details.retry_after);
+  }
   const text = error instanceof Error ? error.message : String(error);
   return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+/** 429 and 503 (the queue is full): when to try again, rather than the server's sentence about queue sizes. */
+function busy(code: string, seconds: number): string {
+  const yours = code === "too_many_waiting" ? " and you already have replies waiting" : "";
+  return `The model is busy${yours}; try again in ${seconds} s.`;
 }

@@ -9,6 +9,7 @@ import type { LinkState } from "./link";
 import { plainText } from "./markdown";
 import type { MessageView } from "./message";
 import { Alert } from "./notify";
+import { untilAnswered } from "./retry";
 import { SettingsPanel } from "./settings";
 import type { ConversationSettings } from "./settings";
 import { href, Sidebar, UNTITLED } from "./sidebar";
@@ -36,13 +37,14 @@ export class App {
   private opening = 0; // a newer navigation makes an older one's late answer irrelevant
   private refreshTimer: number | undefined;
   private resyncTimer: number | undefined;
+  private readonly resuming = new Set<string>(); // replies whose missing events were asked for and not yet answered
 
   constructor() {
     this.thread = new Thread(byId("messages"), byId("scroller"), {
       busyChanged: (busy) => this.composer.setBusy(busy),
       replyFinished: (view, watched) => this.finished(view, watched),
       action: (action, view) => void this.act(action, view),
-      lostTrack: () => this.refreshSoon(),
+      lostTrack: (replyId, from) => void this.resume(replyId, from),
       error: (error) => this.alert.show(error),
     });
     this.sidebar = new Sidebar({
@@ -55,7 +57,8 @@ export class App {
       {
         event: (event) => this.event(event),
         state: (state, kind) => this.linkState(state, kind),
-        reconnected: () => this.refreshSoon(),
+        resumePoint: () => this.thread.resumePoint(),
+        reconnected: (resumed) => (resumed ? void this.sidebar.refresh() : this.refreshSoon()),
       },
       forceSse,
     );
@@ -167,7 +170,20 @@ export class App {
     }
   }
 
-  /** Coalesced: a burst of out-of-order deltas asks for one reload, not one each. */
+  /** A gap in a reply's events: ask for the rest of them once (however many arrive out of order meanwhile). */
+  private async resume(replyId: string, from: number): Promise<void> {
+    if (this.resuming.has(replyId)) return;
+    this.resuming.add(replyId);
+    try {
+      await this.transport.resume(replyId, from);
+    } catch {
+      this.refreshSoon(); // the reply is not known to this server any more: its stored row is in the conversation
+    } finally {
+      this.resuming.delete(replyId);
+    }
+  }
+
+  /** Coalesced: a burst of changes asks for one reload, not one each. */
   private refreshSoon(): void {
     if (this.resyncTimer !== undefined) return;
     this.resyncTimer = window.setTimeout(() => {
@@ -193,15 +209,17 @@ export class App {
   }
 
   // ---- what the user does ----------------------------------------------------------------------------------
+  /** One client id per message: a send the connection dropped is repeated with it, and the server answers the
+   * repeat with the first one's message and reply (`duplicate`), never storing the message twice. */
   private async send(text: string): Promise<boolean> {
+    const fields = { content: text, client_id: clientId() };
     try {
       const conversation = this.conversation ?? (await this.create());
-      const result = await this.transport.command("send", conversation.id, { content: text, client_id: clientId() });
-      this.took(result);
+      this.took(await untilAnswered(() => this.transport.command("send", conversation.id, fields)));
       this.thread.scrollToEnd();
       return true;
     } catch (error) {
-      this.alert.show(error);
+      this.failed(error);
       return false;
     }
   }
@@ -240,6 +258,8 @@ export class App {
       copyText(view.message.content).then(() => flash(button, "Copied"), (error) => this.alert.show(error));
     } else if (action === "regenerate" && id) {
       await this.command(() => this.transport.command("regenerate", id));
+    } else if (action === "continue" && id) {
+      await this.command(() => this.transport.command("continue", id));
     } else if (action === "edit" && id) {
       view.beginEdit((text) => this.command(() => this.transport.command("edit", id, { content: text })));
     }
@@ -251,9 +271,17 @@ export class App {
       this.thread.scrollToEnd();
       return true;
     } catch (error) {
-      this.alert.show(error);
+      this.failed(error);
       return false;
     }
+  }
+
+  /** Said plainly; a conflict also shows the reply that is being written (another tab's, say) as it goes on. */
+  private failed(error: unknown): void {
+    this.alert.show(error);
+    const running = error instanceof ApiError ? error.details.reply_id : undefined;
+    const shown = this.thread.resumePoint();
+    if (running && shown?.reply_id !== running) void this.resume(running, 1);
   }
 
   private async loadModels(): Promise<void> {

@@ -1,7 +1,8 @@
 // One message on the page. A reply re-renders from its whole text so far, at most once per frame (the caller's job).
 import { h } from "./dom";
-import { messageTime, replyStats, seconds } from "./format";
+import { messageTime, ordinal, replyStats, seconds } from "./format";
 import { icon } from "./icons";
+import type { IconName } from "./icons";
 import { renderMarkdown } from "./markdown";
 import type { Message, Status } from "./types";
 
@@ -17,7 +18,7 @@ const LABELS: Record<Status, string> = {
   interrupted: "Interrupted",
 };
 
-function actionButton(action: string, label: string, name: "copy" | "edit" | "regenerate"): HTMLButtonElement {
+function actionButton(action: string, label: string, name: IconName): HTMLButtonElement {
   const button = h("button", {
     type: "button",
     class: "msg-action",
@@ -32,9 +33,10 @@ function actionButton(action: string, label: string, name: "copy" | "edit" | "re
 
 export class MessageView {
   readonly element: HTMLElement;
-  seq = 0; // the last delta applied; a snapshot or a stale delta with a lower number is ignored
+  seq = 0; // the last of this reply's numbered events applied; one at or below it is a repeat
   canEdit = false;
   canRegenerate = false;
+  canContinue = false;
   private readonly status = h("span", { class: "msg-status", "data-testid": "message-status" });
   private readonly time = h("time", { class: "msg-time", "data-testid": "message-time" });
   private readonly thinking = h("details", { class: "thinking", "data-testid": "thinking" });
@@ -46,6 +48,7 @@ export class MessageView {
   private readonly copy = actionButton("copy", "Copy", "copy");
   private readonly edit = actionButton("edit", "Edit", "edit");
   private readonly regenerate = actionButton("regenerate", "Regenerate", "regenerate");
+  private readonly continue = actionButton("continue", "Continue", "continue");
   private rendered: string | null = null;
   private renderedThinking: string | null = null;
   private thinkingFrom: number | null = null; // client clock, for the live "Thinking… 2.1 s"
@@ -62,7 +65,7 @@ export class MessageView {
     });
     this.thinking.append(this.thinkingSummary, this.thinkingBody);
     const meta = h("div", { class: "msg-meta" }, h("span", { class: "msg-who", text: who }), this.time, this.status);
-    const actions = h("div", { class: "msg-actions" }, this.copy, this.edit, this.regenerate);
+    const actions = h("div", { class: "msg-actions" }, this.copy, this.edit, this.regenerate, this.continue);
     const foot = h("div", { class: "msg-foot" }, this.stats, actions);
     this.element.append(meta, this.thinking, this.body, this.error, foot);
     this.noteStatus(message.status);
@@ -102,6 +105,7 @@ export class MessageView {
     this.copy.hidden = this.live || !m.content;
     this.edit.hidden = !this.canEdit;
     this.regenerate.hidden = !this.canRegenerate;
+    this.continue.hidden = !this.canContinue;
   }
 
   /** A user message's text turns into an editor; `save` resolves true when the new text was accepted. */
@@ -148,7 +152,8 @@ export class MessageView {
 
   private statusText(): string {
     const m = this.message;
-    if (m.status === "waiting" && m.queue_position) return `Waiting · #${m.queue_position} in the queue`;
+    const place = m.status === "waiting" && m.queue_position ? ordinal(m.queue_position) : null;
+    if (place) return `Waiting for the model — ${place} in line`;
     return LABELS[m.status];
   }
 

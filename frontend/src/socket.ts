@@ -1,6 +1,6 @@
 // The WebSocket transport: commands carry a `ref` answered by an `ack` or an `error`; heartbeats prove liveness.
 import { ApiError, socketUrl } from "./api";
-import { backoff, DEFAULT_HEARTBEAT_S, MISSED_HEARTBEATS, Watchdog } from "./link";
+import { backoff, DEFAULT_HEARTBEAT_S, MISSED_HEARTBEATS, onWake, Watchdog } from "./link";
 import type { CommandFields, Hooks, Transport } from "./link";
 import type { CommandName, ServerEvent, TurnResult } from "./types";
 
@@ -29,6 +29,7 @@ export class SocketTransport implements Transport {
   private closed = false;
   private retry: number | undefined;
   private readonly watchdog = new Watchdog(() => this.abandon());
+  private readonly unwake = onWake(() => this.wake());
 
   constructor(
     private readonly hooks: Hooks,
@@ -50,8 +51,14 @@ export class SocketTransport implements Transport {
     return this.request({ type: name, conversation_id: conversationId, ...fields });
   }
 
+  async resume(replyId: string, from: number): Promise<void> {
+    if (!this.live) return; // the hello after the reconnection resumes, from wherever the page is by then
+    await this.request({ type: "resume", reply_id: replyId, from });
+  }
+
   close(): void {
     this.closed = true;
+    this.unwake();
     window.clearTimeout(this.retry);
     this.watchdog.stop();
     this.socket?.close();
@@ -78,14 +85,30 @@ export class SocketTransport implements Transport {
 
   private greeted(heartbeatS: number): void {
     this.heartbeatMs = heartbeatS * 1000;
-    // Events sent before this subscription (a reconnection's gap, or the page's first load) were missed.
-    const missed = this.everLive || this.watched !== null;
+    const reconnection = this.everLive;
     this.live = this.everLive = true;
     this.failures = this.attempt = 0;
     this.hooks.state("live", this.kind);
-    if (this.watched) void this.request({ type: "subscribe", conversation_id: this.watched }).catch(() => undefined);
+    void this.rejoin(reconnection); // its command goes out first, before the commands that waited for the link
     for (const wake of this.waiters.splice(0)) wake();
-    if (missed) this.hooks.reconnected();
+  }
+
+  /** After a loss the reply in flight resumes from the first event the page lacks: no snapshot, no reload. With
+   * none (or one this server does not know), the page subscribes and reloads what it shows instead. */
+  private async rejoin(reconnection: boolean): Promise<void> {
+    const point = reconnection ? this.hooks.resumePoint() : null;
+    if (point && point.conversation_id === this.watched) {
+      try {
+        await this.request({ type: "resume", reply_id: point.reply_id, from: point.from });
+        this.hooks.reconnected(true);
+        return;
+      } catch {
+        // not found, or the link dropped again: the subscription and reload below are the fallback
+      }
+    }
+    if (this.watched) void this.request({ type: "subscribe", conversation_id: this.watched }).catch(() => undefined);
+    // Events sent before this subscription (a reconnection's gap, or the page's first load) were missed.
+    if (reconnection || this.watched !== null) this.hooks.reconnected(false);
   }
 
   private answer(event: Extract<ServerEvent, { type: "ack" | "error" }>): void {
@@ -93,7 +116,17 @@ export class SocketTransport implements Transport {
     if (!waiting || event.ref === null) return;
     this.pending.delete(event.ref);
     if (event.type === "ack") waiting.resolve(event as TurnResult);
-    else waiting.reject(new ApiError(event.message, event.status ?? 400, event.code));
+    else waiting.reject(new ApiError(event.message, event.status ?? 400, event.code, event));
+  }
+
+  /** Back in view or online: a connection that went silent meanwhile is dead, and a pending retry goes now. */
+  private wake(): void {
+    if (this.closed) return;
+    if (this.live && this.watchdog.overdue) this.abandon();
+    if (this.socket === null) {
+      window.clearTimeout(this.retry);
+      this.open();
+    }
   }
 
   /** A silent connection is dead: closing it politely would wait for a goodbye that never comes. */

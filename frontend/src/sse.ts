@@ -1,6 +1,6 @@
 // The fallback where WebSockets are blocked: one event stream for the open conversation, commands as POSTs.
 import { api, eventsUrl } from "./api";
-import { backoff, DEFAULT_HEARTBEAT_S, MISSED_HEARTBEATS, Watchdog } from "./link";
+import { backoff, DEFAULT_HEARTBEAT_S, MISSED_HEARTBEATS, onWake, Watchdog } from "./link";
 import type { CommandFields, Hooks, Transport } from "./link";
 import type { CommandName, ServerEvent, TurnResult } from "./types";
 
@@ -16,6 +16,7 @@ export class SseTransport implements Transport {
   private retry: number | undefined;
   private onHello: (() => void) | null = null;
   private readonly watchdog = new Watchdog(() => this.reopen());
+  private readonly unwake = onWake(() => this.wake());
 
   constructor(private readonly hooks: Hooks) {
     hooks.state("live", "sse");
@@ -34,19 +35,28 @@ export class SseTransport implements Transport {
     if (name === "send") return api.send(conversationId, fields.content ?? "", fields.client_id);
     if (name === "edit") return api.edit(conversationId, fields.content ?? "");
     if (name === "regenerate") return api.regenerate(conversationId);
+    if (name === "continue") return api.continue(conversationId);
     return api.stop(conversationId);
   }
 
+  /** A new stream that starts after `from - 1`: the server replays the rest of that reply (Last-Event-ID). */
+  resume(replyId: string, from: number): Promise<void> {
+    this.shut();
+    return this.open(`${replyId}:${from - 1}`);
+  }
+
   close(): void {
+    this.unwake();
     this.shut();
     this.watched = null;
   }
 
-  /** Resolves on the stream's hello (the server listens from then on) or, failing that, after a while. */
-  private open(): Promise<void> {
+  /** Resolves on the stream's hello (the server listens from then on) or, failing that, after a while. The browser
+   * sends Last-Event-ID itself when it reconnects on its own; a stream this page reopens names it in the URL. */
+  private open(lastEventId = this.lastSeen()): Promise<void> {
     const conversationId = this.watched;
     if (!conversationId) return Promise.resolve();
-    const source = new EventSource(eventsUrl(conversationId));
+    const source = new EventSource(eventsUrl(conversationId, lastEventId));
     this.source = source;
     this.watchdog.feed(CONNECT_TIMEOUT_MS);
     source.onmessage = (message: MessageEvent<string>) => this.receive(JSON.parse(message.data) as ServerEvent);
@@ -63,6 +73,12 @@ export class SseTransport implements Transport {
     });
   }
 
+  /** The reply in flight as far as the page has it, as the stream's event id; none on a first open. */
+  private lastSeen(): string | undefined {
+    const point = this.greeted ? this.hooks.resumePoint() : null;
+    return point && point.conversation_id === this.watched ? `${point.reply_id}:${point.from - 1}` : undefined;
+  }
+
   private receive(event: ServerEvent): void {
     if (event.type === "hello") {
       this.heartbeatMs = event.heartbeat * 1000;
@@ -70,7 +86,8 @@ export class SseTransport implements Transport {
       this.hooks.state("live", "sse");
       this.onHello?.();
       this.onHello = null;
-      if (this.greeted) this.hooks.reconnected();
+      // Even when the reply was replayed, a reply that ended long ago or a new turn is only in a reload.
+      if (this.greeted) this.hooks.reconnected(false);
       this.greeted = true;
     }
     this.watchdog.feed(this.heartbeatMs * MISSED_HEARTBEATS);
@@ -83,6 +100,14 @@ export class SseTransport implements Transport {
     if (!this.watched) return;
     this.hooks.state("reconnecting", this.kind);
     this.retry = window.setTimeout(() => void this.open(), backoff(this.attempt++));
+  }
+
+  /** Back in view or online: a stream that is not flowing is replaced now rather than after its backoff. */
+  private wake(): void {
+    const flowing = this.source?.readyState === EventSource.OPEN && !this.watchdog.overdue;
+    if (!this.watched || flowing) return;
+    this.shut();
+    void this.open();
   }
 
   private shut(): void {

@@ -1,21 +1,23 @@
 // The open conversation's messages: merges the server's rows, snapshots and deltas, renders once per frame.
 import { copyText, flash } from "./dom";
+import type { ResumePoint } from "./link";
 import { MessageView } from "./message";
-import type { ConversationView, Message, ServerEvent, Snapshot } from "./types";
+import type { ConversationView, Message, ReplyEvent, ServerEvent, Snapshot } from "./types";
 
-export type Action = "copy" | "edit" | "regenerate";
+export type Action = "copy" | "edit" | "regenerate" | "continue";
 
 export interface ThreadHooks {
   busyChanged(busy: boolean): void;
   /** A reply ended; `watched` is true when this tab saw it end (not when it was loaded finished). */
   replyFinished(view: MessageView, watched: boolean): void;
   action(action: Action, view: MessageView): void;
-  /** A delta arrived out of order or for an unknown reply: the page reloads the conversation to resync. */
-  lostTrack(): void;
+  /** A reply's events skipped ahead of what this page has: the page asks for them again, from seq `from`. */
+  lostTrack(replyId: string, from: number): void;
   error(error: unknown): void;
 }
 
 const STICK_PX = 80; // this close to the bottom, the view follows a growing reply
+const ENDED_EARLY: ReadonlySet<string> = new Set(["interrupted", "failed", "stopped"]); // what Continue goes on from
 
 export class Thread {
   conversationId: string | null = null;
@@ -69,27 +71,36 @@ export class Thread {
     if (!("conversation_id" in event) || event.conversation_id !== this.conversationId) return;
     switch (event.type) {
       case "message.new":
-      case "reply.start":
         this.upsert(event.message, false);
         break;
       case "messages.superseded":
         for (const id of event.ids) this.remove(id);
         break;
-      case "reply.status":
-        this.views.get(event.id)?.update({ status: event.status, queue_position: event.queue_position ?? null });
-        this.mark(event.id);
-        break;
-      case "reply.delta":
-        this.delta(event);
+      case "reply.queue":
+        this.queued(event.id, event.queue_position);
         break;
       case "reply.snapshot":
         this.snapshot(event);
         break;
-      case "reply.done":
-        this.finish(event.message);
+      case "reply.done": // always final, also when it repeats or skips numbers (a stored row has none)
+        this.finish(event.message, event.seq);
+        break;
+      case "reply.start":
+      case "reply.status":
+      case "reply.delta":
+      case "reply.stats":
+      case "reply.error":
+        this.numbered(event);
         break;
     }
     this.changed();
+  }
+
+  /** The reply being written here and the first of its events this page lacks (none shown yet: from 1). */
+  resumePoint(): ResumePoint | null {
+    const live = [...this.views.values()].find((view) => view.live && view.message.role === "assistant");
+    if (!live || !this.conversationId) return null;
+    return { conversation_id: this.conversationId, reply_id: live.id, from: live.seq + 1 };
   }
 
   /** Rows from an ack (the reply as it started) arrive in any order with the events; the same merge applies. */
@@ -123,32 +134,65 @@ export class Thread {
     return view;
   }
 
-  private delta(event: Extract<ServerEvent, { type: "reply.delta" }>): void {
-    const view = this.views.get(event.id);
-    if (!view) return this.hooks.lostTrack();
-    if (this.finished.has(event.id) || event.seq <= view.seq) return;
-    if (event.seq !== view.seq + 1) return this.hooks.lostTrack(); // a gap: the reload's snapshot fills it
-    const m = view.message;
-    view.update({
-      content: m.content + (event.content ?? ""),
-      thinking: m.thinking + (event.thinking ?? ""),
-      status: event.content ? "writing" : event.thinking && m.status === "waiting" ? "thinking" : m.status,
-    });
+  /** Events are applied in seq order, each once: a repeat (a replay overlapping live events) is dropped, and a
+   * gap is asked for again rather than papered over, so the text is never doubled nor missing a piece. */
+  private numbered(event: ReplyEvent): void {
+    if (this.finished.has(event.id)) return;
+    const last = this.views.get(event.id)?.seq ?? 0;
+    if (event.seq <= last) return;
+    if (event.seq > last + 1) return this.hooks.lostTrack(event.id, last + 1);
+    const view = event.type === "reply.start" ? this.upsert(event.message, false) : this.views.get(event.id);
+    if (!view) return; // only reply.start has seq 1, so an unknown reply cannot get here
+    this.step(view, event);
     view.seq = event.seq;
     this.mark(view.id);
   }
 
+  private step(view: MessageView, event: ReplyEvent): void {
+    const m = view.message;
+    switch (event.type) {
+      case "reply.start": // seq 1 comes first, so nothing streamed yet: the row (a continued reply's text) is it
+        view.update(event.message);
+        break;
+      case "reply.status":
+        view.update({ status: event.status, queue_position: null });
+        break;
+      case "reply.delta":
+        view.update({ content: m.content + (event.content ?? ""), thinking: m.thinking + (event.thinking ?? "") });
+        break;
+      case "reply.stats": {
+        const { done_reason, prompt_tokens, output_tokens, eval_ms, ttft_ms, total_ms } = event;
+        view.update({ done_reason, prompt_tokens, output_tokens, eval_ms, ttft_ms, total_ms });
+        break;
+      }
+      case "reply.error": // shown once the reply.done that follows ends it
+        view.update({ error: event.message, error_kind: event.code });
+        break;
+    }
+  }
+
+  /** Only a reply still waiting has a place in the queue; reply.queue is not numbered, so it is checked here. */
+  private queued(id: string, position: number): void {
+    const view = this.views.get(id);
+    if (!view || this.finished.has(id) || view.message.status !== "waiting") return;
+    view.update({ queue_position: position });
+    this.mark(id);
+  }
+
+  /** The reply as of seq N: newer than what this page has replaces it; older (a slow fetch) is ignored. */
   private snapshot(snapshot: Snapshot): void {
     const view = this.upsert(snapshot.message, false);
     if (this.finished.has(snapshot.id) || snapshot.seq < view.seq) return;
-    view.update({ status: snapshot.status, content: snapshot.content, thinking: snapshot.thinking });
+    const { status, content, thinking, queue_position } = snapshot;
+    view.update({ status, content, thinking, queue_position: status === "waiting" ? queue_position : null });
     view.seq = snapshot.seq;
     this.mark(view.id);
   }
 
-  private finish(message: Message): void {
+  private finish(message: Message, seq: number | null): void {
     const watched = !this.finished.has(message.id);
     const view = this.upsert(message, true);
+    if (seq !== null) view.seq = Math.max(view.seq, seq);
     view.render(); // now, not next frame: the announcement reads the rendered text
     this.hooks.replyFinished(view, watched);
   }
@@ -199,9 +243,11 @@ export class Thread {
     for (const view of ordered) {
       const canEdit = !busy && view === lastUser;
       const canRegenerate = !busy && view === last && view.message.role === "assistant";
-      if (canEdit !== view.canEdit || canRegenerate !== view.canRegenerate) {
+      const canContinue = canRegenerate && ENDED_EARLY.has(view.message.status);
+      if (canEdit !== view.canEdit || canRegenerate !== view.canRegenerate || canContinue !== view.canContinue) {
         view.canEdit = canEdit;
         view.canRegenerate = canRegenerate;
+        view.canContinue = canContinue;
         this.mark(view.id);
       }
     }

@@ -23,6 +23,7 @@ export function connect(hooks: Hooks, forceSse: boolean): Transport {
       return current.watch(conversationId);
     },
     command: (name, conversationId, fields) => current.command(name, conversationId, fields),
+    resume: (replyId, from) => current.resume(replyId, from),
     close: () => current.close(),
   };
 }

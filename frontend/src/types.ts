@@ -39,19 +39,40 @@ export interface Message {
   eval_ms: number | null;
   omitted_turns: number | null;
   client_id: string | null;
-  queue_position?: number | null; // not sent today; shown if a server ever does
+  error_kind: string | null;
+  queue_position?: number | null; // the page's own field, from reply.queue and snapshots: never stored
 }
 
-export interface Snapshot {
-  type: "reply.snapshot";
+/** Every event of one reply but reply.queue is numbered: 1 for reply.start, then 2, 3, … with no gaps. */
+interface Numbered {
   conversation_id: string;
   id: string;
-  status: ReplyStatus;
   seq: number;
+}
+
+export interface Snapshot extends Numbered {
+  type: "reply.snapshot";
+  status: ReplyStatus;
   content: string;
   thinking: string;
+  queue_position: number | null;
   message: Message;
 }
+
+export type ReplyEvent =
+  | (Numbered & { type: "reply.start"; message: Message })
+  | (Numbered & { type: "reply.status"; status: ReplyStatus })
+  | (Numbered & { type: "reply.delta"; content?: string; thinking?: string })
+  | (Numbered & {
+      type: "reply.stats";
+      done_reason: string | null;
+      prompt_tokens: number | null;
+      output_tokens: number | null;
+      eval_ms: number | null;
+      ttft_ms: number | null;
+      total_ms: number | null;
+    })
+  | (Numbered & { type: "reply.error"; code: string | null; message: string });
 
 export interface ContextUse {
   in_use: number | null;
@@ -94,20 +115,32 @@ export type ServerEvent =
   | { type: "heartbeat" }
   | { type: "pong"; ref: number | null }
   | { type: "ack"; ref: number; command: string; [field: string]: unknown }
-  | { type: "error"; ref: number | null; code: string; status?: number; message: string }
+  | CommandError
   | { type: "message.new"; conversation_id: string; message: Message }
   | { type: "messages.superseded"; conversation_id: string; ids: string[] }
-  | { type: "reply.start"; conversation_id: string; message: Message }
-  | { type: "reply.status"; conversation_id: string; id: string; status: ReplyStatus; queue_position?: number }
-  | { type: "reply.delta"; conversation_id: string; id: string; seq: number; content?: string; thinking?: string }
+  | { type: "reply.queue"; conversation_id: string; id: string; queue_position: number }
+  | ReplyEvent
   | Snapshot
-  | { type: "reply.done"; conversation_id: string; message: Message };
+  // seq null and stored: the reply ended a while ago and this is its stored row (an answer to a late resume).
+  | { type: "reply.done"; conversation_id: string; id: string; seq: number | null; stored?: boolean; message: Message };
 
-/** What a send, edit or regenerate answers, on either transport. */
+/** A command's failure; a conflict names the reply being written, a full queue says when to try again. */
+export interface CommandError {
+  type: "error";
+  ref: number | null;
+  code: string;
+  status?: number;
+  message: string;
+  reply_id?: string;
+  retry_after?: number;
+}
+
+/** What a send, edit, regenerate or continue answers, on either transport. */
 export interface TurnResult {
   message?: Message;
   reply?: Message;
   stopping?: string | null;
+  duplicate?: boolean; // a send repeated with the same client_id: the first one's message and reply
 }
 
-export type CommandName = "send" | "edit" | "regenerate" | "stop";
+export type CommandName = "send" | "edit" | "regenerate" | "continue" | "stop";
