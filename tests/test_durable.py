@@ -14,7 +14,7 @@ import re
 import sqlite3
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,13 +220,15 @@ async def test_resuming_an_unknown_reply_says_so_and_starts_nothing(
 
 
 class Sse:
-    """A raw SSE response: events with their `id:` lines."""
+    """A raw SSE response: events with their `id:` lines (hello and heartbeats left out)."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
 
-    async def events(self) -> list[tuple[str | None, dict[str, Any]]]:
-        """Every event until the server ends the stream (heartbeats left out)."""
+    async def events(
+        self, until: Callable[[dict[str, Any]], bool] = lambda _: False
+    ) -> list[tuple[str | None, dict[str, Any]]]:
+        """Events up to the first for which `until` is true, or until the server ends the stream."""
         out: list[tuple[str | None, dict[str, Any]]] = []
         ident: str | None = None
         async with asyncio.timeout(20):
@@ -238,7 +240,10 @@ class Sse:
                     event = json.loads(line[6:])
                     if event["type"] not in ("heartbeat", "hello"):
                         out.append((ident, event))
+                        if until(event):
+                            break
                     ident = None
+        self.response.close()
         return out
 
 
@@ -277,42 +282,21 @@ async def test_a_conversations_sse_stream_picks_up_after_last_event_id(
     script(simulator, {"reply": LONG, "thinking": ""})
     reply_id = api.send(conversation["id"], "and over SSE")["reply"]["id"]
     url = f"{gateway.url}/chat/api/conversations/{conversation['id']}/events"
-    first = await session.get(url)
-    seen: list[tuple[str | None, dict[str, Any]]] = []
-    ident: str | None = None
-    async with asyncio.timeout(10):
-        async for raw in first.content:  # read a few numbered events, then drop the stream
-            line = raw.decode().rstrip("\n")
-            if line.startswith("id: "):
-                ident = line[4:]
-            elif line.startswith("data: "):
-                event = json.loads(line[6:])
-                if event.get("seq") and event["type"] != "reply.snapshot":
-                    assert ident == f"{reply_id}:{event['seq']}"
-                    seen.append((ident, event))
-                if len(seen) >= 5:
-                    break
-    first.close()
-    last = seen[-1][0]
+    # Read a few numbered events, then drop the stream; then come back with the last id seen.
+    seen = await Sse(await session.get(url)).events(until=lambda e: e.get("seq", 0) >= 5)
+    numbered_seen = [(ident, e) for ident, e in seen if "seq" in e and e["type"] != "reply.snapshot"]
+    assert all(ident == f"{reply_id}:{e['seq']}" for ident, e in numbered_seen)
+    last = numbered_seen[-1][0]
     assert last is not None
-    again = await session.get(url, headers={"Last-Event-ID": last})
-    rest: list[dict[str, Any]] = []
-    async with asyncio.timeout(15):
-        async for raw in again.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("data: "):
-                event = json.loads(line[6:])
-                if event["type"] in ("hello", "heartbeat"):
-                    continue
-                assert event["type"] != "reply.snapshot"  # the rest of the reply, not a snapshot
-                rest.append(event)
-                if event["type"] == "reply.done":
-                    break
-    again.close()
+    again = await Sse(await session.get(url, headers={"Last-Event-ID": last})).events(
+        until=lambda e: e["type"] == "reply.done"
+    )
+    rest = [e for _, e in again]
+    assert all(e["type"] != "reply.snapshot" for e in rest)  # the rest of the reply, not a snapshot
     numbered = [e for e in rest if "seq" in e]
-    assert numbered[0]["seq"] == seen[-1][1]["seq"] + 1
+    assert numbered[0]["seq"] == numbered_seen[-1][1]["seq"] + 1
     assert [e["seq"] for e in numbered] == list(range(numbered[0]["seq"], numbered[0]["seq"] + len(numbered)))
-    text = "".join(e.get("content", "") for _, e in seen) + "".join(e.get("content", "") for e in rest)
+    text = "".join(e.get("content", "") for _, e in numbered_seen) + "".join(e.get("content", "") for e in rest)
     assert text == api.wait_reply(conversation["id"], reply_id)["content"] == LONG
 
 
