@@ -171,7 +171,21 @@ def measure(
     log = tmp / f"gateway-{kind}.log"
     data_dir = tempfile.mkdtemp(prefix=f"clawdbot-{kind}-")
     gw, gw_url = start_gateway(
-        ["serve", "--port", "0", "--ollama-url", sim_url, "--data-dir", data_dir, "--num-ctx", NUM_CTX, *extra],
+        # The simulator has unlimited slots, so the gateway's own queue must not hold anyone back either.
+        [
+            "serve",
+            "--port",
+            "0",
+            "--ollama-url",
+            sim_url,
+            "--data-dir",
+            data_dir,
+            "--num-ctx",
+            NUM_CTX,
+            "--max-running",
+            "4096",
+            *extra,
+        ],
         own,
         log,
     )

@@ -90,7 +90,20 @@ def main() -> None:
         ["simulate", "--port", "0", "--tokens-per-second", "20", "--num-parallel", "0", "--keep-alive", "-1s"], shared
     )
     gw, gw_url = start(
-        ["serve", "--port", "0", "--ollama-url", sim_url, "--access-log", "--data-dir", tempfile.mkdtemp()], own
+        # Unlimited slots behind: no generation may wait in the gateway's queue either (what is measured is the relay).
+        [
+            "serve",
+            "--port",
+            "0",
+            "--ollama-url",
+            sim_url,
+            "--access-log",
+            "--max-running",
+            "4096",
+            "--data-dir",
+            tempfile.mkdtemp(),
+        ],
+        own,
     )
     rows, commands = [], []
     try:
