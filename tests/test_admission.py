@@ -194,6 +194,7 @@ def test_a_full_queue_answers_429_or_503_with_retry_after_and_stores_nothing(
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'clawdbot_generations_rejected_total{reason="user_queue_full"}' in metrics
     assert "clawdbot_generations_queued 3.0" in metrics
+    assert 'clawdbot_queue_wait_seconds_count{api="chat"}' in metrics  # the first reply took a slot at once
     for cid in conversations[:4]:
         view = api.view(cid)
         if view["active"] is not None:
@@ -227,3 +228,5 @@ def test_raw_api_requests_wait_their_turn_fairly_too(api: ChatApi, gateway: Serv
     asyncio.run(main())
     # greedy-1 runs; greedy-2 and greedy-3 wait, then light: the ring serves greedy-2, light, greedy-3.
     assert order == ["greedy-1", "greedy-2", "light", "greedy-3"]
+    waits = httpx.get(f"{gateway.url}/metrics").text
+    assert 'clawdbot_queue_wait_seconds_count{api="raw"} 4.0' in waits

@@ -248,6 +248,7 @@ class Generations:
         try:
             await self.admission.wait(ticket)
             slot_from = time.perf_counter()
+            self.metrics.queue_wait.labels("chat").observe(slot_from - generation.started)
             job = self.log.job(generation.id)
             if job is not None:
                 job.queue_position = None

@@ -63,6 +63,7 @@ class Metrics:
         self.gap = Family(GAP_BUCKETS)  # route
         self.duration = Family(LATENCY_BUCKETS)  # route
         self.overhead = Histogram(OVERHEAD_BUCKETS)
+        self.queue_wait = Family(LATENCY_BUCKETS)  # api: chat or raw; from arrival to a backend slot
         self.active_streams = 0
         self.relayed_chunks = 0
         self.relayed_bytes = 0
@@ -143,6 +144,12 @@ class _Collector:
             "From request received to the last byte relayed.",
             "route",
             m.duration,
+        )
+        yield _histograms(
+            "clawdbot_queue_wait_seconds",
+            "Time a generation waited in the gateway's queue for a backend slot (--max-running).",
+            "api",
+            m.queue_wait,
         )
         overhead = HistogramMetricFamily(
             "clawdbot_gateway_overhead_seconds",

@@ -151,6 +151,7 @@ class Relay:
                     waited = self.clock()
                     await self.admission.wait(ticket)
                     ex.queued = self.clock() - waited
+                self.metrics.queue_wait.labels("raw").observe(ex.queued)
             upstream = await self._forward(request, body, ex)
             try:
                 return await self._relay(request, upstream, ex)

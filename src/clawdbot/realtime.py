@@ -27,7 +27,7 @@ _OUTBOX = 4096  # events a client may lag behind before it is disconnected
 
 _BEHIND = (1013, b"too far behind; reconnect and resume")
 _RESTARTING = (1001, b"the server is restarting; reconnect and resume")
-OUTBOXES: web.AppKey[set["Outbox"]] = web.AppKey("outboxes")
+OUTBOXES: web.AppKey[set[Outbox]] = web.AppKey("outboxes")
 
 
 class Outbox:
