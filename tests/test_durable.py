@@ -14,6 +14,7 @@ import re
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -347,6 +348,35 @@ def test_concurrent_retries_of_one_send_store_it_once(api: ChatApi, gateway: Ser
         database, "SELECT count(*) FROM messages WHERE conversation_id = ? AND role = 'user'", conversation["id"]
     )
     assert users == [(1,)]
+
+
+def test_a_send_whose_client_leaves_while_it_is_stored_still_gets_its_reply(
+    api: ChatApi, gateway: Server, simulator: Server, database: Path
+) -> None:
+    """aiohttp cancels a handler whose client left; the turn it started must still store and start its reply."""
+    conversation = api.create()
+    script(simulator, {"reply": "answered all the same", "thinking": ""})
+    lock = sqlite3.connect(database, timeout=0, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # the gateway's write waits for this lock (its busy timeout is 10 s)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{gateway.url}/chat/api/conversations/{conversation['id']}/messages",
+                json={"content": "are you there?", "client_id": "leaving-1"},
+                timeout=0.5,
+            )
+        time.sleep(0.5)  # the client is gone and its handler cancelled, with the turn's write still waiting
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+
+    def answered() -> bool:
+        messages = api.view(conversation["id"])["messages"]
+        return len(messages) == 2 and messages[1]["status"] == "done"
+
+    wait_until(answered, "the turn to be stored and answered", timeout=10)
+    user, reply = api.view(conversation["id"])["messages"]
+    assert (user["client_id"], reply["content"]) == ("leaving-1", "answered all the same")
 
 
 # ---- backend faults ------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import orjson
@@ -39,6 +39,7 @@ class Chat:
         # Conversations between "may I start?" and the generation existing, with the client id of the send
         # starting there and what it will answer: a retry of that very send waits for the same answer.
         self._starting: dict[str, tuple[str | None, asyncio.Future[dict[str, Any]]]] = {}
+        self._turns: set[asyncio.Task[dict[str, Any]]] = set()  # turns whose client left: they still finish
 
     # ---- what the page reads -------------------------------------------------------------------------------
     def models(self) -> dict[str, Any]:
@@ -132,7 +133,35 @@ class Chat:
     ) -> dict[str, Any]:
         """Store the user's message and start the reply. Idempotent by `client_id`: a retried send gets the first
         one's message and reply (with `duplicate: true`), never a second message or a second generation."""
-        content = self._checked(content)
+        return await self._to_the_end(self._send(conversation_id, self._checked(content), client_id, user))
+
+    async def regenerate(self, conversation_id: str, *, user: str = "local") -> dict[str, Any]:
+        return await self._to_the_end(self._regenerate(conversation_id, user))
+
+    async def continue_reply(self, conversation_id: str, *, user: str = "local") -> dict[str, Any]:
+        """Go on with a reply that ended early (interrupted, failed or stopped) from the text it has: the model
+        gets that text as the start of its answer. The old reply is superseded by the new one, which starts
+        with the same text."""
+        return await self._to_the_end(self._continue(conversation_id, user))
+
+    async def edit(self, conversation_id: str, content: str, *, user: str = "local") -> dict[str, Any]:
+        """Replace the last user message (and the reply to it) with new text, and answer that."""
+        return await self._to_the_end(self._edit(conversation_id, self._checked(content), user))
+
+    async def finish_turns(self) -> None:
+        """At shutdown, before the replies in flight are stored: let turns being written start theirs."""
+        await asyncio.gather(*self._turns, return_exceptions=True)
+
+    async def _to_the_end(self, turn: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+        """Run a turn to its end even if the client that asked goes away (aiohttp cancels its handler): a turn
+        whose write was committed must start its reply, or the reply would be left waiting forever."""
+        task = asyncio.ensure_future(turn)
+        self._turns.add(task)
+        task.add_done_callback(_settled)
+        task.add_done_callback(self._turns.discard)
+        return await asyncio.shield(task)
+
+    async def _send(self, conversation_id: str, content: str, client_id: str | None, user: str) -> dict[str, Any]:
         if client_id is not None and (earlier := await self._sent_before(conversation_id, client_id)) is not None:
             return earlier
         with self._turn(conversation_id, client_id) as turn:
@@ -162,7 +191,7 @@ class Chat:
             return {"message": running.prompt, "reply": running.reply, "duplicate": True}
         return None  # a send that finished is found in the history the turn reads anyway
 
-    async def regenerate(self, conversation_id: str, *, user: str = "local") -> dict[str, Any]:
+    async def _regenerate(self, conversation_id: str, user: str) -> dict[str, Any]:
         with self._turn(conversation_id):
             conversation, history = await self._history(conversation_id)
             if not any(m["role"] == "user" for m in history):
@@ -171,10 +200,7 @@ class Chat:
             reply = await self._reply(conversation, history[:keep], [], user, supersede=history[keep:])
         return {"reply": reply}
 
-    async def continue_reply(self, conversation_id: str, *, user: str = "local") -> dict[str, Any]:
-        """Go on with a reply that ended early (interrupted, failed or stopped) from the text it has: the model
-        gets that text as the start of its answer. The old reply is superseded by the new one, which starts
-        with the same text."""
+    async def _continue(self, conversation_id: str, user: str) -> dict[str, Any]:
         with self._turn(conversation_id):
             conversation, history = await self._history(conversation_id)
             last = history[-1] if history else None
@@ -183,9 +209,7 @@ class Chat:
             reply = await self._reply(conversation, history, [], user, supersede=[last], prefix=last)
         return {"reply": reply}
 
-    async def edit(self, conversation_id: str, content: str, *, user: str = "local") -> dict[str, Any]:
-        """Replace the last user message (and the reply to it) with new text, and answer that."""
-        content = self._checked(content)
+    async def _edit(self, conversation_id: str, content: str, user: str) -> dict[str, Any]:
         with self._turn(conversation_id):
             conversation, history = await self._history(conversation_id)
             if not any(m["role"] == "user" for m in history):
@@ -340,6 +364,12 @@ class _Turn:
                 self.answer.set_exception(error)
             else:
                 self.answer.cancel()
+
+
+def _settled(task: asyncio.Task[Any]) -> None:
+    """A turn's error reaches its caller; with the caller gone, it is only retrieved here (no asyncio warning)."""
+    if not task.cancelled():
+        task.exception()
 
 
 _ENDED_EARLY = ("interrupted", "failed", "stopped")

@@ -151,10 +151,11 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         checkpoint_interval=settings.checkpoint_interval,
     )
-    app[CHAT] = Chat(store, generations, app[BACKEND], settings)
+    chat = app[CHAT] = Chat(store, generations, app[BACKEND], settings)
     try:
         yield
     finally:
+        await chat.finish_turns()
         await generations.shutdown()
         await store.close()
 
