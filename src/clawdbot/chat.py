@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-import orjson
 from sqlalchemy.exc import IntegrityError
 
 from . import context
@@ -389,34 +387,3 @@ def _answered(history: list[dict[str, Any]], client_id: str) -> dict[str, Any] |
 
 def _last_user(history: list[dict[str, Any]]) -> int:
     return max(i for i, m in enumerate(history) if m["role"] == "user")
-
-
-def export_markdown(view: dict[str, Any]) -> str:
-    conversation = view["conversation"]
-    lines = [
-        f"# {conversation['title'] or 'Untitled conversation'}",
-        "",
-        f"*{conversation['model']} · started {_stamp(conversation['created_at'])}*",
-        "",
-    ]
-    if conversation["system_prompt"]:
-        lines += ["> **System prompt:** " + conversation["system_prompt"].replace("\n", "\n> "), ""]
-    for message in view["messages"]:
-        who = "You" if message["role"] == "user" else (message["model"] or "Assistant")
-        state = "" if message["status"] in ("sent", "done") else f" ({message['status']})"
-        lines += [f"## {who} · {_stamp(message['created_at'])}{state}", ""]
-        if message["thinking"]:
-            lines += ["<details><summary>Thinking</summary>", "", message["thinking"], "", "</details>", ""]
-        lines += [message["content"], ""]
-    return "\n".join(lines)
-
-
-def export_json(view: dict[str, Any]) -> bytes:
-    return orjson.dumps(
-        {"format": "clawdbot.conversation.v1", "conversation": view["conversation"], "messages": view["messages"]},
-        option=orjson.OPT_INDENT_2,
-    )
-
-
-def _stamp(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))

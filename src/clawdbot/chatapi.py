@@ -13,8 +13,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .admission import user_of
-from .chat import Chat, export_json, export_markdown
+from .chat import Chat
 from .errors import BadRequest
+from .exports import export_json, export_markdown
 
 CHAT: web.AppKey[Chat] = web.AppKey("chat", Chat)
 M = TypeVar("M", bound=BaseModel)

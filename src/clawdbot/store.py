@@ -240,12 +240,6 @@ class Store:
 
         await self.write(query)
 
-    async def update_message(self, message_id: str, **fields: Any) -> None:
-        def query(conn: Connection) -> None:
-            conn.execute(update(messages).where(messages.c.id == message_id).values(**fields))
-
-        await self.write(query)
-
     async def get_message(self, message_id: str) -> dict[str, Any] | None:
         def query(conn: Connection) -> dict[str, Any] | None:
             found = conn.execute(select(messages).where(messages.c.id == message_id)).mappings().first()
