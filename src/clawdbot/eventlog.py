@@ -138,7 +138,9 @@ class MemoryLog:
         job = self.jobs[job_id]
         job.seq += 1
         event["seq"] = job.seq
-        data = orjson.dumps(event)
+        # A copy: orjson's own result sits in an allocation of at least 4 KiB, whatever its length; kept for a
+        # whole reply, one per event, that was 20 times the log's real size (BENCHMARKS.md §5).
+        data = memoryview(orjson.dumps(event)).tobytes()
         job.events.append((job.seq, event, data))
         job.size += len(data)
         while len(job.events) > self.max_events or (job.size > self.max_bytes and len(job.events) > 1):
