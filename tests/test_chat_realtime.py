@@ -87,6 +87,16 @@ async def test_hello_names_the_heartbeat_and_heartbeats_follow(session: aiohttp.
     assert isinstance(hello["version"], str)
     assert [(await socket.next(within=3))["type"] for _ in range(3)] == ["heartbeat"] * 3
     assert (await socket.command("ping")) == {"type": "pong", "ref": "r1"}
+    await socket.ws.close()
+
+    def logged() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in gateway.logs().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("route") == "/chat/api/ws"]
+
+    async with asyncio.timeout(5):
+        while not logged():
+            await asyncio.sleep(0.05)
+    assert logged()[-1]["status"] == 499  # the client closed it: not an error of ours
 
 
 @pytest.mark.asyncio
@@ -266,6 +276,11 @@ async def test_bad_commands_get_an_error_and_the_socket_stays_open(
         assert words in error["message"], (command, error)
         ref = command.get("ref") if isinstance(command, dict) else None
         assert (error["status"], error["ref"]) == (status, ref)
+    send = {"type": "send", "ref": "b", "conversation_id": conversation_id, "content": "in a binary frame"}
+    await socket.ws.send_bytes(json.dumps(send).encode())
+    error = (await socket.until(lambda e: e["type"] == "error"))[-1]
+    assert (error["status"], error["code"]) == (400, "bad_request")
+    assert "text frames" in error["message"]
     assert (await socket.command("ping"))["type"] == "pong"
     assert api.view(conversation_id)["messages"] == []
 

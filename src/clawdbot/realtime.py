@@ -25,6 +25,7 @@ from .errors import BadRequest, ClawdbotError, Conflict
 _OUTBOX = 4096  # events a client may lag behind before it is disconnected
 
 
+_TEXT_ONLY = "commands are JSON in text frames; this binary frame was ignored"
 _BEHIND = (1013, b"too far behind; reconnect and resume")
 _RESTARTING = (1001, b"the server is restarting; reconnect and resume")
 OUTBOXES: web.AppKey[set[Outbox]] = web.AppKey("outboxes")
@@ -97,6 +98,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
                 await _command(request, outbox, subscribed, message.data, user)
+            elif message.type == WSMsgType.BINARY:
+                outbox.event(
+                    {"type": "error", "ref": None, "code": "bad_request", "status": 400, "message": _TEXT_ONLY}
+                )
             elif message.type == WSMsgType.ERROR:
                 break
     finally:

@@ -247,6 +247,9 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         response = await handler(request)
         status = response.status
         return response
+    except asyncio.CancelledError:
+        status = 499  # the client left first (every WebSocket and event stream ends so): nginx's code for it
+        raise
     finally:
         route = request.match_info.route.resource
         request.app[ACCESS].write(
