@@ -32,3 +32,11 @@ bench-chat-db:
 
 screenshots:
 	$(UV) run --locked python scripts/screenshots.py
+
+.PHONY: bench-durability bench-fairness
+
+bench-durability:
+	$(UV) run --locked python benchmarks/durability.py --users 200 --turns 3
+
+bench-fairness:
+	$(UV) run --locked python benchmarks/fairness.py
