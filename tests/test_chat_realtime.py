@@ -17,7 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from chat_support import ChatApi, Socket, chat_api, done_of, sim_runner
+from chat_support import ChatApi, Socket, chat_api, done_of, sim_runner, wait_until
 from conftest import Server, script, start_gateway, start_simulator
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "judge"]
@@ -93,9 +93,7 @@ async def test_hello_names_the_heartbeat_and_heartbeats_follow(session: aiohttp.
         lines = [json.loads(line) for line in gateway.logs().splitlines() if line.startswith("{")]
         return [line for line in lines if line.get("route") == "/chat/api/ws"]
 
-    async with asyncio.timeout(5):
-        while not logged():
-            await asyncio.sleep(0.05)
+    await asyncio.to_thread(wait_until, logged, "the socket's access-log line")
     assert logged()[-1]["status"] == 499  # the client closed it: not an error of ours
 
 
