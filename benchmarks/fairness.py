@@ -40,8 +40,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+from _harness import MODEL, Gateway, load_model, memory_mib, stop_on_sigterm
 from _procs import start
-from durability import MODEL, Gateway, load_model, memory_mib, stop_on_sigterm
 
 _MAX_EVENT_BYTES = 64 * 1024 * 1024
 _HOLD = "(hold the slot)"  # sends with this in their text get a reply a minute long from the simulator
