@@ -304,7 +304,7 @@ class Chat:
         )
         reply["thinking"] = (prefix or {}).get("thinking") or ""
         superseded = [m["id"] for m in supersede]
-        ticket = self.generations.admit(user)
+        ticket = self.generations.admission.enter(user)  # Overloaded when the queue is full: nothing stored yet
         try:
             await self.store.record_turn(
                 conversation_id, [*new, reply], supersede=superseded, title=title, retitle=retitle

@@ -60,8 +60,7 @@ class Generation:
     reply: dict[str, Any]
     body: dict[str, Any]
     ticket: Ticket
-    client_id: str | None = None  # of the user message this answers: a retried send finds its reply by it
-    prompt: dict[str, Any] | None = None  # that user message's row
+    prompt: dict[str, Any] | None = None  # the row of the user message this answers (none for Regenerate)
     status: str = "waiting"
     content: list[str] = field(default_factory=list)
     thinking: list[str] = field(default_factory=list)
@@ -85,11 +84,16 @@ class Generation:
     def conversation_id(self) -> str:
         return str(self.reply["conversation_id"])
 
+    @property
+    def client_id(self) -> str | None:
+        """The client's id for the message this answers: a retried send finds its reply by it."""
+        return (self.prompt or {}).get("client_id")
+
     def checkpoint(self) -> dict[str, Any]:
         content, thinking = "".join(self.content), "".join(self.thinking)
         self.content[:], self.thinking[:] = [content], [thinking]  # joined once, not again next second
         self.dirty = False
-        return {"b_id": self.id, "b_status": self.status, "b_content": content, "b_thinking": thinking}
+        return {"id": self.id, "status": self.status, "content": content, "thinking": thinking}
 
     def outcome(self) -> dict[str, Any]:
         """The columns the finished reply is stored with."""
@@ -176,10 +180,6 @@ class Generations:
         self.active: dict[str, Generation] = {}  # by conversation: one reply at a time in each
         self._checkpointer: asyncio.Task[None] | None = None
 
-    def admit(self, user: str) -> Ticket:
-        """A slot or a place in the queue, taken before the turn is stored: a refusal (Overloaded) changes nothing."""
-        return self.admission.enter(user)
-
     def start(
         self,
         reply: dict[str, Any],
@@ -188,7 +188,7 @@ class Generations:
         *,
         prompt: dict[str, Any] | None = None,
     ) -> Generation:
-        generation = Generation(reply, body, ticket, prompt=prompt, client_id=(prompt or {}).get("client_id"))
+        generation = Generation(reply, body, ticket, prompt=prompt)
         if reply["content"]:  # Continue: the reply goes on from the text it has
             generation.content.append(reply["content"])
         if reply["thinking"]:

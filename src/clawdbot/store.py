@@ -267,12 +267,11 @@ class Store:
         return await self.read(query)
 
     async def checkpoint(self, rows: list[dict[str, Any]]) -> None:
-        """Save the text so far of replies in flight (`b_id`, `b_status`, `b_content`, `b_thinking` each)."""
+        """Save the text so far of replies in flight (`id`, `status`, `content`, `thinking` each)."""
         stamp = now_ms()
-        saved = [
-            {"id": r["b_id"], "content": r["b_content"], "thinking": r["b_thinking"], "updated_at": stamp} for r in rows
-        ]
+        saved = [{"id": r["id"], "content": r["content"], "thinking": r["thinking"], "updated_at": stamp} for r in rows]
         # Only a row still in flight takes a status: a late checkpoint never undoes a reply's final state.
+        # (Bound names differ from the columns': SQLAlchemy reserves those in an UPDATE's SET and WHERE.)
         status = (
             update(messages)
             .where(messages.c.id == bindparam("b_id"), or_(*(messages.c.status == active for active in _ACTIVE)))
@@ -282,7 +281,7 @@ class Store:
         def query(conn: Connection) -> None:
             conn.execute(delete(reply_checkpoints).where(reply_checkpoints.c.id.in_([r["id"] for r in saved])))
             conn.execute(reply_checkpoints.insert(), saved)
-            conn.execute(status, [{"b_id": r["b_id"], "b_status": r["b_status"]} for r in rows])
+            conn.execute(status, [{"b_id": r["id"], "b_status": r["status"]} for r in rows])
 
         await self.write(query)
 
