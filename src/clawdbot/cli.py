@@ -27,7 +27,7 @@ def settings_options(cls: type[Settings] | type[SimulatorSettings]) -> Callable[
             default = field.get_default(call_default_factory=True)
             help_text = f"{field.description} [env {env_name(cls, name)}; default: {_show(default)}]"
             annotation = field.annotation
-            if annotation is bool:
+            if annotation in (bool, bool | None):
                 option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
             elif getattr(annotation, "__origin__", None) is list:
                 option = click.option(flag, name, multiple=True, help=help_text + " Repeat for several.")
@@ -124,6 +124,49 @@ def _run(coro: Any) -> None:
         asyncio.run(coro)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@main.group()
+def user() -> None:
+    """Manage accounts from the machine the gateway runs on (the same database as `serve`)."""
+
+
+def _database_options(func: Callable[..., Any]) -> Any:
+    for option in reversed(
+        [
+            click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None),
+            click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None),
+            click.option("--database-url", default=None, help="As for serve (default: clawdbot.db in --data-dir)."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Make the user an admin (the first admin takes over earlier chats).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin without asking.")
+@_database_options
+def user_add(name: str, admin: bool, password_stdin: bool, config_file: Path | None, **database: Any) -> None:
+    """Create a user NAME; the password comes from a prompt, or from stdin when it is not a terminal."""
+    from .accounts_cli import add_user
+
+    settings = _load(Settings, database, config_file)
+    if password_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    _run(add_user(settings, name, password, admin=admin))
+
+
+@user.command("list")
+@_database_options
+def user_list(config_file: Path | None, **database: Any) -> None:
+    """List the users: name, role, whether disabled, and their limits."""
+    from .accounts_cli import list_users
+
+    _run(list_users(_load(Settings, database, config_file)))
 
 
 def _register_bench() -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .simulator.faults import FAULT_KINDS
 from .simulator.goerrors import parse_duration
@@ -144,9 +144,32 @@ class Settings(_Base):
         1 << 20, ge=4096, description="Bytes of one reply's events kept for resuming clients (same folding)."
     )
 
+    auth: bool | None = Field(
+        None,
+        description="Require accounts (--auth), or let every request act as this machine's owner (--no-auth: one "
+        "person on their own machine; refused unless --host is a loopback address). Default: accounts, except "
+        "that --demo on loopback implies --no-auth.",
+    )
+    session_hours: float = Field(336.0, gt=0, description="Hours a sign-in lasts (the session cookie's life).")
+    open_api: bool = Field(False, description="Let /api/* and /v1/* through without an API key (they still take one).")
+    sso_header: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="Header naming the signed-in user, set by an auth proxy in front (e.g. X-Forwarded-User); "
+        "believed only from --sso-proxies.",
+    )
+    sso_proxies: list[str] = Field(
+        [], description="Addresses (CIDR) of the auth proxies whose --sso-header is believed."
+    )
+    allowed_origins: list[str] = Field(
+        [],
+        description="Origins (scheme://host[:port]) besides the gateway's own that may send changes and open "
+        "WebSockets with a user's cookie.",
+    )
+
     _check_url = field_validator("ollama_url")(_http_url)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "sso_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for net in value:
@@ -166,6 +189,31 @@ class Settings(_Base):
         return value
 
     _check_profile = field_validator("demo_profile")(_known_profile)
+
+    @model_validator(mode="after")
+    def _no_auth_only_on_loopback(self) -> Settings:
+        if self.auth is False and not loopback(self.host):
+            raise ValueError(
+                f"--no-auth lets anyone who reaches the gateway act as its owner, so it is refused on --host "
+                f"{self.host}; bind to a loopback address (127.0.0.1 or ::1), or keep accounts on"
+            )
+        if self.sso_header and not self.sso_proxies:
+            raise ValueError("--sso-header needs --sso-proxies: the addresses whose header is believed")
+        return self
+
+    @property
+    def accounts(self) -> bool:
+        """Whether requests must name a user (see --auth)."""
+        return self.auth if self.auth is not None else not (self.demo and loopback(self.host))
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class SimulatorSettings(_Base):
@@ -279,7 +327,10 @@ def _read_toml(path: Path, table: str | None) -> dict[str, Any]:
 def _explain(cls: type[_Base], error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
-        field = str(problem["loc"][0]) if problem["loc"] else "?"
+        if not problem["loc"]:  # a rule across settings
+            lines.append(str(problem["msg"]).removeprefix("Value error, "))
+            continue
+        field = str(problem["loc"][0])
         if problem["type"] == "extra_forbidden":
             lines.append(f"unknown setting {field!r}")
         else:

@@ -1,0 +1,296 @@
+"""Users, their server-side sessions and their API keys: the tables (migration 0003) and the queries on them.
+
+Secrets are never stored: a session cookie and an API key are 256 random bits, kept as their SHA-256 (a slow hash
+adds nothing to a secret that cannot be guessed, and every request looks one up). Passwords are Argon2id hashes,
+made and checked in auth.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+import orjson
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Integer, String, Table, Text, delete, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from .database import Database
+from .identity import OWNER_ID, Actor, Via
+from .store import metadata, new_id, now_ms, plain_row
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("password_hash", Text),
+    Column("role", String(16), nullable=False),
+    Column("disabled", Boolean, nullable=False),
+    Column("sso", Boolean, nullable=False),
+    Column("max_running", Integer),
+    Column("requests_per_minute", Integer),
+    Column("models", Text),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_login_at", BigInteger),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_used_at", BigInteger),
+)
+
+KEY_PREFIX = "cbk_"
+Row = dict[str, Any]
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+# The built-in owner account before anyone took it over (migration 0003): no one's, listed nowhere.
+_UNCLAIMED = (users.c.id == OWNER_ID) & users.c.password_hash.is_(None) & users.c.sso.is_(False)
+
+
+def unclaimed(user: Row) -> bool:
+    return user["id"] == OWNER_ID and user["password_hash"] is None and not user["sso"]
+
+
+def _models(user: Row) -> list[str] | None:
+    return orjson.loads(user["models"]) if user.get("models") else None  # stored as JSON; null: every model
+
+
+def public(user: Row) -> Row:
+    """A user as the API shows it: never the password hash."""
+    return {**{k: v for k, v in user.items() if k != "password_hash"}, "models": _models(user)}
+
+
+def actor(user: Row, via: Via, queue: str = "", session: Row | None = None, key: str | None = None) -> Actor:
+    return Actor(
+        user["id"],
+        user["name"],
+        user["role"],
+        via,
+        queue=queue or user["id"],
+        max_running=user["max_running"],
+        requests_per_minute=user["requests_per_minute"],
+        models=None if (allowed := _models(user)) is None else tuple(allowed),
+        session=session["id"] if session else None,
+        csrf_token=session["csrf_token"] if session else None,
+        key=key,
+        expires_at=session["expires_at"] if session else None,
+    )
+
+
+class Accounts:
+    def __init__(self, db: Database) -> None:
+        self.read, self.write = db.read, db.write
+
+    # ---- users ---------------------------------------------------------------------------------------------
+    async def has_admin(self) -> bool:
+        """Whether someone can administer: an enabled admin who can sign in (a password, or single sign-on)."""
+        claimed = (users.c.password_hash.is_not(None)) | users.c.sso.is_(True)
+        query = select(users.c.id).where(users.c.role == "admin", users.c.disabled.is_(False), claimed).limit(1)
+        return await self.read(lambda conn: conn.execute(query).first() is not None)
+
+    async def create_user(self, name: str, password_hash: str | None, *, role: str = "user", sso: bool = False) -> Row:
+        """A new user; the first admin instead takes over the owner account (and the conversations made before
+        accounts). IntegrityError when the name is taken."""
+        row = {
+            "id": new_id(),
+            "name": name,
+            "password_hash": password_hash,
+            "role": role,
+            "disabled": False,
+            "sso": sso,
+            "max_running": None,
+            "requests_per_minute": None,
+            "models": None,
+            "created_at": now_ms(),
+            "last_login_at": None,
+        }
+
+        def query(conn: Connection) -> Row:
+            if role == "admin" and password_hash is not None:
+                claimed = conn.execute(
+                    update(users).where(_UNCLAIMED).values(name=name, password_hash=password_hash, disabled=False)
+                ).rowcount
+                owner = _one(conn, OWNER_ID) if claimed else None
+                if owner is not None:
+                    return owner
+            conn.execute(users.insert().values(**row))
+            return row
+
+        return await self.write(query)
+
+    async def get_user(self, user_id: str) -> Row | None:
+        return await self.read(lambda conn: _one(conn, user_id))
+
+    async def user_by_name(self, name: str) -> Row | None:
+        def query(conn: Connection) -> Row | None:
+            found = conn.execute(select(users).where(users.c.name == name)).mappings().first()
+            return plain_row(found) if found else None
+
+        return await self.read(query)
+
+    async def list_users(self) -> list[Row]:
+        def query(conn: Connection) -> list[Row]:
+            listed = select(users).where(~_UNCLAIMED).order_by(users.c.name)
+            return [plain_row(r) for r in conn.execute(listed).mappings()]
+
+        return await self.read(query)
+
+    async def update_user(self, user_id: str, **fields: Any) -> Row | None:
+        """Change a user; a disabled user is signed out everywhere."""
+        if "models" in fields and fields["models"] is not None:
+            fields["models"] = orjson.dumps(sorted(set(fields["models"]))).decode()
+
+        def query(conn: Connection) -> Row | None:
+            conn.execute(update(users).where(users.c.id == user_id).values(**fields))
+            if fields.get("disabled"):
+                conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
+            return _one(conn, user_id)
+
+        return await self.write(query)
+
+    async def sso_user(self, name: str) -> Row:
+        """The user a trusted proxy names, created (role user) the first time it names them."""
+        found = await self.user_by_name(name)
+        if found is not None:
+            return found
+        try:
+            return await self.create_user(name, None, sso=True)
+        except IntegrityError:  # created by a concurrent request a moment ago: read theirs
+            again = await self.user_by_name(name)
+            if again is None:
+                raise
+            return again
+
+    # ---- sessions ------------------------------------------------------------------------------------------
+    async def start_session(self, user_id: str, lifetime_s: float) -> tuple[str, Row]:
+        """A new session: the cookie's token (given out once) and the stored row."""
+        token, stamp = secrets.token_urlsafe(32), now_ms()
+        row = {
+            "id": digest(token),
+            "user_id": user_id,
+            "csrf_token": secrets.token_urlsafe(32),
+            "created_at": stamp,
+            "expires_at": stamp + int(lifetime_s * 1000),
+            "last_seen_at": stamp,
+        }
+
+        def query(conn: Connection) -> None:
+            conn.execute(sessions.delete().where(sessions.c.expires_at < stamp))  # sweep the expired ones
+            conn.execute(sessions.insert().values(**row))
+            conn.execute(update(users).where(users.c.id == user_id).values(last_login_at=stamp))
+
+        await self.write(query)
+        return token, row
+
+    async def session(self, token: str) -> tuple[Row, Row] | None:
+        """The unexpired session with this cookie token and its enabled user."""
+        session_id, stamp = digest(token), now_ms()
+
+        def query(conn: Connection) -> tuple[Row, Row] | None:
+            found = conn.execute(select(sessions).where(sessions.c.id == session_id)).mappings().first()
+            if found is None or found["expires_at"] <= stamp:
+                return None
+            user = _one(conn, found["user_id"])
+            return (plain_row(found), user) if user and not user["disabled"] else None
+
+        return await self.read(query)
+
+    async def end_sessions(self, user_id: str, *, only: str | None = None, keep: str | None = None) -> None:
+        """Delete the user's session `only`, or all of them but `keep`."""
+        where = sessions.c.user_id == user_id
+        if only is not None:
+            where &= sessions.c.id == only
+        if keep is not None:
+            where &= sessions.c.id != keep
+
+        def query(conn: Connection) -> None:
+            conn.execute(delete(sessions).where(where))
+
+        await self.write(query)
+
+    # ---- API keys ------------------------------------------------------------------------------------------
+    async def create_key(self, user_id: str, name: str) -> tuple[str, Row]:
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = {
+            "id": new_id(),
+            "user_id": user_id,
+            "name": name,
+            "prefix": secret[: len(KEY_PREFIX) + 6],
+            "secret_hash": digest(secret),
+            "created_at": now_ms(),
+            "last_used_at": None,
+        }
+
+        def query(conn: Connection) -> None:
+            conn.execute(api_keys.insert().values(**row))
+
+        await self.write(query)
+        return secret, _key(row)
+
+    async def keys(self, user_id: str) -> list[Row]:
+        query = select(api_keys).where(api_keys.c.user_id == user_id).order_by(api_keys.c.created_at)
+        return await self.read(lambda conn: [_key(plain_row(r)) for r in conn.execute(query).mappings()])
+
+    async def revoke_key(self, user_id: str, key_id: str) -> Row | None:
+        """Delete one of the user's keys; the deleted row (for its hash), or None if the user has no such key."""
+
+        def query(conn: Connection) -> Row | None:
+            mine = (api_keys.c.id == key_id) & (api_keys.c.user_id == user_id)
+            found = conn.execute(select(api_keys).where(mine)).mappings().first()
+            if found is not None:
+                conn.execute(delete(api_keys).where(mine))
+            return plain_row(found) if found else None
+
+        return await self.write(query)
+
+    async def key_user(self, secret: str) -> tuple[Row, Row] | None:
+        """The key with this secret and its enabled user."""
+        secret_hash = digest(secret)
+
+        def query(conn: Connection) -> tuple[Row, Row] | None:
+            found = conn.execute(select(api_keys).where(api_keys.c.secret_hash == secret_hash)).mappings().first()
+            if found is None:
+                return None
+            user = _one(conn, found["user_id"])
+            return (plain_row(found), user) if user and not user["disabled"] else None
+
+        return await self.read(query)
+
+    async def touch_key(self, key_id: str) -> None:
+        def query(conn: Connection) -> None:
+            conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=now_ms()))
+
+        await self.write(query)
+
+
+def _one(conn: Connection, user_id: str) -> Row | None:
+    found = conn.execute(select(users).where(users.c.id == user_id)).mappings().first()
+    return plain_row(found) if found else None
+
+
+def _key(row: Row) -> Row:
+    return {k: v for k, v in row.items() if k not in ("secret_hash", "user_id")}
