@@ -31,6 +31,24 @@ class Conflict(ClawdbotError):
         self.details = details
 
 
+class Unauthenticated(ClawdbotError):
+    """No user: sign in, or send an API key."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(ClawdbotError):
+    """A known user who may not do this; `code` says why (forbidden, csrf, bad_origin, model_not_allowed, …)."""
+
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, message: str, code: str = "forbidden") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class NotFound(ClawdbotError):
     status = 404
     code = "not_found"

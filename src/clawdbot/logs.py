@@ -7,6 +7,7 @@ lines are dropped and counted rather than blocking every stream. Message text an
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -37,7 +38,15 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        return _dumps(entry)
+
+
+def _dumps(entry: dict[str, Any]) -> str:
+    """orjson refuses a str holding a lone surrogate (a header byte that was not UTF-8): escape those instead."""
+    try:
         return orjson.dumps(entry, default=str).decode()
+    except TypeError:
+        return json.dumps(entry, default=str)  # ensure_ascii: a lone surrogate becomes a \\udcxx escape
 
 
 class LineWriter(threading.Thread):
@@ -66,10 +75,10 @@ class LineWriter(threading.Thread):
         lines = []
         while self.pending:
             item = self.pending.popleft()
-            if isinstance(item, dict):
-                lines.append(orjson.dumps(item, default=str).decode())
-            else:
-                lines.append(self.formatter.format(item))
+            try:
+                lines.append(_dumps(item) if isinstance(item, dict) else self.formatter.format(item))
+            except Exception:  # noqa: BLE001 - a line that cannot be written is dropped and counted, never fatal
+                self.on_drop()
         if lines:
             try:
                 self.stream.write("\n".join(lines) + "\n")

@@ -28,13 +28,24 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
     "connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-SECURITY = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+# On every response the gateway sends (web.py), pages or not.
+SECURITY_EXTRA = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+}
+SECURITY = {"Content-Security-Policy": CSP, **SECURITY_EXTRA}
 
 
 def routes(app: web.Application) -> None:
     app.router.add_get("/", home)
     app.router.add_get("/chat", page)
     app.router.add_get("/chat/", page)
+    for view in ("login", "setup", "admin"):  # the page shows these views itself; it asks the API what it may
+        app.router.add_get(f"/chat/{view}", page)
     app.router.add_get("/chat/assets/{name}", asset)
 
 

@@ -7,6 +7,7 @@ opened in a cleanup context at startup and closed at shutdown; nothing happens a
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
@@ -20,8 +21,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from sqlalchemy.engine import make_url
 
-from . import __version__, chatapi, pages, realtime
+from . import __version__, authapi, chatapi, pages, realtime
+from .accounts import Accounts
 from .admission import Admission, Overloaded
+from .auth import AUTH, Auth, authenticate
 from .backends import Backend, BackendStatus
 from .chat import Chat
 from .chatapi import CHAT
@@ -48,7 +51,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_ids, access_log, json_errors],
+        middlewares=[request_ids, access_log, json_errors, authenticate],
         client_max_size=settings.max_request_bytes,
         handler_args={"max_field_size": 16384},
     )
@@ -63,6 +66,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_route("*", "/api/{tail:.*}", proxy)
     app.router.add_route("*", "/v1/{tail:.*}", proxy)
     chatapi.routes(app)
+    authapi.routes(app)
     realtime.routes(app)
     pages.routes(app)
     return app
@@ -108,7 +112,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         idle_timeout=settings.idle_timeout,
         access=access,
         admission=admission,
-        trusted_proxies=tuple(settings.trusted_proxies),
+        identity_header=settings.sso_header,
     )
     app[RELAY] = relay
     await backend.probe()
@@ -134,6 +138,18 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.database_url or default_url(settings.data_dir))
     await store.open()
+    accounts = app[authapi.ACCOUNTS] = Accounts(store.db)
+    auth = app[AUTH] = Auth(accounts, settings)
+    app[METRICS].labelled["clawdbot_sign_ins"] = (
+        "Sign-ins with a password, by outcome.",
+        "outcome",
+        lambda: auth.sign_ins,
+    )
+    app[METRICS].labelled["clawdbot_requests_refused"] = (
+        "Requests refused for who sent them (401/403), by code: unauthenticated, csrf, bad_origin, forbidden, ….",
+        "code",
+        lambda: auth.refused,
+    )
     interrupted = await store.interrupt_unfinished()
     if interrupted:
         LOG.warning("replies left unfinished by a previous run are marked interrupted", extra={"count": interrupted})
@@ -157,6 +173,7 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     finally:
         await chat.finish_turns()
         await generations.shutdown()
+        await app[AUTH].close()
         await store.close()
 
 
@@ -264,8 +281,12 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["X-Request-ID"] = request.get("request_id", "")
-    response.headers.pop("Server", None)
+    headers = response.headers
+    headers["X-Request-ID"] = request.get("request_id", "")
+    headers.pop("Server", None)
+    # Whatever a response holds (a backend's bytes too), no browser may run it, frame it, or sniff it into HTML.
+    headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'; sandbox")
+    headers.update(pages.SECURITY_EXTRA)
 
 
 @web.middleware
@@ -299,6 +320,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         generic = ClawdbotError(error.reason)
         generic.status, generic.code = error.status, error.reason.lower().replace(" ", "_")
         return _error(request, generic)
+    except Exception as error:  # noqa: BLE001 - a bug: logged by type and place (not its text: it may quote input)
+        frame = error.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        where = f"{frame.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.tb_lineno}" if frame else "?"
+        found = {"request_id": request.get("request_id"), "error": type(error).__name__, "at": where}
+        LOG.error("unexpected error", extra=found)
+        return _error(request, ClawdbotError(f"internal error; the log has request id {request.get('request_id')}"))
 
 
 def _error(request: web.Request, error: ClawdbotError) -> web.Response:
@@ -327,7 +356,11 @@ def _error(request: web.Request, error: ClawdbotError) -> web.Response:
 
 
 def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    try:
+        data = orjson.dumps(body)
+    except TypeError:  # a str with a lone surrogate: text from a header that was not UTF-8
+        data = json.dumps(body).encode()
+    return web.Response(body=data, status=status, content_type="application/json")
 
 
 async def run(settings: Settings) -> None:
@@ -344,6 +377,13 @@ async def run(settings: Settings) -> None:
         raise SystemExit(2) from None
     port = runner.addresses[0][1]
     print(startup_line(settings, port, app[BACKEND]), flush=True)
+    token = await app[AUTH].setup_link_token()
+    if token is not None:  # stdout, not the log: the link is for the person who started the gateway
+        print(
+            f"clawdbot: no admin yet — create one at http://{settings.host}:{port}/chat/setup#token={token} "
+            "(or: clawdbot user add NAME --admin)",
+            flush=True,
+        )
     try:
         await until_signalled()
     finally:

@@ -1,0 +1,234 @@
+"""The accounts API under /chat/api/: sign-in and sessions, first-admin setup, passwords, API keys, and the admin's
+user management (docs/accounts.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import Field
+from sqlalchemy.exc import IntegrityError
+
+from .accounts import Accounts, public, unclaimed
+from .admission import trusted_peer, user_of
+from .auth import AUTH, SESSION_COOKIE, current
+from .chatapi import Strict, json, parse
+from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .identity import Actor
+
+ACCOUNTS: web.AppKey[Accounts] = web.AppKey("accounts", Accounts)
+NAME = r"^[A-Za-z0-9._@-]{1,64}$"
+_MAX_KEYS = 100
+
+
+class SignIn(Strict):
+    name: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class Setup(Strict):
+    token: str = Field(max_length=200)
+    name: str = Field(pattern=NAME)
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class PasswordChange(Strict):
+    current: str = Field(max_length=1024)
+    new: str = Field(min_length=8, max_length=1024)
+
+
+class NewKey(Strict):
+    name: str = Field(min_length=1, max_length=100)
+
+
+class NewUser(Strict):
+    name: str = Field(pattern=NAME)
+    password: str = Field(min_length=8, max_length=1024)
+    role: Literal["admin", "user"] = "user"
+
+
+class UserChange(Strict):
+    disabled: bool | None = None
+    role: Literal["admin", "user"] | None = None
+    max_running: int | None = Field(None, ge=1, le=10_000)
+    requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    models: list[str] | None = Field(None, max_length=200)
+    password: str | None = Field(None, min_length=8, max_length=1024)
+
+
+def routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/chat/api/session", session_state, allow_head=False)
+    r.add_post("/chat/api/session", sign_in)
+    r.add_delete("/chat/api/session", sign_out)
+    r.add_post("/chat/api/setup", setup)
+    r.add_post("/chat/api/password", change_password)
+    r.add_get("/chat/api/keys", list_keys, allow_head=False)
+    r.add_post("/chat/api/keys", create_key)
+    r.add_delete("/chat/api/keys/{id}", revoke_key)
+    r.add_get("/chat/api/users", list_users, allow_head=False)
+    r.add_post("/chat/api/users", create_user)
+    r.add_patch("/chat/api/users/{id}", change_user)
+
+
+# ---- sessions ------------------------------------------------------------------------------------------------
+async def session_state(request: web.Request) -> web.Response:
+    actor: Actor | None = request.get("actor")
+    if actor is None:
+        setup = not await request.app[ACCOUNTS].has_admin()
+        return json({"error": "not signed in", "code": "unauthenticated", "setup": setup}, 401)
+    user = await request.app[ACCOUNTS].get_user(actor.id)
+    if user is None:  # cannot happen for a user the middleware found a moment ago, unless deleted since
+        raise NotFound("this account no longer exists")
+    return json({"user": public(user), "csrf_token": actor.csrf_token, "via": actor.via})
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    auth = request.app[AUTH]
+    if not auth.enabled:
+        raise BadRequest("accounts are off (--no-auth): there is nothing to sign in to")
+    given = await parse(request, SignIn)
+    address = user_of(request, auth.trusted)
+    token, session, user = await auth.sign_in(given.name.strip().lower(), given.password, address)
+    response = json({"user": public(user), "csrf_token": session["csrf_token"]})
+    _set_cookie(request, response, token)
+    return response
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    actor = current(request)
+    if actor.session is not None:
+        await request.app[ACCOUNTS].end_sessions(actor.id, only=actor.session)
+        request.app[AUTH].forget(actor.id, lambda open_: open_.session == actor.session)
+    response = web.Response(status=204)
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def setup(request: web.Request) -> web.Response:
+    """The first admin, from the one-time link printed at startup; signed in at once."""
+    auth, accounts = request.app[AUTH], request.app[ACCOUNTS]
+    given = await parse(request, Setup)
+    saved = auth.setup_digest
+    auth.take_setup_token(given.token)  # used up now, so two requests with it cannot both make an admin
+    try:
+        if await accounts.has_admin():
+            raise Forbidden("an admin exists already; sign in", "setup_closed")
+        user = await accounts.create_user(given.name.lower(), await auth.hash_password(given.password), role="admin")
+    except BaseException:
+        auth.setup_digest = saved
+        raise
+    token, session = await accounts.start_session(user["id"], auth.settings.session_hours * 3600)
+    response = json({"user": public(user), "csrf_token": session["csrf_token"]}, 201)
+    _set_cookie(request, response, token)
+    return response
+
+
+async def change_password(request: web.Request) -> web.Response:
+    auth, accounts, actor = request.app[AUTH], request.app[ACCOUNTS], current(request)
+    given = await parse(request, PasswordChange)
+    user = await accounts.get_user(actor.id)
+    if user is None or not await auth.check_password(user["password_hash"], given.current):
+        raise Forbidden("the current password is wrong", "bad_credentials")
+    await accounts.update_user(actor.id, password_hash=await auth.hash_password(given.new))
+    await accounts.end_sessions(actor.id, keep=actor.session)  # whoever knew the old password is signed out
+    auth.forget(actor.id, lambda open_: open_.via == "session" and open_.session != actor.session)
+    return web.Response(status=204)
+
+
+def _set_cookie(request: web.Request, response: web.Response, token: str) -> None:
+    auth = request.app[AUTH]
+    forwarded = request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+    forwarded_tls = forwarded and trusted_peer(request.remote or "", auth.trusted)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(auth.settings.session_hours * 3600),
+        path="/",
+        httponly=True,  # no script, even one that got in, can read it
+        samesite="Lax",
+        secure=request.secure or forwarded_tls,
+    )
+
+
+# ---- API keys ------------------------------------------------------------------------------------------------
+async def list_keys(request: web.Request) -> web.Response:
+    return json({"keys": await request.app[ACCOUNTS].keys(current(request).id)})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    accounts, actor = request.app[ACCOUNTS], current(request)
+    given = await parse(request, NewKey)
+    if len(await accounts.keys(actor.id)) >= _MAX_KEYS:
+        raise BadRequest(f"you have {_MAX_KEYS} keys already; revoke one first")
+    secret, key = await accounts.create_key(actor.id, given.name.strip() or "key")
+    return json({"key": key, "secret": secret}, 201)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    actor = current(request)
+    revoked = await request.app[ACCOUNTS].revoke_key(actor.id, request.match_info["id"])
+    if revoked is None:
+        raise NotFound(f"you have no key {request.match_info['id']}")
+    request.app[AUTH].forget(actor.id, lambda open_: open_.key == revoked["id"])
+    return web.Response(status=204)
+
+
+# ---- the admin's -------------------------------------------------------------------------------------------
+def _admin(request: web.Request) -> Actor:
+    actor = current(request)
+    if not actor.admin:
+        raise Forbidden("only an admin may manage users")
+    return actor
+
+
+async def list_users(request: web.Request) -> web.Response:
+    _admin(request)
+    return json({"users": [public(user) for user in await request.app[ACCOUNTS].list_users()]})
+
+
+async def create_user(request: web.Request) -> web.Response:
+    _admin(request)
+    given = await parse(request, NewUser)
+    auth, accounts = request.app[AUTH], request.app[ACCOUNTS]
+    name = given.name.lower()
+    if await accounts.user_by_name(name) is not None:
+        raise _taken(name)
+    try:
+        user = await accounts.create_user(name, await auth.hash_password(given.password), role=given.role)
+    except IntegrityError:
+        raise _taken(name) from None
+    return json({"user": public(user)}, 201)
+
+
+async def change_user(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    auth, accounts = request.app[AUTH], request.app[ACCOUNTS]
+    user_id = request.match_info["id"]
+    change: dict[str, Any] = (await parse(request, UserChange)).model_dump(exclude_unset=True)
+    found = await accounts.get_user(user_id) if len(user_id) <= 36 else None
+    if found is None or unclaimed(found):
+        raise NotFound(f"no user {user_id}")
+    if user_id == admin.id and (change.get("disabled") or change.get("role") == "user"):
+        raise BadRequest("you cannot disable yourself or take away your own admin role")
+    for key in ("disabled", "role"):
+        if key in change and change[key] is None:
+            raise BadRequest(f"invalid request: {key}: may not be null")
+    if change.get("password") is not None:
+        change["password_hash"] = await auth.hash_password(change.pop("password"))
+    change.pop("password", None)
+    user = await accounts.update_user(user_id, **change)
+    if change.get("disabled"):
+        auth.forget(user_id, lambda _: True)
+    elif "password_hash" in change:
+        await accounts.end_sessions(user_id)
+        auth.forget(user_id, lambda open_: open_.via == "session")
+    else:
+        auth.forget(user_id)  # new limits, role or models: their sockets reconnect with them
+    return json({"user": public(user or {})})
+
+
+def _taken(name: str) -> Conflict:
+    error = Conflict(f"there is a user {name} already")
+    error.code = "name_taken"
+    return error
