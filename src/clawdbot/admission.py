@@ -5,12 +5,17 @@ head of the ring, who then moves to its back. One user with fifty requests waiti
 request by at most one turn, not fifty. A request that would overflow the queue is refused at once, before it
 changes anything: 429 when that user alone has too many waiting, 503 when the whole queue is full, each with a
 Retry-After estimated from how long generations have been taking.
+
+A user may also have limits of their own (set by an admin): at most `max_running` of their generations hold
+slots at once (the rest wait in their line, which is skipped while they are at it), and at most `per_minute`
+generations started per minute (beyond it, 429 rate_limited).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +42,7 @@ class Overloaded(ClawdbotError):
 class Ticket:
     user: str
     moved: Callable[[int], None] | None = None  # told the ticket's new queue position (1 = next)
+    limit: int = 0  # the user's own cap on generations running at once; 0: none
     granted: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     position: int = 0
     running: bool = False
@@ -50,13 +56,32 @@ class Admission:
         self.lines: OrderedDict[str, deque[Ticket]] = OrderedDict()  # the ring: the head user is served next
         self.queued = 0
         self.average_s = 10.0  # moving average of a generation's time in a slot, for Retry-After
-        self.rejected: dict[str, int] = {"user_queue_full": 0, "queue_full": 0}
+        self.rejected: dict[str, int] = {"user_queue_full": 0, "queue_full": 0, "rate_limited": 0}
+        self.running_by_user: dict[str, int] = {}
+        self.started: dict[str, deque[float]] = {}  # users with a rate limit: when their last generations started
         self._renumber: asyncio.Handle | None = None
+        self.clock = time.monotonic
 
-    def enter(self, user: str, moved: Callable[[int], None] | None = None) -> Ticket:
-        """Take a slot now or a place in the queue; raises Overloaded (changing nothing) when there is no room."""
-        ticket = Ticket(user, moved)
-        if self.running < self.slots and not self.queued:
+    def enter(
+        self,
+        user: str,
+        moved: Callable[[int], None] | None = None,
+        *,
+        max_running: int | None = None,
+        per_minute: int | None = None,
+    ) -> Ticket:
+        """Take a slot now or a place in the queue; raises Overloaded (changing nothing) when there is no room
+        or the user is over their rate."""
+        if per_minute is not None:
+            self._check_rate(user, per_minute)
+        ticket = self._enter(Ticket(user, moved, limit=max_running or 0))
+        if per_minute is not None:
+            self.started[user].append(self.clock())
+        return ticket
+
+    def _enter(self, ticket: Ticket) -> Ticket:
+        user = ticket.user
+        if self.running < self.slots and not self.queued and self._may_run(ticket):
             self._grant(ticket)
             return ticket
         line = self.lines.get(user)
@@ -78,7 +103,7 @@ class Admission:
             line = self.lines[user] = deque()
         line.append(ticket)
         self.queued += 1
-        self._positions_changed()
+        self._admit()  # a slot may be free while everyone waiting is at their own limit
         return ticket
 
     def watch(self, ticket: Ticket, moved: Callable[[int], None]) -> None:
@@ -108,6 +133,11 @@ class Admission:
             return
         ticket.running = False
         self.running -= 1
+        left = self.running_by_user[ticket.user] - 1
+        if left:
+            self.running_by_user[ticket.user] = left
+        else:
+            del self.running_by_user[ticket.user]
         if seconds is not None:
             self.average_s += (seconds - self.average_s) * 0.1
         self._admit()
@@ -116,15 +146,37 @@ class Admission:
         turns = (self.queued + 1) / max(self.slots, 1)
         return max(1, min(600, math.ceil(turns * self.average_s)))
 
+    def _may_run(self, ticket: Ticket) -> bool:
+        return not ticket.limit or self.running_by_user.get(ticket.user, 0) < ticket.limit
+
+    def _check_rate(self, user: str, per_minute: int) -> None:
+        now = self.clock()
+        recent = self.started.setdefault(user, deque())
+        while recent and now - recent[0] >= 60.0:
+            recent.popleft()
+        if len(recent) >= per_minute:
+            self.rejected["rate_limited"] += 1
+            wait = max(1, math.ceil(60.0 - (now - recent[0])))
+            raise Overloaded(
+                f"you may start {per_minute} replies a minute; retry in {wait} s",
+                retry_after=wait,
+                status=429,
+                code="rate_limited",
+            )
+
     def _grant(self, ticket: Ticket) -> None:
         self.running += 1
+        self.running_by_user[ticket.user] = self.running_by_user.get(ticket.user, 0) + 1
         ticket.running, ticket.position = True, 0
         if not ticket.granted.done():
             ticket.granted.set_result(None)
 
     def _admit(self) -> None:
         while self.running < self.slots and self.lines:
-            user, line = next(iter(self.lines.items()))
+            # The first user in the ring not at their own limit; O(users), and users are few next to requests.
+            user, line = next(((u, line) for u, line in self.lines.items() if self._may_run(line[0])), ("", None))
+            if line is None:
+                break
             ticket = line.popleft()
             self.queued -= 1
             if line:
@@ -173,13 +225,14 @@ def user_of(request: web.Request, trusted: tuple[str, ...]) -> str:
     """Who a request is for fairness: the peer's address, or behind a trusted proxy the client it names."""
     peer = request.remote or ""
     forwarded = request.headers.get("X-Forwarded-For")
-    if forwarded and _trusted(peer, trusted):
+    if forwarded and trusted_peer(peer, trusted):
         # The last address is the one our trusted proxy saw; earlier ones are whatever the client claimed.
         return forwarded.rsplit(",", 1)[-1].strip() or peer
     return peer
 
 
-def _trusted(peer: str, trusted: tuple[str, ...]) -> bool:
+def trusted_peer(peer: str, trusted: tuple[str, ...]) -> bool:
+    """Whether the connection comes from one of our reverse proxies (whose forwarded headers are believed)."""
     try:
         address = ip_address(peer)
     except ValueError:

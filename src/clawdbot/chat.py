@@ -15,8 +15,10 @@ from sqlalchemy.exc import IntegrityError
 
 from . import context
 from .backends import Backend
-from .errors import BadRequest, Conflict, NotFound
+from .errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from .eventlog import Job
 from .generations import Generations
+from .identity import Actor
 from .settings import Settings
 from .store import Store, new_message
 
@@ -40,7 +42,8 @@ class Chat:
         self._turns: set[asyncio.Task[dict[str, Any]]] = set()  # turns whose client left: they still finish
 
     # ---- what the page reads -------------------------------------------------------------------------------
-    def models(self) -> dict[str, Any]:
+    def models(self, actor: Actor) -> dict[str, Any]:
+        """The backend's models this user may use."""
         listed = [
             {
                 "name": m.get("name"),
@@ -51,35 +54,43 @@ class Chat:
                 "capabilities": m.get("capabilities") or [],
             }
             for m in self.backend.status.models
+            if actor.may_use(m.get("name"))
         ]
         return {
             "models": listed,
-            "default": self.default_model(),
+            "default": self.default_model(actor),
             "num_ctx": self.settings.num_ctx,
             "reachable": self.backend.status.reachable,
             "simulated": self.backend.simulated,
         }
 
-    def default_model(self) -> str:
-        if self.settings.default_model:
+    def default_model(self, actor: Actor) -> str:
+        names = [name for name in self.backend.status.model_names() if actor.may_use(name)]
+        if self.settings.default_model and actor.may_use(self.settings.default_model):
             return self.settings.default_model
-        names = self.backend.status.model_names()
-        return names[0] if names else "qwen3:32b"
+        return names[0] if names else (actor.models or ("qwen3:32b",))[0]
 
-    async def conversation(self, conversation_id: str) -> dict[str, Any]:
-        found, _ = await self._history(conversation_id, messages=False)
+    async def conversation(self, conversation_id: str, owner: str) -> dict[str, Any]:
+        found, _ = await self._history(conversation_id, owner, messages=False)
         return found
 
-    async def reply(self, reply_id: str) -> dict[str, Any]:
-        """A reply's stored row; NotFound (never a new generation) for an id that is not one."""
+    async def reply(self, reply_id: str, owner: str) -> dict[str, Any]:
+        """A reply's stored row; NotFound (never a new generation) for an id that is not one of this user's."""
         found = await self.store.get_message(reply_id) if _ID.fullmatch(reply_id) else None
-        if found is None or found["role"] != "assistant":
-            raise NotFound(f"no reply {reply_id}: nothing is being written or was stored under that id")
-        return found
+        if found is not None and found["role"] == "assistant":
+            conversation = await self.store.get_conversation(found["conversation_id"])
+            if conversation is not None and conversation["user_id"] == owner:
+                return found
+        raise NotFound(f"no reply {reply_id}: nothing is being written or was stored under that id")
 
-    async def generation(self, reply_id: str) -> dict[str, Any]:
-        """Where a reply stands: live from the event log while it runs (and briefly after), else its stored row."""
+    def job(self, reply_id: str, owner: str) -> Job | None:
+        """A reply in the event log, if it is this user's: another's is as absent as an unknown one."""
         job = self.generations.log.job(reply_id)
+        return job if job is not None and job.owner == owner else None
+
+    async def generation(self, reply_id: str, owner: str) -> dict[str, Any]:
+        """Where a reply stands: live from the event log while it runs (and briefly after), else its stored row."""
+        job = self.job(reply_id, owner)
         if job is not None:
             return {
                 "id": job.id,
@@ -90,7 +101,7 @@ class Chat:
                 "snapshot": job.snapshot(),
                 "events": f"/chat/api/generations/{job.id}/events",
             }
-        row = await self.reply(reply_id)
+        row = await self.reply(reply_id, owner)
         return {
             "id": row["id"],
             "conversation_id": row["conversation_id"],
@@ -107,9 +118,9 @@ class Chat:
         first = next((m for m in history if m["role"] == "user"), None)
         return title_from(first["content"]) if first else ""
 
-    async def view(self, conversation_id: str) -> dict[str, Any]:
+    async def view(self, conversation_id: str, owner: str) -> dict[str, Any]:
         """A conversation with its shown messages, the reply in flight if any, and how full its context is."""
-        conversation, history = await self._history(conversation_id)
+        conversation, history = await self._history(conversation_id, owner)
         active = self.generations.snapshot(conversation_id)
         last_reply = next((m for m in reversed(history) if m["role"] == "assistant"), None)
         return {
@@ -127,24 +138,24 @@ class Chat:
     # A turn is one read (the conversation and its history) and one write (everything the turn changes), and the
     # write is committed before the model is asked: the user's message is stored before it is forwarded.
     async def send(
-        self, conversation_id: str, content: str, client_id: str | None = None, *, user: str = "local"
+        self, conversation_id: str, content: str, client_id: str | None = None, *, actor: Actor
     ) -> dict[str, Any]:
         """Store the user's message and start the reply. Idempotent by `client_id`: a retried send gets the first
         one's message and reply (with `duplicate: true`), never a second message or a second generation."""
-        return await self._to_the_end(self._send(conversation_id, self._checked(content), client_id, user))
+        return await self._to_the_end(self._send(conversation_id, self._checked(content), client_id, actor))
 
-    async def regenerate(self, conversation_id: str, *, user: str = "local") -> dict[str, Any]:
-        return await self._to_the_end(self._regenerate(conversation_id, user))
+    async def regenerate(self, conversation_id: str, *, actor: Actor) -> dict[str, Any]:
+        return await self._to_the_end(self._regenerate(conversation_id, actor))
 
-    async def continue_reply(self, conversation_id: str, *, user: str = "local") -> dict[str, Any]:
+    async def continue_reply(self, conversation_id: str, *, actor: Actor) -> dict[str, Any]:
         """Go on with a reply that ended early (interrupted, failed or stopped) from the text it has: the model
         gets that text as the start of its answer. The old reply is superseded by the new one, which starts
         with the same text."""
-        return await self._to_the_end(self._continue(conversation_id, user))
+        return await self._to_the_end(self._continue(conversation_id, actor))
 
-    async def edit(self, conversation_id: str, content: str, *, user: str = "local") -> dict[str, Any]:
+    async def edit(self, conversation_id: str, content: str, *, actor: Actor) -> dict[str, Any]:
         """Replace the last user message (and the reply to it) with new text, and answer that."""
-        return await self._to_the_end(self._edit(conversation_id, self._checked(content), user))
+        return await self._to_the_end(self._edit(conversation_id, self._checked(content), actor))
 
     async def finish_turns(self) -> None:
         """At shutdown, before the replies in flight are stored: let turns being written start theirs."""
@@ -159,18 +170,19 @@ class Chat:
         task.add_done_callback(self._turns.discard)
         return await asyncio.shield(task)
 
-    async def _send(self, conversation_id: str, content: str, client_id: str | None, user: str) -> dict[str, Any]:
+    async def _send(self, conversation_id: str, content: str, client_id: str | None, actor: Actor) -> dict[str, Any]:
         if client_id is not None and (earlier := await self._sent_before(conversation_id, client_id)) is not None:
+            await self.conversation(conversation_id, actor.id)  # someone else's send is not found, not repeated
             return earlier
-        with self._turn(conversation_id, client_id) as turn:
-            conversation, history = await self._history(conversation_id)
+        with await self._reserve(conversation_id, actor.id, client_id) as turn:
+            conversation, history = await self._history(conversation_id, actor.id)
             if client_id is not None and (earlier := _answered(history, client_id)) is not None:
                 return earlier  # stored between the check above and this read
             user_message = new_message(conversation_id, "user", content, status="sent", client_id=client_id)
             try:
                 # The store titles a conversation only while it has no title, i.e. from its first message.
                 reply = await self._reply(
-                    conversation, [*history, user_message], [user_message], user, title=title_from(content)
+                    conversation, [*history, user_message], [user_message], actor, title=title_from(content)
                 )
             except IntegrityError:  # the id belongs to a message no longer shown (edited away): still the same send
                 message, answer = await self.store.by_client_id(conversation_id, client_id or "")
@@ -189,27 +201,27 @@ class Chat:
             return {"message": running.prompt, "reply": running.reply, "duplicate": True}
         return None  # a send that finished is found in the history the turn reads anyway
 
-    async def _regenerate(self, conversation_id: str, user: str) -> dict[str, Any]:
-        with self._turn(conversation_id):
-            conversation, history = await self._history(conversation_id)
+    async def _regenerate(self, conversation_id: str, actor: Actor) -> dict[str, Any]:
+        with await self._reserve(conversation_id, actor.id):
+            conversation, history = await self._history(conversation_id, actor.id)
             if not any(m["role"] == "user" for m in history):
                 raise BadRequest("there is no message to answer again")
             keep = _last_user(history) + 1
-            reply = await self._reply(conversation, history[:keep], [], user, supersede=history[keep:])
+            reply = await self._reply(conversation, history[:keep], [], actor, supersede=history[keep:])
         return {"reply": reply}
 
-    async def _continue(self, conversation_id: str, user: str) -> dict[str, Any]:
-        with self._turn(conversation_id):
-            conversation, history = await self._history(conversation_id)
+    async def _continue(self, conversation_id: str, actor: Actor) -> dict[str, Any]:
+        with await self._reserve(conversation_id, actor.id):
+            conversation, history = await self._history(conversation_id, actor.id)
             last = history[-1] if history else None
             if last is None or last["role"] != "assistant" or last["status"] not in _ENDED_EARLY:
                 raise BadRequest("only a reply that was interrupted, failed or stopped can be continued")
-            reply = await self._reply(conversation, history, [], user, supersede=[last], prefix=last)
+            reply = await self._reply(conversation, history, [], actor, supersede=[last], prefix=last)
         return {"reply": reply}
 
-    async def _edit(self, conversation_id: str, content: str, user: str) -> dict[str, Any]:
-        with self._turn(conversation_id):
-            conversation, history = await self._history(conversation_id)
+    async def _edit(self, conversation_id: str, content: str, actor: Actor) -> dict[str, Any]:
+        with await self._reserve(conversation_id, actor.id):
+            conversation, history = await self._history(conversation_id, actor.id)
             if not any(m["role"] == "user" for m in history):
                 raise BadRequest("there is no message to edit")
             keep = _last_user(history)
@@ -220,15 +232,15 @@ class Chat:
                 conversation,
                 shown,
                 [edited],
-                user,
+                actor,
                 supersede=history[keep:],
                 title=title_from(first["content"]),
                 retitle=True,
             )
         return {"message": edited, "reply": reply}
 
-    async def stop(self, conversation_id: str) -> dict[str, Any]:
-        await self.conversation(conversation_id)
+    async def stop(self, conversation_id: str, owner: str) -> dict[str, Any]:
+        await self.conversation(conversation_id, owner)
         generation = self.generations.stop(conversation_id)
         return {"stopping": generation.id if generation else None}
 
@@ -237,11 +249,20 @@ class Chat:
         if not isinstance(content, str) or not content.strip():
             raise BadRequest("the message is empty")
         if len(content) > self.settings.max_message_chars:
-            raise BadRequest(
+            raise PayloadTooLarge(
                 f"the message has {len(content)} characters; the limit is "
                 f"{self.settings.max_message_chars} (--max-message-chars)"
             )
         return content
+
+    async def _reserve(self, conversation_id: str, owner: str, client_id: str | None = None) -> _Turn:
+        """The conversation, marked as starting a reply; its Conflict (which says where the running reply is)
+        only for its owner. Ownership of a conversation that is free is checked by the turn's own read."""
+        try:
+            return self._turn(conversation_id, client_id)
+        except Conflict:
+            await self.conversation(conversation_id, owner)
+            raise
 
     def _turn(self, conversation_id: str, client_id: str | None = None) -> _Turn:
         running = self.generations.active.get(conversation_id)
@@ -261,10 +282,11 @@ class Chat:
         return int(conversation.get("num_ctx") or self.settings.num_ctx)
 
     async def _history(
-        self, conversation_id: str, *, messages: bool = True
+        self, conversation_id: str, owner: str, *, messages: bool = True
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The conversation (NotFound if there is none) and, with `messages`, its shown messages, in one read.
-        Not one of our ids needs no query, and PostgreSQL would fail on some (a NUL)."""
+        """The owner's conversation (NotFound if there is none, or it is someone else's: the answer is the same)
+        and, with `messages`, its shown messages, in one read. Not one of our ids needs no query, and PostgreSQL
+        would fail on some (a NUL)."""
         found: dict[str, Any] | None = None
         history: list[dict[str, Any]] = []
         if _ID.fullmatch(conversation_id):
@@ -272,7 +294,7 @@ class Chat:
                 found, history = await self.store.conversation_and_messages(conversation_id)
             else:
                 found = await self.store.get_conversation(conversation_id)
-        if found is None:
+        if found is None or found["user_id"] != owner:
             raise NotFound(f"no conversation {conversation_id}")
         return found, history
 
@@ -281,7 +303,7 @@ class Chat:
         conversation: dict[str, Any],
         history: list[dict[str, Any]],
         new: list[dict[str, Any]],
-        user: str,
+        actor: Actor,
         *,
         supersede: Sequence[dict[str, Any]] = (),
         title: str | None = None,
@@ -292,6 +314,7 @@ class Chat:
         `history` (the messages the model is to see; with a `prefix` reply last, the model goes on from it).
         The slot or queue place is taken first: when the queue is full, nothing is stored."""
         conversation_id = conversation["id"]
+        actor.check_model(conversation["model"])
         num_ctx = self._num_ctx(conversation)
         plan = context.plan(history, conversation["system_prompt"], num_ctx, self.settings.reply_room)
         reply = new_message(
@@ -304,7 +327,10 @@ class Chat:
         )
         reply["thinking"] = (prefix or {}).get("thinking") or ""
         superseded = [m["id"] for m in supersede]
-        ticket = self.generations.admission.enter(user)  # Overloaded when the queue is full: nothing stored yet
+        # Overloaded when the queue is full or the user over their rate: nothing is stored yet
+        ticket = self.generations.admission.enter(
+            actor.queue, max_running=actor.max_running, per_minute=actor.requests_per_minute
+        )
         try:
             await self.store.record_turn(
                 conversation_id, [*new, reply], supersede=superseded, title=title, retitle=retitle
@@ -328,7 +354,7 @@ class Chat:
         if conversation["think"] is not None:
             body["think"] = conversation["think"]
         prompt = next((m for m in new if m["role"] == "user"), None)
-        self.generations.start(reply, body, ticket, prompt=prompt)
+        self.generations.start(reply, body, ticket, prompt=prompt, owner=actor.id)
         return reply
 
 

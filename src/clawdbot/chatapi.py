@@ -12,9 +12,9 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .admission import user_of
+from .auth import current
 from .chat import Chat
-from .errors import BadRequest
+from .errors import BadRequest, PayloadTooLarge
 from .exports import export_json, export_markdown
 
 CHAT: web.AppKey[Chat] = web.AppKey("chat", Chat)
@@ -22,7 +22,7 @@ M = TypeVar("M", bound=BaseModel)
 CLIENT_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     # strict: "yes" is not a bool and "0.5" not a number; the page sends JSON types, anything else is a mistake
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -34,7 +34,7 @@ class _Strict(BaseModel):
         return value
 
 
-class NewConversation(_Strict):
+class NewConversation(Strict):
     model: str | None = Field(None, min_length=1, max_length=200)
     title: str = Field("", max_length=200)
     system_prompt: str = Field("", max_length=20_000)
@@ -43,7 +43,7 @@ class NewConversation(_Strict):
     think: bool | None = None
 
 
-class ConversationChange(_Strict):
+class ConversationChange(Strict):
     title: str | None = Field(None, max_length=200)
     pinned: bool | None = None
     model: str | None = Field(None, min_length=1, max_length=200)
@@ -53,12 +53,12 @@ class ConversationChange(_Strict):
     think: bool | None = None
 
 
-class NewMessage(_Strict):
+class NewMessage(Strict):
     content: str
     client_id: str | None = Field(None, pattern=CLIENT_ID)
 
 
-class EditedMessage(_Strict):
+class EditedMessage(Strict):
     content: str
 
 
@@ -85,7 +85,12 @@ def json(body: Any, status: int = 200) -> web.Response:
 
 
 async def parse(request: web.Request, model: type[M]) -> M:
+    limit = request.app[CHAT].settings.max_message_chars * 4 + 65536  # the longest message, UTF-8, with room
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes (from --max-message-chars)")
     raw = await request.read()
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes (from --max-message-chars)")
     try:
         data = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
@@ -102,18 +107,21 @@ def checked(model: type[M], data: Any) -> M:
 
 
 async def models(request: web.Request) -> web.Response:
-    return json(request.app[CHAT].models())
+    return json(request.app[CHAT].models(current(request)))
 
 
 async def list_conversations(request: web.Request) -> web.Response:
-    return json({"conversations": await request.app[CHAT].store.list_conversations()})
+    return json({"conversations": await request.app[CHAT].store.list_conversations(current(request).id)})
 
 
 async def create_conversation(request: web.Request) -> web.Response:
-    chat = request.app[CHAT]
+    chat, actor = request.app[CHAT], current(request)
     spec = await parse(request, NewConversation)
+    model = spec.model or chat.default_model(actor)
+    actor.check_model(model)
     conversation = await chat.store.create_conversation(
-        model=spec.model or chat.default_model(),
+        user_id=actor.id,
+        model=model,
         title=spec.title.strip(),
         system_prompt=spec.system_prompt,
         temperature=spec.temperature,
@@ -124,14 +132,16 @@ async def create_conversation(request: web.Request) -> web.Response:
 
 
 async def get_conversation(request: web.Request) -> web.Response:
-    return json(await request.app[CHAT].view(request.match_info["id"]))
+    return json(await request.app[CHAT].view(request.match_info["id"], current(request).id))
 
 
 async def change_conversation(request: web.Request) -> web.Response:
-    chat = request.app[CHAT]
+    chat, actor = request.app[CHAT], current(request)
     conversation_id = request.match_info["id"]
-    await chat.conversation(conversation_id)
+    await chat.conversation(conversation_id, actor.id)
     change = (await parse(request, ConversationChange)).model_dump(exclude_unset=True)
+    if change.get("model") is not None:
+        actor.check_model(change["model"])
     if "title" in change:
         title = (change.pop("title") or "").strip()
         change.update(title=title or await chat.first_title(conversation_id), title_set=bool(title))
@@ -146,14 +156,14 @@ async def change_conversation(request: web.Request) -> web.Response:
 async def delete_conversation(request: web.Request) -> web.Response:
     chat = request.app[CHAT]
     conversation_id = request.match_info["id"]
-    await chat.conversation(conversation_id)
+    await chat.conversation(conversation_id, current(request).id)
     chat.generations.stop(conversation_id)
     await chat.store.delete_conversation(conversation_id)
     return web.Response(status=204)
 
 
 async def export(request: web.Request) -> web.Response:
-    view = await request.app[CHAT].view(request.match_info["id"])
+    view = await request.app[CHAT].view(request.match_info["id"], current(request).id)
     kind = request.query.get("format", "markdown")
     name = "conversation-" + view["conversation"]["id"]
     if kind == "markdown":
@@ -168,36 +178,32 @@ async def export(request: web.Request) -> web.Response:
     )
 
 
-def _user(request: web.Request) -> str:
-    return user_of(request, tuple(request.app[CHAT].settings.trusted_proxies))
-
-
 async def send(request: web.Request) -> web.Response:
     message = await parse(request, NewMessage)
     chat = request.app[CHAT]
-    result = await chat.send(request.match_info["id"], message.content, message.client_id, user=_user(request))
+    result = await chat.send(request.match_info["id"], message.content, message.client_id, actor=current(request))
     return json(result, 200 if result.get("duplicate") else 202)  # 200: that send was already taken
 
 
 async def regenerate(request: web.Request) -> web.Response:
-    return json(await request.app[CHAT].regenerate(request.match_info["id"], user=_user(request)), 202)
+    return json(await request.app[CHAT].regenerate(request.match_info["id"], actor=current(request)), 202)
 
 
 async def edit(request: web.Request) -> web.Response:
     message = await parse(request, EditedMessage)
-    return json(await request.app[CHAT].edit(request.match_info["id"], message.content, user=_user(request)), 202)
+    return json(await request.app[CHAT].edit(request.match_info["id"], message.content, actor=current(request)), 202)
 
 
 async def continue_reply(request: web.Request) -> web.Response:
-    return json(await request.app[CHAT].continue_reply(request.match_info["id"], user=_user(request)), 202)
+    return json(await request.app[CHAT].continue_reply(request.match_info["id"], actor=current(request)), 202)
 
 
 async def generation(request: web.Request) -> web.Response:
-    return json({"generation": await request.app[CHAT].generation(request.match_info["id"])})
+    return json({"generation": await request.app[CHAT].generation(request.match_info["id"], current(request).id)})
 
 
 async def stop(request: web.Request) -> web.Response:
-    return json(await request.app[CHAT].stop(request.match_info["id"]))
+    return json(await request.app[CHAT].stop(request.match_info["id"], current(request).id))
 
 
 async def search(request: web.Request) -> web.Response:
@@ -206,4 +212,4 @@ async def search(request: web.Request) -> web.Response:
         raise BadRequest("the search text is longer than 200 characters")
     if "\x00" in text:
         raise BadRequest("the search text must not contain a NUL character")
-    return json({"query": text, "results": await request.app[CHAT].store.search(text)})
+    return json({"query": text, "results": await request.app[CHAT].store.search(text, current(request).id)})

@@ -36,7 +36,7 @@ class Job:
 
     id: str
     conversation_id: str
-    user: str
+    owner: str  # the user whose conversation it is: only they may follow it
     message: dict[str, Any]
     status: str = "waiting"
     seq: int = 0

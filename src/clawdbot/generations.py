@@ -187,6 +187,7 @@ class Generations:
         ticket: Ticket,
         *,
         prompt: dict[str, Any] | None = None,
+        owner: str,
     ) -> Generation:
         generation = Generation(reply, body, ticket, prompt=prompt)
         if reply["content"]:  # Continue: the reply goes on from the text it has
@@ -194,7 +195,7 @@ class Generations:
         if reply["thinking"]:
             generation.thinking.append(reply["thinking"])
         self.active[generation.conversation_id] = generation
-        self.log.register(Job(generation.id, generation.conversation_id, ticket.user, reply))
+        self.log.register(Job(generation.id, generation.conversation_id, owner, reply))
         self.admission.watch(ticket, lambda position: self._queued(generation, position))
         self._emit(generation, {"type": "reply.start", "message": dict(reply)})  # the row as it started
         generation.task = asyncio.get_running_loop().create_task(self._run(generation))

@@ -20,9 +20,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .admission import Admission, Overloaded, Ticket, user_of
+from .admission import Admission, Overloaded, Ticket
+from .auth import MODEL_LISTS, check_raw, visible_models
 from .backends import Backend
-from .errors import BackendError
+from .errors import BackendError, Forbidden
+from .identity import Actor
 from .logs import AccessLog
 from .metrics import Metrics
 
@@ -126,9 +128,11 @@ class Relay:
         idle_timeout: float,
         access: AccessLog,
         admission: Admission,
-        trusted_proxies: tuple[str, ...] = (),
+        identity_header: str | None = None,
     ) -> None:
-        self.admission, self.trusted_proxies = admission, trusted_proxies
+        self.admission = admission
+        # The header an auth proxy names users in is ours too: the backend learns no one's identity from us.
+        self.drop = _DROP_REQUEST | ({identity_header.lower()} if identity_header else set())
         self.backend = backend
         self.metrics = metrics
         self.first_byte_timeout = first_byte_timeout
@@ -144,9 +148,13 @@ class Relay:
         ticket: Ticket | None = None
         try:
             body = await request.read()
+            actor: Actor = request["actor"]
+            check_raw(actor, request.path, _models_of(request.path, body) if actor.models is not None else [])
             if request.method == "POST" and request.path in GENERATION:
                 # The same slots and fair queue as the chat page: a script cannot jump the line.
-                ticket = self.admission.enter(user_of(request, self.trusted_proxies))
+                ticket = self.admission.enter(
+                    actor.queue, max_running=actor.max_running, per_minute=actor.requests_per_minute
+                )
                 if not ticket.running:
                     waited = self.clock()
                     await self.admission.wait(ticket)
@@ -154,6 +162,9 @@ class Relay:
                 self.metrics.queue_wait.labels("raw").observe(ex.queued)
             upstream = await self._forward(request, body, ex)
             try:
+                if actor.models is not None and request.path in MODEL_LISTS and upstream.status == 200:
+                    listed = visible_models(await upstream.read(), actor)  # a short list: read whole, shown filtered
+                    return web.Response(body=listed, content_type="application/json")
                 return await self._relay(request, upstream, ex)
             finally:
                 upstream.close()  # a no-op once fully read; otherwise the backend sees the disconnect
@@ -165,7 +176,7 @@ class Relay:
             ex.status = error.status
             ex.fail("rejected", None)
             raise
-        except Overloaded as error:
+        except (Overloaded, Forbidden) as error:
             ex.status = error.status
             ex.fail("rejected", None)
             raise
@@ -178,7 +189,7 @@ class Relay:
             self._finish(ex)
 
     async def _forward(self, request: web.Request, body: bytes, ex: Exchange) -> aiohttp.ClientResponse:
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST)
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in self.drop)
         headers["X-Request-ID"] = ex.request_id
         url = URL(self.backend.url + request.raw_path, encoded=True)
         ex.forwarded = self.clock()
@@ -406,3 +417,17 @@ def _error_frame(framing: str, message: str) -> bytes:
         error = {"message": message, "type": "api_error", "param": None, "code": "backend_error"}
         return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
     return orjson.dumps({"error": message}) + b"\n"
+
+
+def _models_of(path: str, body: bytes) -> list[str]:
+    """The models a raw request names (Ollama's and OpenAI's field alike), for users limited to some models. Ollama
+    reads JSON with Go's encoding/json, which takes "Model" or "MODEL" for "model" too: every spelling counts."""
+    if path.startswith("/v1/models/"):
+        return [path.removeprefix("/v1/models/")]
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(parsed, dict):
+        return []
+    return [v for k, v in parsed.items() if k.lower() in ("model", "name") and isinstance(v, str) and v]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,10 +18,12 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from . import __version__
-from .admission import Overloaded, user_of
+from .admission import Overloaded
+from .auth import AUTH, current
 from .chat import Chat
 from .chatapi import CHAT, EditedMessage, NewMessage, checked
 from .errors import BadRequest, ClawdbotError, Conflict
+from .identity import Actor
 
 _OUTBOX = 4096  # events a client may lag behind before it is disconnected
 
@@ -35,8 +38,9 @@ class Outbox:
     """One client connection's queue of events. `closing` is set when the connection must end: the client fell
     too far behind, or the server is shutting down (`why` is the WebSocket close code and reason)."""
 
-    def __init__(self, send: Callable[[bytes], Awaitable[Any]]) -> None:
+    def __init__(self, send: Callable[[bytes], Awaitable[Any]], actor: Actor) -> None:
         self.send = send
+        self.actor = actor  # whose connection it is: signing out or disabling them closes it
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(_OUTBOX)
         self.closing = asyncio.Event()
         self.why = _BEHIND
@@ -72,6 +76,7 @@ class Outbox:
 
 def routes(app: web.Application) -> None:
     app[OUTBOXES] = set()
+    app.on_startup.append(_close_on_sign_out)
     app.on_shutdown.append(_close_all)
     app.router.add_get("/chat/api/ws", websocket, allow_head=False)
     app.router.add_get("/chat/api/conversations/{id}/events", events, allow_head=False)
@@ -80,10 +85,11 @@ def routes(app: web.Application) -> None:
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[CHAT].settings
+    actor = current(request)  # the upgrade was authenticated (and its Origin checked) like any request
     ws = web.WebSocketResponse(max_msg_size=settings.max_message_chars * 4 + 65536)
     await ws.prepare(request)
     # Text frames: a browser hands a binary frame to the page as a Blob, which JSON.parse cannot read.
-    outbox = Outbox(lambda data: ws.send_frame(data, WSMsgType.TEXT))
+    outbox = Outbox(lambda data: ws.send_frame(data, WSMsgType.TEXT), actor)
     subscribed: set[str] = set()
     hub = request.app[CHAT].generations.hub
     tasks = [
@@ -91,13 +97,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         asyncio.create_task(outbox.beat(settings.heartbeat)),
         asyncio.create_task(_close_when_told(outbox, ws)),
     ]
+    if actor.expires_at is not None:
+        tasks.append(asyncio.create_task(_close_at_expiry(outbox, actor.expires_at)))
     request.app[OUTBOXES].add(outbox)
     outbox.event({"type": "hello", "version": __version__, "heartbeat": settings.heartbeat})
-    user = user_of(request, tuple(settings.trusted_proxies))
     try:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
-                await _command(request, outbox, subscribed, message.data, user)
+                await _command(request, outbox, subscribed, message.data, actor)
             elif message.type == WSMsgType.BINARY:
                 outbox.event(
                     {"type": "error", "ref": None, "code": "bad_request", "status": 400, "message": _TEXT_ONLY}
@@ -120,6 +127,23 @@ async def _close_when_told(outbox: Outbox, ws: web.WebSocketResponse) -> None:
     await ws.close(code=code, message=reason)
 
 
+async def _close_at_expiry(outbox: Outbox, expires_at: int) -> None:
+    """A socket lives no longer than the session that opened it."""
+    await asyncio.sleep(max(0.0, expires_at / 1000 - time.time()))
+    outbox.close((1008, b"signed out: the session has expired"))
+
+
+async def _close_on_sign_out(app: web.Application) -> None:
+    outboxes: set[Outbox] = app[OUTBOXES]
+
+    def close(user_id: str, which: Callable[[Actor], bool], why: tuple[int, bytes]) -> None:
+        for outbox in list(outboxes):
+            if outbox.actor.id == user_id and which(outbox.actor):
+                outbox.close(why)
+
+    app[AUTH].closing.append(close)
+
+
 async def _close_all(app: web.Application) -> None:
     """At shutdown, end every WebSocket and event stream: aiohttp would wait for them (a minute) before the
     gateway could store the replies in flight. Clients reconnect to the next process and resume."""
@@ -128,7 +152,7 @@ async def _close_all(app: web.Application) -> None:
         outbox.close(_RESTARTING)
 
 
-async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], raw: str, user: str) -> None:
+async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], raw: str, actor: Actor) -> None:
     """Run one client command; its answer (or a clear error) goes back on the same socket."""
     chat = request.app[CHAT]
     reference = None
@@ -142,7 +166,7 @@ async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], r
             outbox.event({"type": "pong", "ref": reference})
             return
         if kind == "resume":
-            result = await _resume(chat, outbox, subscribed, command)
+            result = await _resume(chat, outbox, subscribed, command, actor.id)
         else:
             if not isinstance(conversation_id, str):
                 raise BadRequest("conversation_id is required")
@@ -150,12 +174,12 @@ async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], r
                 chat.generations.hub.unsubscribe(conversation_id, outbox)
                 subscribed.discard(conversation_id)
             elif conversation_id not in subscribed:  # listen first, so no event of what the command starts is missed
-                await chat.conversation(conversation_id)
+                await chat.conversation(conversation_id, actor.id)
                 _listen(chat, outbox, subscribed, conversation_id)
                 snapshot = chat.generations.snapshot(conversation_id)
                 if snapshot is not None:
                     outbox.event(snapshot)
-            result = await _run(chat, kind, conversation_id, command, user)
+            result = await _run(chat, kind, conversation_id, command, actor)
         outbox.event({"type": "ack", "ref": reference, "command": kind, **result})
     except orjson.JSONDecodeError:
         outbox.event(
@@ -183,20 +207,22 @@ def _listen(chat: Chat, outbox: Outbox, subscribed: set[str], conversation_id: s
         subscribed.add(conversation_id)
 
 
-async def _resume(chat: Chat, outbox: Outbox, subscribed: set[str], command: dict[str, Any]) -> dict[str, Any]:
+async def _resume(
+    chat: Chat, outbox: Outbox, subscribed: set[str], command: dict[str, Any], owner: str
+) -> dict[str, Any]:
     """`resume`: a reply's events from seq `from` on, then (still running) the live ones, never a second
     generation. A reply that ended a while ago is answered from the database with its final row."""
     reply_id, start = command.get("reply_id"), command.get("from", 1)
     if not isinstance(reply_id, str) or not isinstance(start, int) or isinstance(start, bool) or start < 0:
         raise BadRequest("resume needs reply_id (a string) and from (a sequence number, 1 for all)")
-    job = chat.generations.log.job(reply_id)
+    job = chat.job(reply_id, owner)
     if job is not None:
         # Subscribing and replaying in one step of the event loop: the live events start right after the replay.
         _listen(chat, outbox, subscribed, job.conversation_id)
         for data in chat.generations.log.replay(reply_id, start) or []:
             outbox.push(data)
         return {"reply_id": reply_id, "conversation_id": job.conversation_id, "seq": job.seq, "live": not job.finished}
-    row = await chat.reply(reply_id)
+    row = await chat.reply(reply_id, owner)
     _listen(chat, outbox, subscribed, row["conversation_id"])
     outbox.event(stored_reply(row))
     return {"reply_id": reply_id, "conversation_id": row["conversation_id"], "seq": None, "live": False}
@@ -214,21 +240,21 @@ def stored_reply(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _run(chat: Chat, kind: str, conversation_id: str, command: dict[str, Any], user: str) -> dict[str, Any]:
+async def _run(chat: Chat, kind: str, conversation_id: str, command: dict[str, Any], actor: Actor) -> dict[str, Any]:
     if kind in ("subscribe", "unsubscribe"):
         return {"conversation_id": conversation_id}
     if kind == "send":
         message = checked(NewMessage, {"content": command.get("content"), "client_id": command.get("client_id")})
-        return dict(await chat.send(conversation_id, message.content, message.client_id, user=user))
+        return dict(await chat.send(conversation_id, message.content, message.client_id, actor=actor))
     if kind == "edit":
         edited = checked(EditedMessage, {"content": command.get("content")})
-        return dict(await chat.edit(conversation_id, edited.content, user=user))
+        return dict(await chat.edit(conversation_id, edited.content, actor=actor))
     if kind == "regenerate":
-        return dict(await chat.regenerate(conversation_id, user=user))
+        return dict(await chat.regenerate(conversation_id, actor=actor))
     if kind == "continue":
-        return dict(await chat.continue_reply(conversation_id, user=user))
+        return dict(await chat.continue_reply(conversation_id, actor=actor))
     if kind == "stop":
-        return dict(await chat.stop(conversation_id))
+        return dict(await chat.stop(conversation_id, actor.id))
     raise BadRequest(
         f"unknown command {kind!r}; use subscribe, unsubscribe, resume, send, edit, regenerate, continue, stop or ping"
     )
@@ -237,9 +263,9 @@ async def _run(chat: Chat, kind: str, conversation_id: str, command: dict[str, A
 async def events(request: web.Request) -> web.StreamResponse:
     """The SSE fallback: one conversation's events; the page sends its commands with plain POSTs. A reply's
     events carry `id: <reply id>:<seq>`, so a reconnecting EventSource (Last-Event-ID) gets what it missed."""
-    chat = request.app[CHAT]
+    chat, actor = request.app[CHAT], current(request)
     conversation_id = request.match_info["id"]
-    await chat.conversation(conversation_id)
+    await chat.conversation(conversation_id, actor.id)
     resume = _last_event(request)
     reply_id, _, seq = resume.partition(":")
     log = chat.generations.log
@@ -247,7 +273,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     job = log.job(reply_id) if reply_id else None
     if job is not None and job.conversation_id == conversation_id and seq.isdigit():
         replay = log.replay(reply_id, int(seq) + 1)
-    response, outbox = await _event_stream(request, reply_stream=False)
+    response, outbox = await _event_stream(request, actor, reply_stream=False)
     if replay is not None:
         for data in replay:
             outbox.push(data)
@@ -267,17 +293,22 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def generation_events(request: web.Request) -> web.StreamResponse:
     """One reply's events as SSE (`id: <seq>`), from `?from=N` or after `Last-Event-ID`, then live until it
     ends. A reply that ended a while ago gets its stored row; an unknown id a 404, and nothing is started."""
-    chat = request.app[CHAT]
+    chat, actor = request.app[CHAT], current(request)
     reply_id = request.match_info["id"]
     start = _start(request)
     log = chat.generations.log
-    row = None if log.job(reply_id) is not None else await chat.reply(reply_id)  # NotFound if there is none
-    response, outbox = await _event_stream(request, reply_stream=True)
+    # NotFound if there is none, or it is another user's
+    row = None if chat.job(reply_id, actor.id) is not None else await chat.reply(reply_id, actor.id)
+    response, outbox = await _event_stream(request, actor, reply_stream=True)
     ended = asyncio.Event()
     finished = _Finisher(outbox, ended)
     try:
         if row is not None or not log.follow(reply_id, start, finished):  # ended while the stream opened
-            outbox.event(stored_reply(row or await chat.reply(reply_id)))
+            outbox.event(stored_reply(row or await chat.reply(reply_id, actor.id)))
+            ended.set()
+        elif not ended.is_set() and (job := log.job(reply_id)) is not None and job.finished:
+            # it ended before `start`: nothing more will come, so end as a reply that ended a while ago does
+            outbox.event(stored_reply(await chat.reply(reply_id, actor.id)))
             ended.set()
         waits = [asyncio.ensure_future(ended.wait()), asyncio.ensure_future(outbox.closing.wait())]
         try:
@@ -327,7 +358,7 @@ def _start(request: web.Request) -> int:
     return start
 
 
-async def _event_stream(request: web.Request, *, reply_stream: bool) -> tuple[web.StreamResponse, Outbox]:
+async def _event_stream(request: web.Request, actor: Actor, *, reply_stream: bool) -> tuple[web.StreamResponse, Outbox]:
     settings = request.app[CHAT].settings
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -337,9 +368,11 @@ async def _event_stream(request: web.Request, *, reply_stream: bool) -> tuple[we
     async def send(data: bytes) -> None:
         await response.write(_sse(data, reply_stream))
 
-    outbox = Outbox(send)
+    outbox = Outbox(send, actor)
     outbox.event({"type": "hello", "version": __version__, "heartbeat": settings.heartbeat})
     outbox.tasks = [asyncio.create_task(outbox.drain()), asyncio.create_task(outbox.beat(settings.heartbeat))]
+    if actor.expires_at is not None:
+        outbox.tasks.append(asyncio.create_task(_close_at_expiry(outbox, actor.expires_at)))
     request.app[OUTBOXES].add(outbox)
     return response, outbox
 

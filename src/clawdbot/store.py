@@ -56,6 +56,8 @@ conversations = Table(
     Column("pinned", Boolean, nullable=False),
     Column("created_at", BigInteger, nullable=False),  # milliseconds since the epoch
     Column("updated_at", BigInteger, nullable=False),
+    Column("user_id", String(36)),  # the owner (accounts.users); null only in a database older than 0003
+    Index("conversations_by_user", "user_id", "pinned", "updated_at"),
 )
 
 messages = Table(
@@ -146,6 +148,7 @@ class Store:
     async def create_conversation(
         self,
         *,
+        user_id: str,
         model: str,
         system_prompt: str = "",
         temperature: float | None = None,
@@ -166,6 +169,7 @@ class Store:
             "pinned": False,
             "created_at": stamp,
             "updated_at": stamp,
+            "user_id": user_id,
         }
 
         def query(conn: Connection) -> None:
@@ -174,9 +178,10 @@ class Store:
         await self.write(query)
         return row
 
-    async def list_conversations(self, limit: int = 500) -> list[dict[str, Any]]:
+    async def list_conversations(self, user_id: str, limit: int = 500) -> list[dict[str, Any]]:
         order = (conversations.c.pinned.desc(), conversations.c.updated_at.desc())
-        return await self.read(lambda conn: _rows(conn.execute(select(conversations).order_by(*order).limit(limit))))
+        query = select(conversations).where(conversations.c.user_id == user_id).order_by(*order).limit(limit)
+        return await self.read(lambda conn: _rows(conn.execute(query)))
 
     async def get_conversation(self, conversation_id: str) -> dict[str, Any] | None:
         return await self.read(lambda conn: _conversation(conn, conversation_id))
@@ -243,7 +248,7 @@ class Store:
     async def get_message(self, message_id: str) -> dict[str, Any] | None:
         def query(conn: Connection) -> dict[str, Any] | None:
             found = conn.execute(select(messages).where(messages.c.id == message_id)).mappings().first()
-            return _row(found) if found else None
+            return plain_row(found) if found else None
 
         return await self.read(query)
 
@@ -262,7 +267,7 @@ class Store:
             )
             order = (messages.c.superseded, messages.c.created_at, messages.c.id)
             reply = conn.execute(select(messages).where(after).order_by(*order).limit(1)).mappings().first()
-            return _row(found), _row(reply) if reply else None
+            return plain_row(found), plain_row(reply) if reply else None
 
         return await self.read(query)
 
@@ -321,19 +326,21 @@ class Store:
         return int(await self.write(query))
 
     # ---- search --------------------------------------------------------------------------------------------
-    async def search(self, text: str, limit: int = 50) -> list[dict[str, Any]]:
-        """Conversations whose title or shown messages contain `text` (any case), newest first, with a snippet."""
+    async def search(self, text: str, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The user's conversations whose title or shown messages contain `text` (any case), newest first, with a
+        snippet."""
         needle = text.strip()
         if not needle:
             return []
         pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         titles_query = (
             select(conversations)
-            .where(_like(conversations.c.title, pattern, self.sqlite))
+            .where(conversations.c.user_id == user_id, _like(conversations.c.title, pattern, self.sqlite))
             .order_by(conversations.c.updated_at.desc())
             .limit(limit)
         )
-        hits_query = self._message_query(needle, pattern, limit)
+        mine = select(conversations.c.id).where(conversations.c.user_id == user_id)
+        hits_query = self._message_query(needle, pattern, limit).where(messages.c.conversation_id.in_(mine))
 
         def query(conn: Connection) -> list[dict[str, Any]]:
             found: dict[str, dict[str, Any]] = {}
@@ -400,7 +407,7 @@ def new_message(
 
 def _conversation(conn: Connection, conversation_id: str) -> dict[str, Any] | None:
     found = conn.execute(select(conversations).where(conversations.c.id == conversation_id)).mappings().first()
-    return _row(found) if found else None
+    return plain_row(found) if found else None
 
 
 def _messages(conn: Connection, conversation_id: str) -> list[dict[str, Any]]:
@@ -409,13 +416,13 @@ def _messages(conn: Connection, conversation_id: str) -> list[dict[str, Any]]:
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:
-    return [_row(row) for row in result.mappings()]
+    return [plain_row(row) for row in result.mappings()]
 
 
 _MESSAGE_DEFAULTS = {str(column.name): None for column in messages.columns}
 
 
-def _row(mapping: Any) -> dict[str, Any]:
+def plain_row(mapping: Any) -> dict[str, Any]:
     """A plain dict with plain str keys (SQLAlchemy's quoted_name keys trip orjson)."""
     return {str(key): value for key, value in mapping.items()}
 

@@ -271,11 +271,23 @@ def parse_openai_chat(body: bytes) -> GenRequest:
         )
     if not data.get("messages"):
         raise OllamaError(400, "[] is too short - 'messages'")
+    for name, kind, go_type in (
+        ("messages", list, "[]openai.Message"),
+        ("stream_options", dict, "openai.StreamOptions"),
+        ("reasoning", dict, "openai.Reasoning"),
+    ):
+        value = data.get(name)
+        if value is not None and not isinstance(value, kind):
+            where = f"Go struct field ChatCompletionRequest.{name} of type {go_type}"
+            raise OllamaError(400, f"json: cannot unmarshal {_kind(value)} into {where}")
     messages = []
     for message in data["messages"]:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            parts = [part.get("text", "") for part in content if isinstance(part, dict)]
+            if not all(isinstance(part, str) for part in parts):
+                raise OllamaError(400, "invalid message format")
+            content = "".join(parts)
         if not isinstance(message, dict) or not isinstance(content, str | None):
             raise OllamaError(400, "invalid message format")
         messages.append({"role": str(message.get("role") or "").lower(), "content": content or ""})
