@@ -1,12 +1,16 @@
 // The JSON API under /chat/api. Every failure becomes an ApiError whose message a user can read.
-import type { Conversation, ConversationView, Models, SearchResult, TurnResult } from "./types";
+// Changes carry the session's CSRF token (kept in memory only); a 401 anywhere means the session ended.
+import type { ApiKey, Conversation, ConversationView, Models, SearchResult, Session, TurnResult, User } from "./types";
 
 const BASE = "/chat/api";
+const CHANGES = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
-/** What the server added to an error: where the running reply is (409), when to try again (429, 503). */
+/** What the server added to an error: where the running reply is (409), when to try again (429, 503), whether
+ * the first admin is still to be made (401 from GET /session). */
 export interface ErrorDetails {
   reply_id?: string;
   retry_after?: number;
+  setup?: boolean;
 }
 
 export class ApiError extends Error {
@@ -25,13 +29,42 @@ export class ApiError extends Error {
   }
 }
 
-async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+// ---- the session: its CSRF token and what happens when it ends -------------------------------------------------
+export type SignedOutReason = "expired" | "disabled";
+
+let csrfToken: string | null = null; // never stored: a new tab asks GET /session for it
+let signedOutHandler: ((reason: SignedOutReason) => void) | null = null;
+
+export function setCsrfToken(token: string | null): void {
+  csrfToken = token;
+}
+
+/** Called (by the page) when any answer says the session is gone: a 401, a 403 `disabled`, or a closed socket. */
+export function onSignedOut(handler: (reason: SignedOutReason) => void): void {
+  signedOutHandler = handler;
+}
+
+export function signedOut(reason: SignedOutReason = "expired"): void {
+  signedOutHandler?.(reason);
+}
+
+interface CallOptions {
+  /** The answer's 401 belongs to the caller (a wrong password, the boot's session check): no sign-out. */
+  own401?: boolean;
+  retried?: boolean;
+}
+
+async function call<T>(method: string, path: string, body?: unknown, options: CallOptions = {}): Promise<T> {
+  const headers: Record<string, string> = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (CHANGES.has(method) && csrfToken) headers["X-CSRF-Token"] = csrfToken;
   let response: Response;
   try {
     response = await fetch(BASE + path, {
       method,
-      headers: body === undefined ? {} : { "Content-Type": "application/json" },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "same-origin",
     });
   } catch {
     throw new ApiError("The server cannot be reached. Check your connection and try again.", 0, "network");
@@ -47,10 +80,42 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
   if (!response.ok) {
     const found = data as ({ error?: string; code?: string } & ErrorDetails) | null;
     const message = found?.error ?? `The server answered ${response.status} ${response.statusText}.`;
-    const details = { reply_id: found?.reply_id, retry_after: found?.retry_after };
-    throw new ApiError(message, response.status, found?.code ?? "http_" + response.status, details);
+    const details = { reply_id: found?.reply_id, retry_after: found?.retry_after, setup: found?.setup };
+    const error = new ApiError(message, response.status, found?.code ?? "http_" + response.status, details);
+    // A token that went stale (a new session in another tab): fetch the current one, and try once more.
+    if (error.status === 403 && error.code === "csrf" && !options.retried && CHANGES.has(method)) {
+      if (await refreshCsrfToken()) return call<T>(method, path, body, { ...options, retried: true });
+    }
+    if (!options.own401 && error.status === 401) signedOut("expired");
+    if (!options.own401 && error.status === 403 && error.code === "disabled") signedOut("disabled");
+    throw error;
   }
   return data as T;
+}
+
+/** The session's current CSRF token; false when there is no session any more (and the page was told). */
+async function refreshCsrfToken(): Promise<boolean> {
+  try {
+    setCsrfToken((await call<Session>("GET", "/session")).csrf_token);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** After a connection failed before it opened: is this page still signed in? A 401 also tells the page (and so
+ * answers false); any other failure (the server is down, an older server without accounts) answers true. */
+export async function stillSignedIn(): Promise<boolean> {
+  try {
+    const session = await call<Session>("GET", "/session", undefined, { own401: true });
+    setCsrfToken(session.csrf_token);
+    return true;
+  } catch (error) {
+    if (!(error instanceof ApiError)) return true;
+    const out = error.status === 401 || (error.status === 403 && error.code === "disabled");
+    if (out) signedOut(error.status === 401 ? "expired" : "disabled");
+    return !out;
+  }
 }
 
 const id = (conversationId: string): string => "/conversations/" + encodeURIComponent(conversationId);
@@ -76,7 +141,29 @@ export const api = {
   stop: (conversationId: string) => call<TurnResult>("POST", id(conversationId) + "/stop"),
   search: (query: string) =>
     call<{ query: string; results: SearchResult[] }>("GET", "/search?q=" + encodeURIComponent(query)),
+
+  // accounts (docs/accounts.md)
+  session: () => call<Session>("GET", "/session", undefined, { own401: true }),
+  signIn: (name: string, password: string) =>
+    call<Pick<Session, "user" | "csrf_token">>("POST", "/session", { name, password }, { own401: true }),
+  signOut: () => call<void>("DELETE", "/session"),
+  setup: (token: string, name: string, password: string) =>
+    call<Pick<Session, "user" | "csrf_token">>("POST", "/setup", { token, name, password }, { own401: true }),
+  changePassword: (current: string, next: string) => call<void>("POST", "/password", { current, new: next }),
+  keys: () => call<{ keys: ApiKey[] }>("GET", "/keys"),
+  createKey: (name: string) => call<{ key: ApiKey; secret: string }>("POST", "/keys", { name }),
+  revokeKey: (keyId: string) => call<void>("DELETE", "/keys/" + encodeURIComponent(keyId)),
+  users: () => call<{ users: User[] }>("GET", "/users"),
+  addUser: (name: string, password: string, role: User["role"]) =>
+    call<{ user: User }>("POST", "/users", { name, password, role }),
+  changeUser: (userId: string, change: UserChange) =>
+    call<{ user: User }>("PATCH", "/users/" + encodeURIComponent(userId), change),
 };
+
+/** What an admin may change about a user; null clears a limit (models: null is every model). */
+export type UserChange = Partial<
+  Pick<User, "disabled" | "role" | "max_running" | "requests_per_minute" | "models"> & { password: string }
+>;
 
 export function exportUrl(conversationId: string, format: "markdown" | "json"): string {
   return `${BASE}${id(conversationId)}/export?format=${format}`;
@@ -103,6 +190,8 @@ export function plain(error: unknown): string {
 
 /** 429 and 503 (the queue is full): when to try again, rather than the server's sentence about queue sizes. */
 function busy(code: string, seconds: number): string {
+  if (code === "too_many_attempts") return `Too many attempts; try again in ${seconds} s.`;
+  if (code === "rate_limited") return `You have reached your limit of requests per minute; try again in ${seconds} s.`;
   const yours = code === "too_many_waiting" ? " and you already have replies waiting" : "";
   return `The model is busy${yours}; try again in ${seconds} s.`;
 }

@@ -1,50 +1,53 @@
-// The page's wiring: routing by URL hash, the open conversation, the transport's events, and the user's actions.
+// The page's wiring: routing by URL hash, the open conversation, and the user's actions on it.
+import { AccountMenu } from "./account";
+import { AdminPanel } from "./admin";
 import { api, ApiError } from "./api";
-import type { Settings } from "./api";
 import { Composer } from "./composer";
 import { byId, copyText, flash } from "./dom";
+import { drawer, wireFrame } from "./frame";
 import { Header } from "./header";
-import { fillIcons } from "./icons";
-import type { LinkState } from "./link";
+import { Live } from "./live";
 import { plainText } from "./markdown";
 import type { MessageView } from "./message";
-import { Alert } from "./notify";
+import { ModelSettings } from "./model-settings";
+import { Alert, Toast } from "./notify";
 import { untilAnswered } from "./retry";
-import { SettingsPanel } from "./settings";
-import type { ConversationSettings } from "./settings";
 import { href, Sidebar, UNTITLED } from "./sidebar";
-import { toggleTheme } from "./theme";
 import { Thread } from "./thread";
 import type { Action } from "./thread";
-import { connect } from "./transport";
-import type { Transport } from "./link";
-import type { Conversation, ConversationView, Models, ServerEvent, TurnResult } from "./types";
+import type { Conversation, ConversationView, Session, TurnResult, User } from "./types";
 
-const REFRESH_DELAY_MS = 300;
+/** What the page around the chat (main.ts) does for it. */
+export interface AppHooks {
+  signOut(): void;
+}
 
 export class App {
   private readonly alert = new Alert();
+  private readonly toast = new Toast();
   private readonly announcer = byId("announcer");
-  private readonly header = new Header((name) => void this.pickModel(name));
+  private readonly header = new Header((name) => void this.modelSettings.pickModel(name));
   private readonly composer = new Composer({ send: (text) => this.send(text), stop: () => void this.stop() });
-  private readonly settings = new SettingsPanel((settings) => this.saveSettings(settings));
+  private readonly modelSettings = new ModelSettings(this.header, this.alert, {
+    conversation: () => this.conversation,
+    changed: (conversation) => (this.conversation = conversation),
+    reload: () => this.reload(),
+  });
   private readonly thread: Thread;
   private readonly sidebar: Sidebar;
-  private readonly transport: Transport;
-  private models: Models | null = null;
+  private readonly account: AccountMenu;
+  private readonly admin: AdminPanel;
+  private readonly live: Live;
+  private session: Session | null = null;
   private conversation: Conversation | null = null;
-  private draft: Settings = {}; // settings of the conversation that the first send creates
   private opening = 0; // a newer navigation makes an older one's late answer irrelevant
-  private refreshTimer: number | undefined;
-  private resyncTimer: number | undefined;
-  private readonly resuming = new Set<string>(); // replies whose missing events were asked for and not yet answered
 
-  constructor() {
+  constructor(hooks: AppHooks) {
     this.thread = new Thread(byId("messages"), byId("scroller"), {
       busyChanged: (busy) => this.composer.setBusy(busy),
       replyFinished: (view, watched) => this.finished(view, watched),
       action: (action, view) => void this.act(action, view),
-      lostTrack: (replyId, from) => void this.resume(replyId, from),
+      lostTrack: (replyId, from) => void this.live.resume(replyId, from),
       error: (error) => this.alert.show(error),
     });
     this.sidebar = new Sidebar({
@@ -52,41 +55,100 @@ export class App {
       changed: (conversation) => conversation.id === this.conversation?.id && this.showTitle(conversation),
       error: (error) => this.alert.show(error),
     });
-    const forceSse = new URLSearchParams(location.search).get("transport") === "sse";
-    this.transport = connect(
+    this.live = new Live(this.thread, this.sidebar, this.header, {
+      conversationId: () => this.conversation?.id,
+      reload: () => this.reload(),
+    });
+    this.account = new AccountMenu({ admin: () => this.openAdmin(), signOut: () => hooks.signOut() }, this.toast);
+    this.admin = new AdminPanel(
       {
-        event: (event) => this.event(event),
-        state: (state, kind) => this.linkState(state, kind),
-        resumePoint: () => this.thread.resumePoint(),
-        reconnected: (resumed) => (resumed ? void this.sidebar.refresh() : this.refreshSoon()),
+        changedSelf: (user) => this.changedSelf(user),
+        closed: () => {
+          if (location.pathname === "/chat/admin") history.replaceState(null, "", "/chat" + location.hash);
+        },
       },
-      forceSse,
+      this.toast,
     );
   }
 
-  async start(): Promise<void> {
-    fillIcons(document);
+  async start(session: Session): Promise<void> {
+    this.signedIn(session);
     this.wire();
     window.addEventListener("hashchange", () => void this.route());
     window.addEventListener("popstate", () => void this.route());
-    await Promise.all([this.loadModels(), this.sidebar.refresh(), this.route()]);
+    this.live.open();
+    byId("app").hidden = false;
+    await Promise.all([this.modelSettings.loadModels(), this.sidebar.refresh(), this.route()]);
     this.composer.focus();
   }
 
+  /** Signed out: no connection, nothing shown. The typed draft stays in the composer unless `forget`: a sign-out
+   * on purpose leaves nothing of this user's in the page for the next person. returned() goes on. */
+  suspend(forget: boolean): void {
+    this.live.close();
+    this.admin.close();
+    for (const dialog of document.querySelectorAll<HTMLDialogElement>("dialog[open]")) dialog.close();
+    drawer(false);
+    this.alert.hide();
+    byId("app").hidden = true;
+    if (forget) {
+      this.composer.input.value = "";
+      this.sidebar.clear();
+      this.newChat();
+      if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+    }
+  }
+
+  /** Signed in again, after suspend(): the same person goes on where they were; another starts afresh. */
+  async returned(session: Session): Promise<void> {
+    const someoneElse = this.session?.user.id !== session.user.id;
+    this.signedIn(session);
+    this.showTitle(this.conversation); // the login view's title goes
+    if (someoneElse) {
+      this.sidebar.clear();
+      this.newChat();
+      if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+    }
+    this.live.open();
+    byId("app").hidden = false;
+    const reopen = async (): Promise<void> => {
+      const id = this.conversation?.id;
+      if (!id) return;
+      await this.live.link.watch(id);
+      await this.reload();
+    };
+    await Promise.all([this.modelSettings.loadModels(), this.sidebar.refresh(), reopen()]);
+    this.composer.focus();
+  }
+
+  /** The signed-in person's name, where they signed in with a password. */
+  get userName(): string | null {
+    return this.session?.via === "session" ? this.session.user.name : null;
+  }
+
+  private signedIn(session: Session): void {
+    this.session = session;
+    this.account.set(session);
+  }
+
+  openAdmin(): void {
+    if (this.session?.user.role !== "admin") return;
+    if (location.pathname !== "/chat/admin") history.replaceState(null, "", "/chat/admin" + location.hash);
+    this.admin.open(this.session.user.id);
+  }
+
+  private changedSelf(user: User): void {
+    if (!this.session) return;
+    this.signedIn({ ...this.session, user });
+    if (user.role !== "admin") this.admin.close();
+  }
+
   private wire(): void {
-    byId("new-chat").addEventListener("click", () => this.navigate(null));
-    byId("theme").addEventListener("click", () => toggleTheme());
-    byId("settings-open").addEventListener("click", () => this.openSettings());
-    byId("drawer-open").addEventListener("click", () => this.drawer(true));
-    byId("drawer-close").addEventListener("click", () => this.drawer(false));
-    byId("backdrop").addEventListener("click", () => this.drawer(false));
-    byId("sidebar").addEventListener("click", (event) => {
-      if ((event.target as Element).closest("a.conv-link")) this.drawer(false);
-    });
-    document.addEventListener("keydown", (event) => {
-      if (event.key !== "Escape" || event.defaultPrevented || document.querySelector("dialog[open]")) return;
-      if (document.body.classList.contains("drawer-open")) this.drawer(false);
-      else if (this.thread.isBusy) void this.stop();
+    wireFrame({
+      newChat: () => this.navigate(null),
+      openSettings: () => this.modelSettings.openSettings(),
+      busy: () => this.thread.isBusy,
+      stop: () => void this.stop(),
     });
   }
 
@@ -106,12 +168,12 @@ export class App {
   private async route(): Promise<void> {
     const wanted = this.conversationInUrl();
     if (wanted === (this.conversation?.id ?? null) && wanted === this.thread.conversationId) return;
-    this.drawer(false);
+    drawer(false);
     if (!wanted) return this.newChat();
     const round = ++this.opening;
     this.thread.reset(wanted, true);
     try {
-      await this.transport.watch(wanted); // listen before reading, so nothing between the two is missed
+      await this.live.link.watch(wanted); // listen before reading, so nothing between the two is missed
       const view = await api.view(wanted);
       if (round === this.opening) this.show(view);
     } catch (error) {
@@ -125,12 +187,12 @@ export class App {
   private newChat(): void {
     this.opening++;
     this.conversation = null;
-    this.draft = {};
+    this.modelSettings.draft = {};
     this.thread.reset(null);
-    void this.transport.watch(null);
+    void this.live.current?.watch(null);
     this.header.setContext(null);
     this.sidebar.setCurrent(null);
-    this.syncModel();
+    this.modelSettings.syncModel();
     this.showTitle(null);
   }
 
@@ -139,7 +201,7 @@ export class App {
     this.thread.load(view);
     this.header.setContext(view.context);
     this.sidebar.setCurrent(view.conversation.id);
-    this.syncModel();
+    this.modelSettings.syncModel();
     this.showTitle(view.conversation);
   }
 
@@ -149,15 +211,6 @@ export class App {
   }
 
   // ---- live events -----------------------------------------------------------------------------------------
-  private event(event: ServerEvent): void {
-    this.thread.apply(event);
-    if (event.type === "message.new" || event.type === "reply.done") {
-      window.clearTimeout(this.refreshTimer);
-      this.refreshTimer = window.setTimeout(() => void this.sidebar.refresh(), REFRESH_DELAY_MS);
-    }
-    if (event.type === "reply.done" && event.conversation_id === this.conversation?.id) void this.reload();
-  }
-
   /** Re-read the open conversation: its context use after a reply, or everything after a lost connection. */
   private async reload(): Promise<void> {
     const id = this.conversation?.id;
@@ -170,29 +223,6 @@ export class App {
     }
   }
 
-  /** A gap in a reply's events: ask for the rest of them once (however many arrive out of order meanwhile). */
-  private async resume(replyId: string, from: number): Promise<void> {
-    if (this.resuming.has(replyId)) return;
-    this.resuming.add(replyId);
-    try {
-      await this.transport.resume(replyId, from);
-    } catch {
-      this.refreshSoon(); // the reply is not known to this server any more: its stored row is in the conversation
-    } finally {
-      this.resuming.delete(replyId);
-    }
-  }
-
-  /** Coalesced: a burst of changes asks for one reload, not one each. */
-  private refreshSoon(): void {
-    if (this.resyncTimer !== undefined) return;
-    this.resyncTimer = window.setTimeout(() => {
-      this.resyncTimer = undefined;
-      void this.reload();
-      void this.sidebar.refresh();
-    }, 50);
-  }
-
   private finished(view: MessageView, watched: boolean): void {
     if (!watched) return;
     // The streaming message is no live region (it would be read token by token); the finished text is read once.
@@ -203,11 +233,6 @@ export class App {
     else this.announcer.textContent = `Reply ${m.status}: ${m.error ?? ""}`;
   }
 
-  private linkState(state: LinkState, kind: Transport["kind"]): void {
-    this.header.setLink(state);
-    document.body.dataset.transport = kind; // which transport is in use, for people debugging a proxy (and tests)
-  }
-
   // ---- what the user does ----------------------------------------------------------------------------------
   /** One client id per message: a send the connection dropped is repeated with it, and the server answers the
    * repeat with the first one's message and reply (`duplicate`), never storing the message twice. */
@@ -215,7 +240,7 @@ export class App {
     const fields = { content: text, client_id: clientId() };
     try {
       const conversation = this.conversation ?? (await this.create());
-      this.took(await untilAnswered(() => this.transport.command("send", conversation.id, fields)));
+      this.took(await untilAnswered(() => this.live.link.command("send", conversation.id, fields)));
       this.thread.scrollToEnd();
       return true;
     } catch (error) {
@@ -226,12 +251,15 @@ export class App {
 
   /** The first send creates the conversation, with the model and settings chosen so far. */
   private async create(): Promise<Conversation> {
-    const { conversation } = await api.create({ ...this.draft, model: this.header.picker.value || undefined });
+    const { conversation } = await api.create({
+      ...this.modelSettings.draft,
+      model: this.header.picker.value || undefined,
+    });
     this.opening++;
     this.conversation = conversation;
     this.thread.reset(conversation.id);
     history.replaceState(null, "", href(conversation.id));
-    await this.transport.watch(conversation.id);
+    await this.live.link.watch(conversation.id);
     this.sidebar.setCurrent(conversation.id);
     void this.sidebar.refresh();
     return conversation;
@@ -245,7 +273,7 @@ export class App {
   private async stop(): Promise<void> {
     if (!this.conversation) return;
     try {
-      await this.transport.command("stop", this.conversation.id);
+      await this.live.link.command("stop", this.conversation.id);
     } catch (error) {
       this.alert.show(error);
     }
@@ -257,11 +285,11 @@ export class App {
       const button = view.element.querySelector<HTMLElement>("[data-action=copy]")!;
       copyText(view.message.content).then(() => flash(button, "Copied"), (error) => this.alert.show(error));
     } else if (action === "regenerate" && id) {
-      await this.command(() => this.transport.command("regenerate", id));
+      await this.command(() => this.live.link.command("regenerate", id));
     } else if (action === "continue" && id) {
-      await this.command(() => this.transport.command("continue", id));
+      await this.command(() => this.live.link.command("continue", id));
     } else if (action === "edit" && id) {
-      view.beginEdit((text) => this.command(() => this.transport.command("edit", id, { content: text })));
+      view.beginEdit((text) => this.command(() => this.live.link.command("edit", id, { content: text })));
     }
   }
 
@@ -281,70 +309,7 @@ export class App {
     this.alert.show(error);
     const running = error instanceof ApiError ? error.details.reply_id : undefined;
     const shown = this.thread.resumePoint();
-    if (running && shown?.reply_id !== running) void this.resume(running, 1);
-  }
-
-  private async loadModels(): Promise<void> {
-    try {
-      this.models = await api.models();
-    } catch (error) {
-      this.alert.show(error);
-      return;
-    }
-    this.syncModel();
-  }
-
-  private syncModel(): void {
-    if (!this.models) return;
-    const selected = this.conversation?.model ?? this.draft.model ?? this.models.default;
-    this.header.setModels(this.models, selected);
-    const note = this.models.reachable ? "" : " The model server cannot be reached right now.";
-    byId("empty-model").textContent = `Chatting with ${selected}.${note}`;
-  }
-
-  private async pickModel(name: string): Promise<void> {
-    if (!this.conversation) {
-      this.draft.model = name;
-      this.syncModel();
-      return;
-    }
-    try {
-      this.conversation = (await api.change(this.conversation.id, { model: name })).conversation;
-    } catch (error) {
-      this.alert.show(error);
-    }
-    this.syncModel();
-  }
-
-  private openSettings(): void {
-    const d = this.draft;
-    const values: ConversationSettings = this.conversation ?? {
-      system_prompt: d.system_prompt ?? "",
-      temperature: d.temperature ?? null,
-      num_ctx: d.num_ctx ?? null,
-      think: d.think ?? null,
-    };
-    this.settings.open(values, this.conversation?.id ?? null, this.models?.num_ctx ?? 8192);
-  }
-
-  private async saveSettings(settings: Settings): Promise<boolean> {
-    if (!this.conversation) {
-      this.draft = { ...this.draft, ...settings };
-      return true;
-    }
-    try {
-      this.conversation = (await api.change(this.conversation.id, settings)).conversation;
-      void this.reload(); // num_ctx changes how full the context is
-      return true;
-    } catch (error) {
-      this.alert.show(error);
-      return false;
-    }
-  }
-
-  private drawer(open: boolean): void {
-    document.body.classList.toggle("drawer-open", open);
-    byId("drawer-open").setAttribute("aria-expanded", String(open));
+    if (running && shown?.reply_id !== running) void this.live.resume(running, 1);
   }
 }
 

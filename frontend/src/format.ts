@@ -54,3 +54,12 @@ export function ordinal(n: number): string {
   const suffix = teen ? "th" : ({ 1: "st", 2: "nd", 3: "rd" } as Record<number, string>)[n % 10] ?? "th";
   return `${n}${suffix}`;
 }
+
+const day = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "short", day: "numeric" });
+
+/** A date in a table ("Mar 3, 2026, 14:05" or, for today, "14:05"); `never` for none. */
+export function when(ms: number | null | undefined, never = "never"): string {
+  if (ms == null) return never;
+  const at = new Date(ms);
+  return new Date().toDateString() === at.toDateString() ? clock.format(at) : `${day.format(at)}, ${clock.format(at)}`;
+}

@@ -21,6 +21,11 @@ const PATHS = {
   download: "M12 4v12M6 10l6 6 6-6M4 20h16",
   close: "M6 6l12 12M18 6L6 18",
   check: "M5 12l5 5 9-11",
+  user: "M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8zM4 21a8 8 0 0 1 16 0",
+  key: "M8 16a4 4 0 1 0 0-8 4 4 0 0 0 0 8zM12 12h9M18 12v3M21 12v2",
+  lock: "M6 11h12v10H6zM8.5 11V7.5a3.5 3.5 0 0 1 7 0V11",
+  shield: "M12 3l8 3v6c0 4.5-3.5 8-8 9-4.5-1-8-4.5-8-9V6z",
+  logout: "M10 4H5v16h5M15 8l4 4-4 4M19 12H9",
 } as const;
 
 export type IconName = keyof typeof PATHS;

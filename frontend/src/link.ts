@@ -18,6 +18,9 @@ export interface Hooks {
   /** The link came back after a loss. `resumed`: the reply in flight continues from where it stopped, so only
    * the sidebar is stale; otherwise events may have been missed and the page reloads what it shows. */
   reconnected(resumed: boolean): void;
+  /** A connection failed before it opened, or was closed for policy (1008): resolves false when that is because
+   * the session ended (the page has been told then, and the transport stops), true when it is worth trying again. */
+  stillSignedIn(): Promise<boolean>;
 }
 
 export interface CommandFields {

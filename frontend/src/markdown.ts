@@ -24,18 +24,32 @@ function escape(text: string): string {
   return text.replace(/[&<>"']/g, (c) => ENTITIES[c]);
 }
 
+// Only what marked makes from Markdown, in HTML's namespace. Raw HTML reaches this escaped, so this is the second
+// line, and it must hold alone: DOMPurify's defaults keep elements and attributes that load from elsewhere by
+// themselves (<video poster>, <table background>, <picture><source srcset>), SVG and MathML (the home of
+// namespace-confusion mXSS), forms and inline styles.
 const PURIFY: Config & { RETURN_DOM_FRAGMENT: true } = {
   RETURN_DOM_FRAGMENT: true,
-  FORBID_TAGS: ["style", "form", "button", "textarea", "select", "option", "iframe", "object", "embed"],
-  FORBID_ATTR: ["style"],
+  ALLOWED_TAGS: [
+    ...["p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "ul", "ol", "li", "input"],
+    ...["table", "thead", "tbody", "tr", "th", "td", "pre", "code", "em", "strong", "del", "a", "img"],
+  ],
+  ALLOWED_ATTR: ["href", "title", "src", "alt", "class", "start", "align", "type", "checked", "disabled"],
   SANITIZE_NAMED_PROPS: true,
 };
 
-// Links in a reply open elsewhere and tell the target nothing about this page.
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-  if (node instanceof Element && node.tagName === "A" && node.hasAttribute("href")) {
+  if (!(node instanceof Element)) return;
+  // Links in a reply open elsewhere and tell the target nothing about this page.
+  if (node.tagName === "A" && node.hasAttribute("href")) {
     node.setAttribute("target", "_blank");
     node.setAttribute("rel", "noopener noreferrer");
+  }
+  // Only an image has a source (replaceImages vets it), and an input is a task list's checkbox, nothing else.
+  if (node.tagName !== "IMG") node.removeAttribute("src");
+  if (node.tagName === "INPUT") {
+    node.setAttribute("type", "checkbox");
+    node.setAttribute("disabled", "");
   }
 });
 

@@ -58,6 +58,18 @@ export class Sidebar {
     if (!this.renaming) this.render();
   }
 
+  /** Signed out: nothing of the previous user's stays in the list or the search. */
+  clear(): void {
+    this.conversations = [];
+    this.current = null;
+    this.search.value = "";
+    this.results.replaceChildren();
+    this.results.hidden = true;
+    this.list.hidden = false;
+    this.searchRound++;
+    this.render();
+  }
+
   setCurrent(conversationId: string | null): void {
     this.current = conversationId;
     for (const item of this.list.children) {

@@ -8,6 +8,8 @@ const FAILURES_BEFORE_FALLBACK = 2;
 const CONNECT_TIMEOUT_MS = 10_000;
 const COMMAND_WAIT_MS = 15_000;
 const decoder = new TextDecoder();
+/** The close code the server ends a signed-out or disabled user's sockets with. */
+const POLICY_VIOLATION = 1008;
 
 interface Pending {
   resolve(result: TurnResult): void;
@@ -70,8 +72,10 @@ export class SocketTransport implements Transport {
     socket.binaryType = "arraybuffer"; // events are JSON in text frames; binary ones are decoded the same way
     this.socket = socket;
     this.watchdog.feed(CONNECT_TIMEOUT_MS);
+    let opened = false;
+    socket.onopen = () => (opened = true);
     socket.onmessage = (message) => this.receive(message.data);
-    socket.onclose = () => this.lost(socket);
+    socket.onclose = (event) => this.lost(socket, event.code, opened);
   }
 
   private receive(data: unknown): void {
@@ -138,7 +142,9 @@ export class SocketTransport implements Transport {
     this.lost(socket);
   }
 
-  private lost(socket: WebSocket): void {
+  /** `opened` false: the upgrade itself failed, which a browser does not explain (a 401 and a dead server look
+   * alike), so the session is checked before trying again, as after a close with 1008. */
+  private lost(socket: WebSocket, code = 1006, opened = true): void {
     if (socket !== this.socket) return;
     this.socket = null;
     this.live = false;
@@ -148,6 +154,19 @@ export class SocketTransport implements Transport {
     }
     this.pending.clear();
     if (this.closed) return;
+    if (opened && code !== POLICY_VIOLATION) {
+      this.again();
+      return;
+    }
+    // Closed for policy (the server signs a user's sockets out when their session, password, keys or account
+    // change) or never opened: the session decides. Ended, the page shows the login view instead of retrying.
+    void this.hooks.stillSignedIn().then((signedIn) => {
+      if (!signedIn) this.close();
+      else if (!this.closed && this.socket === null) this.again(); // unless a wake-up opened one meanwhile
+    });
+  }
+
+  private again(): void {
     if (!this.everLive && ++this.failures >= FAILURES_BEFORE_FALLBACK) {
       this.fallback();
       return;

@@ -61,8 +61,15 @@ export class SseTransport implements Transport {
     this.watchdog.feed(CONNECT_TIMEOUT_MS);
     source.onmessage = (message: MessageEvent<string>) => this.receive(JSON.parse(message.data) as ServerEvent);
     source.onerror = () => {
-      if (source.readyState === EventSource.CLOSED) this.reopen();
-      else this.hooks.state("reconnecting", this.kind);
+      if (source.readyState !== EventSource.CLOSED) {
+        this.hooks.state("reconnecting", this.kind);
+        return;
+      }
+      // An error status (a 401 among them) closes the stream for good: reopen only if still signed in.
+      this.hooks.state("reconnecting", this.kind);
+      void this.hooks.stillSignedIn().then((signedIn) => {
+        if (signedIn && source === this.source) this.reopen();
+      });
     };
     return new Promise((resolve) => {
       const timer = window.setTimeout(resolve, CONNECT_TIMEOUT_MS);

@@ -144,3 +144,37 @@ export interface TurnResult {
 }
 
 export type CommandName = "send" | "edit" | "regenerate" | "continue" | "stop";
+
+// ---- accounts (docs/accounts.md) --------------------------------------------------------------------------------
+
+export type UserRole = "admin" | "user";
+
+export interface User {
+  id: string;
+  name: string;
+  role: UserRole;
+  disabled: boolean;
+  sso: boolean;
+  max_running: number | null;
+  requests_per_minute: number | null;
+  models: string[] | null; // null: every model
+  created_at: number;
+  last_login_at: number | null;
+}
+
+/** How this page is signed in: a session cookie, a key, the proxy's trusted header, or nobody (`--no-auth`). */
+export type Via = "session" | "key" | "sso" | "none";
+
+export interface Session {
+  user: User;
+  csrf_token: string | null; // null with --no-auth: nothing to protect
+  via: Via;
+}
+
+export interface ApiKey {
+  id: string;
+  name: string;
+  prefix: string;
+  created_at: number;
+  last_used_at: number | null;
+}
