@@ -25,7 +25,9 @@ class Gateway:
     """One `clawdbot serve` on a fixed data dir (and database); killed and started again on the same port."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        self.args, self.log = args, log
+        # Without accounts unless asked for (it listens on 127.0.0.1 only): what is measured is not the key check.
+        self.args = args if "--auth" in args or "--no-auth" in args else [*args, "--no-auth"]
+        self.log = log
         self.proc: subprocess.Popen[str] | None = None
         self.url, self.port, self.starts = "", 0, 0
 

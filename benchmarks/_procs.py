@@ -1,4 +1,5 @@
-"""Starting clawdbot processes and reading their CPU time and memory from /proc, for the benchmark scripts."""
+"""Starting clawdbot processes, reading their CPU time and memory from /proc, and making a user and an API key,
+for the benchmark scripts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import httpx
 
 CLAWDBOT = [sys.executable, "-m", "clawdbot"]
 _URL = re.compile(r"http://127\.0\.0\.1:(\d+)")
@@ -48,3 +51,24 @@ class PeakRss(threading.Thread):
         while self.running:
             self.peak = max(self.peak, rss_mib(self.pid))
             time.sleep(0.2)
+
+
+# ---- accounts (a gateway started with --auth) -----------------------------------------------------------------------
+def add_user(data_dir: str, name: str, password: str, *, admin: bool = False) -> None:
+    """`clawdbot user add NAME --password-stdin` on the gateway's data directory."""
+    command = [*CLAWDBOT, "user", "add", name, "--password-stdin", "--data-dir", data_dir, *(["--admin"] * admin)]
+    done = subprocess.run(command, input=password + "\n", capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise SystemExit(f"could not create user {name}: {done.stderr}")
+
+
+def new_key(gateway: str, name: str, password: str) -> str:
+    """Sign in as NAME and make an API key; its secret (cbk_…)."""
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        answer = client.post("/chat/api/session", json={"name": name, "password": password})
+        answer.raise_for_status()
+        csrf = {"X-CSRF-Token": answer.json()["csrf_token"]}
+        made = client.post("/chat/api/keys", json={"name": "bench"}, headers=csrf)
+        made.raise_for_status()
+        secret: str = made.json()["secret"]
+        return secret

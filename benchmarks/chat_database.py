@@ -184,6 +184,7 @@ def measure(
             NUM_CTX,
             "--max-running",
             "4096",
+            "--no-auth",  # it listens on 127.0.0.1 only; what is measured is the chat path, not key checks
             *extra,
         ],
         own,

@@ -618,6 +618,7 @@ async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="clawdbot-durability-") as tmp:
         data_dir = Path(tmp) / "data"
         args.gateway_args = ["--ollama-url", sim_url, "--data-dir", str(data_dir), "--max-running", str(args.slots)]
+        args.gateway_args += ["--no-auth"]  # on 127.0.0.1: accounts are not what this measures
         try:
             await load_model(sim_url)
             if args.database == "postgresql":

@@ -336,7 +336,8 @@ def count_user_messages(path: Path) -> int:
 
 
 def gateway_args(args: argparse.Namespace, sim_url: str, data_dir: Path) -> list[str]:
-    return ["--ollama-url", sim_url, "--data-dir", str(data_dir), "--max-running", str(args.slots)]
+    # Without accounts (on 127.0.0.1): the users are told apart by address, as the gateway's fairness does then.
+    return ["--ollama-url", sim_url, "--data-dir", str(data_dir), "--max-running", str(args.slots), "--no-auth"]
 
 
 def session() -> aiohttp.ClientSession:
@@ -443,7 +444,7 @@ async def run(args: argparse.Namespace) -> int:
     problems = verdict(queues, limits, args.slots)
     print()
     print(f"simulator: clawdbot {' '.join(sim_args)} (every reply scripted to {args.reply_tokens} tokens)")
-    print(f"gateway:   clawdbot serve --max-running {args.slots} [--max-queue-per-user 10 | --max-queue 8]")
+    print(f"gateway:   clawdbot serve --max-running {args.slots} --no-auth [--max-queue-per-user 10 | --max-queue 8]")
     for problem in problems:
         print(f"  problem: {problem}")
     print("RESULT: " + ("FAILED" if problems else "fair queueing and admission limits held"))

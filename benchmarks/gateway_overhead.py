@@ -6,7 +6,12 @@ gateway), reads the gateway's CPU time and RSS from /proc and its relayed-chunk 
 Markdown table plus every command it ran. With --pin (default on 2+ CPUs) the gateway gets CPU 1 to itself and the
 simulator and the bench client share CPU 0, in both runs, so the difference is the gateway's own latency.
 
+The gateway runs without accounts (--no-auth; it listens on 127.0.0.1 only). With --auth it runs with accounts
+on: a user and an API key are made before the first level, and the bench through the gateway sends the key (the
+direct run sends none), so the difference between the two also holds what checking the key costs.
+
     uv run python benchmarks/gateway_overhead.py --levels 87,500,1000 --duration 20
+    uv run python benchmarks/gateway_overhead.py --levels 200 --duration 20 --auth
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shlex
 import subprocess
 import sys
@@ -23,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _procs import PeakRss, cpu_seconds, start
+from _procs import PeakRss, add_user, cpu_seconds, new_key, start
 
 
 def scrape(gateway: str) -> tuple[float, dict[float, float]]:
@@ -47,7 +53,9 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     return "–"
 
 
-def bench(url: str, users: int, args: argparse.Namespace, cpus: str | None, out: Path) -> tuple[dict[str, Any], str]:
+def bench(
+    url: str, users: int, args: argparse.Namespace, cpus: str | None, out: Path, key: str | None = None
+) -> tuple[dict[str, Any], str]:
     command = [
         "clawdbot",
         "bench",
@@ -70,8 +78,15 @@ def bench(url: str, users: int, args: argparse.Namespace, cpus: str | None, out:
         str(out),
     ]
     prefix = ["taskset", "-c", cpus] if cpus else []
-    subprocess.run([*prefix, sys.executable, "-m", "clawdbot", *command[1:]], check=True, stdout=subprocess.DEVNULL)
+    # The key goes in the environment, not the command line (which the process list shows).
+    env = {name: value for name, value in os.environ.items() if name != "CLAWDBOT_API_KEY"}
+    if key:
+        env["CLAWDBOT_API_KEY"] = key
+    subprocess.run(
+        [*prefix, sys.executable, "-m", "clawdbot", *command[1:]], check=True, stdout=subprocess.DEVNULL, env=env
+    )
     shown = " ".join(shlex.quote(part) for part in [*prefix, *command])
+    shown = f"CLAWDBOT_API_KEY=cbk_… {shown}" if key else shown
     return json.loads(out.read_text())["levels"][0], shown
 
 
@@ -84,11 +99,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2)
     parser.add_argument("--json", type=Path, help="write all figures here")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="accounts on: the bench through the gateway sends an API key made for the run (default: --no-auth)",
+    )
     args = parser.parse_args()
     shared, own = ("0", "1") if args.pin else (None, None)
     sim, sim_url = start(
         ["simulate", "--port", "0", "--tokens-per-second", "20", "--num-parallel", "0", "--keep-alive", "-1s"], shared
     )
+    data_dir, key, password = tempfile.mkdtemp(), None, secrets.token_urlsafe(16)
+    if args.auth:  # the user exists before the gateway starts (an admin, so no setup link is printed)
+        add_user(data_dir, "bench", password, admin=True)
     gw, gw_url = start(
         # Unlimited slots behind: no generation may wait in the gateway's queue either (what is measured is the relay).
         [
@@ -101,12 +124,14 @@ def main() -> None:
             "--max-running",
             "4096",
             "--data-dir",
-            tempfile.mkdtemp(),
+            data_dir,
+            "--auth" if args.auth else "--no-auth",
         ],
         own,
     )
     rows, commands = [], []
     try:
+        key = new_key(gw_url, "bench", password) if args.auth else None
         with tempfile.TemporaryDirectory() as tmp:
             for users in (int(level) for level in args.levels.split(",")):
                 sim_cpu0 = cpu_seconds(sim.pid)
@@ -115,7 +140,7 @@ def main() -> None:
                 (chunks0, hist0), gw_cpu0 = scrape(gw_url), cpu_seconds(gw.pid)
                 peak = PeakRss(gw.pid)
                 peak.start()
-                proxied, cmd_proxied = bench(gw_url, users, args, shared, Path(tmp) / "gateway.json")
+                proxied, cmd_proxied = bench(gw_url, users, args, shared, Path(tmp) / "gateway.json", key)
                 peak.running = False
                 gw_cpu, (chunks1, hist1) = cpu_seconds(gw.pid) - gw_cpu0, scrape(gw_url)
                 row = figures(users, direct, proxied, gw_cpu, chunks1 - chunks0, peak.peak, sim_cpu)
@@ -130,11 +155,12 @@ def main() -> None:
             proc.wait()
     print("\n" + render(rows))
     print("\nsimulator: " + f"{sim_url}  (clawdbot simulate --port 0 --tokens-per-second 20 --num-parallel 0)")
-    print("gateway:   " + f"{gw_url}  (clawdbot serve --port 0 --ollama-url {sim_url})")
+    accounts = "--auth; the bench through it sends an API key" if args.auth else "--no-auth"
+    print("gateway:   " + f"{gw_url}  (clawdbot serve --port 0 --ollama-url {sim_url} {accounts})")
     print("pinning:   " + ("gateway on CPU 1; simulator and bench on CPU 0" if args.pin else "none"))
     print("commands:\n  " + "\n  ".join(commands))
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "commands": commands}, indent=1))
+        args.json.write_text(json.dumps({"rows": rows, "commands": commands, "auth": args.auth}, indent=1))
 
 
 def figures(

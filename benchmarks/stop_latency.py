@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     sim_proc, sim = start(["simulate", "--port", "0", "--profile", "instant", "--tokens-per-second", "40"], None)
     data = tempfile.mkdtemp(prefix="clawdbot-stop-")
-    gw_proc, gateway = start(["serve", "--port", "0", "--ollama-url", sim, "--data-dir", data], None)
+    gw_proc, gateway = start(["serve", "--port", "0", "--ollama-url", sim, "--data-dir", data, "--no-auth"], None)
     times: list[float] = []
     try:
         with httpx.Client(base_url=gateway + "/chat/api", timeout=10) as api:

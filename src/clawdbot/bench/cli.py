@@ -46,6 +46,14 @@ def _numbers(value: str | None) -> list[float]:
     "/chat/api/ws; TTFT runs from the send command, and the gateway stores every turn).",
 )
 @click.option("--model", default="qwen3:32b", show_default=True)
+@click.option(
+    "--api-key",
+    envvar="CLAWDBOT_API_KEY",
+    metavar="KEY",
+    help="API key (cbk_…) sent as `Authorization: Bearer KEY` on every request, for a gateway with accounts on "
+    "(also works for --target chat). Default: $CLAWDBOT_API_KEY; prefer it to the option, which other users of the "
+    "machine can see in the process list.",
+)
 @click.option("--concurrency", help="Closed-loop virtual users per level, e.g. 30,87.")
 @click.option(
     "--rate",
@@ -151,6 +159,7 @@ def bench(
     url: str,
     target: str,
     model: str,
+    api_key: str | None,
     concurrency: str | None,
     rate: str | None,
     requests: int | None,
@@ -192,7 +201,7 @@ def bench(
         )
     if target == "chat" and max_tokens is not None:
         raise click.UsageError("--max-tokens cannot be used with --target chat: conversations have no output cap")
-    shape = RequestShape(target, url, model, max_tokens, think, timeout, idle_timeout)
+    shape = RequestShape(target, url, model, max_tokens, think, timeout, idle_timeout, api_key or None)
     base = Plan(
         "users" if users else "rate",
         0,
@@ -356,12 +365,24 @@ def _config(
     }
 
 
+def _redacted(argv: list[str]) -> list[str]:
+    """The command line without the API key's value, for the JSON file."""
+    out: list[str] = []
+    for part in argv:
+        if out and out[-1] == "--api-key":
+            part = "…"
+        elif part.startswith("--api-key="):
+            part = "--api-key=…"
+        out.append(part)
+    return out
+
+
 def _write_json(path: Path, summaries: list[dict[str, Any]], config: dict[str, Any]) -> None:
     environment = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "command": " ".join(sys.argv),
+        "command": " ".join(_redacted(sys.argv)),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path.write_bytes(

@@ -20,6 +20,8 @@ import orjson
 
 from .workload import Conversation
 
+_JSON = {"Content-Type": "application/json"}  # a request's own headers; the key is the session's (session_headers)
+
 
 @dataclass(slots=True)
 class Record:
@@ -77,6 +79,11 @@ class RequestShape:
     think: bool | None
     timeout: float  # whole-request budget
     idle_timeout: float  # longest silence between chunks
+    api_key: str | None = field(default=None, repr=False)  # sent as Authorization: Bearer on every request
+
+    def session_headers(self) -> dict[str, str]:
+        """Headers every request of a worker's session carries, built once when the session opens."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def url(self) -> str:
@@ -140,7 +147,7 @@ async def send(
     record.start = clock()
     try:
         async with asyncio.timeout(shape.timeout):
-            async with session.post(shape.url, data=body, headers={"Content-Type": "application/json"}) as resp:
+            async with session.post(shape.url, data=body, headers=_JSON) as resp:
                 if resp.status != 200:
                     text = (await resp.read())[:300].decode("utf-8", "replace")
                     record.failure, record.detail = f"http_{resp.status}", text

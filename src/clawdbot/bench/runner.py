@@ -87,7 +87,10 @@ async def run_plan(plan: Plan, counters: Counters) -> WorkerResult:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=plan.shape.idle_timeout)
     lag_task = asyncio.create_task(_probe_lag(result.loop_lag))
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+    headers = plan.shape.session_headers()  # the API key: on every request, the WebSocket's handshake included
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False, headers=headers
+    ) as session:
         gc.collect()
         gc.freeze()  # setup garbage stays out of the collector's way during the run
         level = _Level(plan, session, counters, result)
