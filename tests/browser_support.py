@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.sync_api import Browser, Locator, Page, expect
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from conftest import Server
 
@@ -62,6 +65,18 @@ FETCHES = """(() => {
     return real(input, init);
   };
 })()"""
+
+
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium under Playwright (a module fixture in each browser test file); CI must have it."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing; CI must run the browser tests (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
 
 
 def new_page(browser: Browser, gateway: Server, problems: list[str], **options: Any) -> Page:
@@ -192,14 +207,22 @@ class Relay:
 
     def _serve(self, client: socket.socket) -> None:
         self.sockets.append(client)
-        head = client.recv(65536)
+        try:
+            head = client.recv(65536)
+        except OSError:
+            client.close()
+            return
         websocket = head.startswith(b"GET /chat/api/ws")
         self.upgrades += int(websocket)
         if websocket and self.refuse_websockets:
             self.refused += 1
             client.close()
             return
-        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:  # the gateway is down (a test restarting it, or teardown): the browser sees a reset
+            client.close()
+            return
         self.sockets.append(upstream)
         link = _Link(client, upstream, threading.Event())
         threading.Thread(target=_pump, args=(upstream, client, link.frozen), daemon=True).start()

@@ -148,11 +148,17 @@ class Spy:
 class ChatApi:
     """The chat page's REST API, asserting the status of every call that must succeed."""
 
-    def __init__(self, base: str) -> None:
-        self.http = httpx.Client(base_url=base + "/chat/api", timeout=15)
+    def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
+        self.http = httpx.Client(base_url=base + "/chat/api", timeout=15, headers=headers)
 
     def close(self) -> None:
         self.http.close()
+
+    def __enter__(self) -> ChatApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def create(self, **fields: object) -> dict[str, Any]:
         response = self.http.post("/conversations", json=fields)

@@ -89,9 +89,12 @@ def start_simulator(*args: str) -> Server:
 
 def start_gateway(ollama_url: str, *args: str, env: dict[str, str] | None = None) -> Server:
     """A gateway on a free port with its own data directory. Unless a test is about admission control, it may run
-    64 generations at once (the default is the backend's parallelism, 1 without OLLAMA_NUM_PARALLEL)."""
+    64 generations at once (the default is the backend's parallelism, 1 without OLLAMA_NUM_PARALLEL), and without
+    accounts unless `--auth` is given."""
     if "--max-running" not in args:
         args = (*args, "--max-running", "64")
+    if "--auth" not in args and "--no-auth" not in args:  # accounts are the subject of their own tests
+        args = (*args, "--no-auth")
     return start_process(
         [
             "serve",

@@ -87,7 +87,7 @@ async def test_a_full_queue_refuses_at_once_with_advice_on_when_to_retry() -> No
         admission.enter("c")
     assert (everyone.value.status, everyone.value.code) == (503, "overloaded")
     assert everyone.value.retry_after >= 1
-    assert admission.rejected == {"user_queue_full": 1, "queue_full": 1}
+    assert admission.rejected == {"user_queue_full": 1, "queue_full": 1, "rate_limited": 0}
     assert admission.queued == 3
 
 

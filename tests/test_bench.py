@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from accounts_support import accounts_gateway, close_clients, new_key, sign_in
 from conftest import Server, script, start_gateway, start_simulator
 
 
@@ -24,13 +26,15 @@ def sim() -> Iterator[Server]:
     server.stop()
 
 
-def bench(url: str, tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+def bench(url: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], str]:
     out = tmp_path / "bench.json"
+    inherited = {name: value for name, value in os.environ.items() if name != "CLAWDBOT_API_KEY"}
     result = subprocess.run(
         [sys.executable, "-m", "clawdbot", "bench", url, "--json", str(out), "--no-progress", *args],
         capture_output=True,
         text=True,
         timeout=120,
+        env={**inherited, **(env or {})},
     )
     assert result.returncode == 0, result.stderr
     return json.loads(out.read_text()), result.stdout
@@ -209,3 +213,28 @@ def test_chat_heartbeats_count_as_traffic_and_the_turn_budget_still_ends_a_stall
     assert first["ttft"] > 1.4
     assert second["failure"] == "timeout"
     assert 2.5 < second["end"] < 6
+
+
+# ---- --api-key: a gateway with accounts on ------------------------------------------------------------------------
+def test_api_key_is_sent_on_every_request(sim: Server, tmp_path: Path) -> None:
+    gateway = accounts_gateway(sim.url)
+    try:
+        gateway.add_user("bench")
+        key = new_key(sign_in(gateway.url, "bench"), "bench")
+        ollama = ("--concurrency", "2", "--requests", "4", "--max-tokens", "5", "--warmup", "1")
+        chat = ("--target", "chat", "--concurrency", "2", "--conversations-per-user", "1", "--turns", "2")
+        # From the environment (Ollama's API), then as the option (the chat page's POST and WebSocket).
+        data, _ = bench(gateway.url, tmp_path, *ollama, env={"CLAWDBOT_API_KEY": key})
+        assert (data["levels"][0]["requests"], data["levels"][0]["failures"]) == (4, 0)
+        data, _ = bench(gateway.url, tmp_path, *chat, "--no-think", "--api-key", key)
+        assert (data["levels"][0]["requests"], data["levels"][0]["failures"]) == (4, 0)
+        assert key not in json.dumps(data)  # the command line in the file has the key blanked out
+        assert "--api-key …" in data["environment"]["command"]
+        # Without it, every request is refused.
+        data, _ = bench(gateway.url, tmp_path, *ollama)
+        assert data["levels"][0]["failure_kinds"] == {"http_401": 4}
+        data, _ = bench(gateway.url, tmp_path, *chat)
+        assert data["levels"][0]["failure_kinds"] == {"http_401": 2}  # a failed turn ends its conversation
+    finally:
+        close_clients()
+        gateway.stop()

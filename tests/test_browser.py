@@ -8,7 +8,6 @@ by a MutationObserver, so no assertion depends on when Python happened to look.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -17,16 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from browser_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     FETCHES,
     RECORD,
     RECORD_TEXT,
     REPLY,
     Relay,
+    chromium,
     conversation_id,
     counting,
     create,
@@ -98,14 +96,7 @@ def gateway(simulator: Server) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing; CI must run the browser tests (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield launched
-        launched.close()
+    yield from chromium()
 
 
 @pytest.fixture

@@ -173,7 +173,6 @@ def test_think_false_reaches_the_model(api: ChatApi, spy: Spy, simulator: Server
 
 BAD_MESSAGES = [
     ({"content": "   \n"}, "empty"),
-    ({"content": "x" * 100_001}, "100000"),
     ({}, "content"),
     ({"content": 5}, "content"),
     ({"content": "hi", "client_id": "no spaces allowed"}, "client_id"),
@@ -191,6 +190,17 @@ def test_a_bad_message_is_a_400_and_stores_nothing(
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "bad_request"
     assert words in response.json()["error"]
+    assert stored(database, conversation["id"]) == []
+    assert len(spy.chats()) == asked
+
+
+def test_a_message_over_the_limit_is_a_413_and_stores_nothing(api: ChatApi, spy: Spy, database: Path) -> None:
+    conversation = api.create()
+    asked = len(spy.chats())
+    response = api.http.post(f"/conversations/{conversation['id']}/messages", json={"content": "x" * 100_001})
+    assert response.status_code == 413, response.text
+    assert response.json()["code"] == "payload_too_large"
+    assert "100000" in response.json()["error"]
     assert stored(database, conversation["id"]) == []
     assert len(spy.chats()) == asked
 

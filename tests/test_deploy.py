@@ -26,6 +26,7 @@ import aiohttp
 import httpx
 import pytest
 
+from accounts_support import PASSWORD, Gateway, accounts_gateway
 from clawdbot.cli import main as cli
 from clawdbot.settings import Settings, SimulatorSettings, env_name
 from conftest import Server, start_gateway, start_simulator
@@ -119,6 +120,54 @@ def proxy(request: pytest.FixtureRequest) -> Proxy:
 def full_proxy(request: pytest.FixtureRequest) -> Proxy:
     """The recommended configurations, which also forward Ollama's /api."""
     return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def site(simulator: Server) -> Iterator[Gateway]:
+    """A gateway with accounts on, as deployed for a team."""
+    gateway = accounts_gateway(simulator.url, "--heartbeat", str(HEARTBEAT))
+    gateway.add_user("ana")
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture(scope="module", params=["nginx", "caddy"])
+def team_proxy(
+    request: pytest.FixtureRequest, site: Gateway, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
+    tmp = tmp_path_factory.mktemp(f"{request.param}-accounts")
+    if request.param == "nginx":
+        proxy = start_nginx(tmp, _upstream((DEPLOY / "nginx.conf").read_text(encoding="utf-8"), site.server))
+    else:
+        block = between((DEPLOY / "Caddyfile").read_text(encoding="utf-8"), "proxy begin", "proxy end")
+        proxy = start_caddy(tmp, _upstream(block, site.server))
+    yield proxy
+    proxy.stop()
+
+
+@pytest.mark.asyncio
+async def test_signed_in_through_the_proxy_the_origin_check_knows_its_own_site(team_proxy: Proxy) -> None:
+    """nginx's `Host $host` drops the port the browser used; the page's own Origin must still pass, another's not."""
+    own = {"Origin": team_proxy.url}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:  # cookies for an IP
+        sign_in = {"name": "ana", "password": PASSWORD}
+        async with session.post(f"{team_proxy.url}/chat/api/session", json=sign_in, headers=own) as response:
+            assert response.status == 200, await response.text()
+            assert "HttpOnly" in response.headers["Set-Cookie"]
+            csrf = (await response.json())["csrf_token"]
+        changes = {**own, "X-CSRF-Token": csrf}
+        async with session.post(f"{team_proxy.url}/chat/api/conversations", json={}, headers=changes) as response:
+            assert response.status == 201, await response.text()
+        async with session.ws_connect(f"{ws_url(team_proxy)}/chat/api/ws", headers=own) as ws:
+            assert (await receive(ws))["type"] == "hello"
+        evil = {"Origin": "http://evil.example", "X-CSRF-Token": csrf}
+        async with session.post(f"{team_proxy.url}/chat/api/conversations", json={}, headers=evil) as response:
+            assert response.status == 403
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(f"{ws_url(team_proxy)}/chat/api/ws", headers=evil)
+        assert refused.value.status == 403
+    async with aiohttp.ClientSession() as nobody, nobody.get(f"{team_proxy.url}/chat/api/conversations") as response:
+        assert response.status == 401
 
 
 @pytest.mark.asyncio

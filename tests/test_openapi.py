@@ -80,3 +80,24 @@ def test_chat_objects_match_the_stored_columns(name: str, table: str) -> None:
 
     columns = {column.name for column in getattr(store, table).columns}
     assert set(SPEC["components"]["schemas"][name]["properties"]) == columns
+
+
+@pytest.mark.parametrize(
+    ("name", "table", "hidden"),
+    [("User", "users", {"password_hash"}), ("ApiKey", "api_keys", {"secret_hash", "user_id"})],
+)
+def test_account_objects_are_their_columns_less_the_secrets(name: str, table: str, hidden: set[str]) -> None:
+    from clawdbot import accounts
+
+    columns = {column.name for column in getattr(accounts, table).columns}
+    assert set(SPEC["components"]["schemas"][name]["properties"]) == columns - hidden
+
+
+@pytest.mark.parametrize("name", ["SignIn", "Setup", "PasswordChange", "NewKey", "NewUser", "UserChange"])
+def test_account_request_bodies_match_the_validating_models(name: str) -> None:
+    from clawdbot import authapi
+
+    model = getattr(authapi, name)
+    documented = SPEC["components"]["schemas"][name]
+    assert set(documented["properties"]) == set(model.model_fields)
+    assert set(documented.get("required", [])) == {n for n, f in model.model_fields.items() if f.is_required()}

@@ -13,6 +13,7 @@ import ollama
 import openai
 import pytest
 
+from accounts_support import bearer, keyed_gateway
 from conftest import Server, script
 
 MODEL = "qwen3:32b"
@@ -111,14 +112,18 @@ def test_ollama_unknown_model_raises_the_same_error(
         assert raised.value.error == "model 'x' not found"
 
 
-def test_ollama_client_sending_a_browser_origin_works_through_the_gateway(simulator: Server, gateway: Server) -> None:
+def test_ollama_client_sending_a_browser_origin_works_through_the_gateway(simulator: Server) -> None:
     headers = {"Origin": "https://chat.example.com"}
     with ollama.Client(host=simulator.url, headers=headers) as client, pytest.raises(ollama.ResponseError) as raised:
         client.list()
     assert raised.value.status_code == 403
     prompt = scripted(simulator)
-    with ollama.Client(host=gateway.url, headers=headers) as client:
-        assert client.chat(model=MODEL, messages=messages(prompt)).message.content == REPLY
+    gateway, key = keyed_gateway(simulator.url)  # deployed under a public name: accounts, and the client's key
+    try:
+        with ollama.Client(host=gateway.url, headers={**headers, **bearer(key)}) as client:
+            assert client.chat(model=MODEL, messages=messages(prompt)).message.content == REPLY
+    finally:
+        gateway.stop()
 
 
 def test_ollama_client_gets_a_502_naming_the_backend_when_it_is_down(down_gateway: Server) -> None:

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from accounts_support import accounts_gateway, bearer, keyed_gateway
 from conftest import Server, access_log, script, sim_state, start_gateway, start_simulator, transcript, wait_for
 
 MODEL = "qwen3:32b"
@@ -160,6 +161,14 @@ def echo_gateway(echo: Echo) -> Iterator[Server]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def public_gateway(simulator: Server) -> Iterator[tuple[Server, dict[str, str]]]:
+    """A gateway as deployed under a public name: accounts on, and a key (the API's credential)."""
+    gateway, key = keyed_gateway(simulator.url)
+    yield gateway.server, bearer(key)
+    gateway.stop()
+
+
 def test_request_body_path_and_headers_reach_the_backend_unchanged(echo: Echo, echo_gateway: Server) -> None:
     body = (
         '{ "model":"qwen3:32b",\n  "messages":[{"content":"naïve <café> & \\u00e9 \\ud83d\\ude00","role":"user"}] }\n'
@@ -173,8 +182,8 @@ def test_request_body_path_and_headers_reach_the_backend_unchanged(echo: Echo, e
             "Content-Type": "application/json",
             "X-Request-ID": request_id,
             "X-Custom": "kept",
-            "Origin": "https://chat.example.com",
-            "Host": "chat.example.com",
+            "Origin": f"http://localhost:{echo_gateway.port}",
+            "Host": f"localhost:{echo_gateway.port}",
         },
     )
     assert response.status_code == 200
@@ -200,22 +209,33 @@ def test_backend_status_type_and_body_come_back_unchanged(echo: Echo, echo_gatew
 
 # ---- Origin and Host are the gateway's business, not the backend's -------------------------------------------------
 @pytest.mark.parametrize("stream", [True, False])
-def test_browser_origin_is_not_forwarded(simulator: Server, gateway: Server, stream: bool) -> None:
+def test_browser_origin_is_not_forwarded(
+    simulator: Server, public_gateway: tuple[Server, dict[str, str]], stream: bool
+) -> None:
+    gateway, key = public_gateway
     headers = {"Origin": "https://chat.example.com"}
     body = {**CHAT, "stream": stream}
     assert httpx.post(simulator.url + "/api/chat", json=body, headers=headers).status_code == 403
-    response = httpx.post(gateway.url + "/api/chat", json=body, headers=headers, timeout=30)
+    response = httpx.post(gateway.url + "/api/chat", json=body, headers={**headers, **key}, timeout=30)
     assert response.status_code == 200
     assert json.loads(response.content.splitlines()[-1])["done"] is True
 
 
-def test_public_host_is_not_forwarded(simulator: Server, gateway: Server) -> None:
+def test_public_host_is_not_forwarded(simulator: Server, public_gateway: tuple[Server, dict[str, str]]) -> None:
+    gateway, key = public_gateway
     headers = {"Host": "chat.example.com"}
     assert httpx.post(simulator.url + "/api/chat", json=CHAT, headers=headers).status_code == 403
     assert httpx.get(simulator.url + "/api/tags", headers=headers).status_code == 403
-    response = httpx.post(gateway.url + "/api/chat", json=CHAT, headers=headers, timeout=30)
+    response = httpx.post(gateway.url + "/api/chat", json=CHAT, headers={**headers, **key}, timeout=30)
     assert response.status_code == 200
-    assert httpx.get(gateway.url + "/api/tags", headers=headers).json()["models"][0]["name"] == MODEL
+    assert httpx.get(gateway.url + "/api/tags", headers={**headers, **key}).json()["models"][0]["name"] == MODEL
+
+
+def test_without_accounts_a_foreign_page_may_not_use_the_api(gateway: Server) -> None:
+    """As Ollama refuses origins outside OLLAMA_ORIGINS: on localhost, a page elsewhere could otherwise spend the
+    GPU or delete models through the browser of whoever runs the gateway."""
+    refused = httpx.post(gateway.url + "/api/chat", json=CHAT, headers={"Origin": "https://evil.example"})
+    assert (refused.status_code, refused.json()["code"]) == (403, "bad_origin")
 
 
 # ---- it streams -------------------------------------------------------------------------------------------------
@@ -356,3 +376,57 @@ def test_client_disconnect_while_queued_cancels_the_waiting_request(slow: Server
     finally:
         holder.close()
         seconds_until(slow, lambda s: s["active"] == 0)
+
+
+def test_the_single_sign_on_header_is_not_forwarded(echo: Echo) -> None:
+    sso = ("--sso-header", "X-Forwarded-User", "--sso-proxies", "127.0.0.1/32")
+    gateway = accounts_gateway(echo.url, *sso)
+    try:
+        response = httpx.post(gateway.url + "/api/chat", content=b"{}", headers={"X-Forwarded-User": "ana"})
+        assert response.status_code == 200
+        assert "x-forwarded-user" not in echo.seen[-1].headers
+        assert "authorization" not in echo.seen[-1].headers
+    finally:
+        gateway.stop()
+
+
+def test_the_backend_comes_from_configuration_never_from_the_request(echo: Echo, echo_gateway: Server) -> None:
+    """No request can point the gateway elsewhere (SSRF): not an absolute URL in the request line, not a Host or
+    forwarding header, not a field in the body, not a path that climbs. A second server stands for "elsewhere"."""
+    hits: list[str] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    target = f"127.0.0.1:{elsewhere.server_address[1]}"
+    try:
+        before = len(echo.seen)
+        with socket.create_connection(("127.0.0.1", echo_gateway.port), timeout=10) as conn:
+            line = f"GET http://{target}/api/tags HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            conn.sendall(line.encode())
+            while conn.recv(65536):
+                pass
+        tricks = [
+            {"X-Forwarded-Host": target, "X-Ollama-Host": f"http://{target}", "Forwarded": f"host={target}"},
+            {"Host": target},
+        ]
+        for headers in tricks:
+            body = {"model": "m", "base_url": f"http://{target}/", "host": f"http://{target}"}
+            httpx.post(echo_gateway.url + "/api/chat", json=body, headers=headers)
+        httpx.get(echo_gateway.url + "/api/../../../etc/passwd")
+        httpx.get(echo_gateway.url + "/v1/%2e%2e/%2e%2e/x")
+        assert hits == []
+        assert len(echo.seen) > before  # what was forwarded went to the configured backend
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
