@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from conftest import Server
+from conftest import Server, start_gateway
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -65,6 +65,16 @@ FETCHES = """(() => {
     return real(input, init);
   };
 })()"""
+
+
+def page_gateway(ollama_url: str, *args: str) -> Server:
+    """A gateway for browser tests; fails at once, saying how to fix it, when the chat page is not built."""
+    server = start_gateway(ollama_url, *args)
+    page = httpx.get(server.url + "/chat")
+    if page.status_code != 200:
+        server.stop()
+        pytest.fail(f"the chat page is not built (GET /chat answered {page.status_code}): cd frontend && npm run build")
+    return server
 
 
 def chromium() -> Iterator[Browser]:

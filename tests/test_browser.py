@@ -34,6 +34,7 @@ from browser_support import (
     new_page,
     normal,
     open_chat,
+    page_gateway,
     post_message,
     seen,
     send,
@@ -85,11 +86,7 @@ def simulator() -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def gateway(simulator: Server) -> Iterator[Server]:
-    server = start_gateway(simulator.url, "--heartbeat", "0.5")  # a lost connection is noticed in 1.25 s
-    page = httpx.get(server.url + "/chat")
-    if page.status_code != 200:
-        server.stop()
-        pytest.fail(f"the chat page is not built (GET /chat answered {page.status_code}): cd frontend && npm run build")
+    server = page_gateway(simulator.url, "--heartbeat", "0.5")  # a lost connection is noticed in 1.25 s
     yield server
     server.stop()
 

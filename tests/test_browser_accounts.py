@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from browser_support import Relay, chromium, finished, new_page, open_chat, send
+from browser_support import Relay, chromium, finished, new_page, open_chat, page_gateway, send
 from conftest import Server, script, start_gateway
 
 PASSWORD = "correct horse battery"
@@ -29,11 +29,7 @@ SETUP_LINK = re.compile(r"(http://\S+/chat/setup#token=\S+)")
 @pytest.fixture(scope="module")
 def gateway(simulator: Server) -> Iterator[Server]:
     """Accounts on; its first admin comes from `clawdbot user add --admin`, so its setup link is never used."""
-    server = start_gateway(simulator.url, "--auth", "--heartbeat", "0.5")
-    page = httpx.get(server.url + "/chat")
-    if page.status_code != 200:
-        server.stop()
-        pytest.fail(f"the chat page is not built (GET /chat answered {page.status_code}): cd frontend && npm run build")
+    server = page_gateway(simulator.url, "--auth", "--heartbeat", "0.5")
     add_user(server, "owner", admin=True)
     yield server
     server.stop()

@@ -29,7 +29,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -50,11 +49,12 @@ from browser_support import (
     create,
     finished,
     open_chat,
+    page_gateway,
     post_message,
     send,
     view,
 )
-from conftest import Server, script, start_gateway, wait_for
+from conftest import Server, script, wait_for
 
 CANARY = "CANARY"  # replaced by the canary's URL (http://127.0.0.1:PORT) in every payload
 LOCALHOST = "LOCALHOST"  # the same canary under another host name (http://localhost:PORT)
@@ -334,11 +334,7 @@ class Tab:
 # ---- processes and browser -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gateway(simulator: Server) -> Iterator[Server]:
-    server = start_gateway(simulator.url)
-    page = httpx.get(server.url + "/chat")
-    if page.status_code != 200:
-        server.stop()
-        pytest.fail(f"the chat page is not built (GET /chat answered {page.status_code}): cd frontend && npm run build")
+    server = page_gateway(simulator.url)
     yield server
     server.stop()
 
