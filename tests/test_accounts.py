@@ -20,6 +20,7 @@ import pytest
 
 from accounts_support import OPEN, PASSWORD, Gateway, accounts_gateway, bearer, close_clients, new_key, sign_in
 from chat_support import ChatApi, postgres_database
+from clawdbot.auth import hashing_slots
 from conftest import Server, start_gateway, start_process
 
 
@@ -443,3 +444,12 @@ def test_sign_ins_and_refusals_are_counted_in_the_metrics(site: Gateway) -> None
     client = sign_in(site.url, "ana")
     client.post("/chat/api/conversations", json={}, headers={"X-CSRF-Token": "stale"})
     assert (count(wrong), count(refused_csrf)) == (before[0] + 1, before[1] + 1)
+
+
+@pytest.mark.parametrize(("cores", "slots"), [(1, 1), (2, 1), (4, 1), (8, 1), (9, 2), (16, 3), (64, 4)])
+def test_password_hashes_leave_a_core_to_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, cores: int, slots: int
+) -> None:
+    """Each Argon2id hash runs 4 threads: hashes at once are what fits in the cores but one (BENCHMARKS.md §6)."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert hashing_slots() == slots

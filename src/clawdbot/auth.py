@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from collections import OrderedDict
@@ -65,12 +66,20 @@ class Throttle:
         self.failures.pop(key, None)
 
 
+def hashing_slots() -> int:
+    """Password hashes at once. Each runs its 4 lanes in 4 threads outside the GIL and holds 64 MiB for ~100 ms:
+    their threads get the cores but one, which the event loop needs to relay every stream. On 2 cores (1 slot), a
+    storm of sign-ins adds +4/+14 ms TTFT p50/p99 to 100 streams where 2 slots added +12/+39 ms, for 10% fewer
+    sign-ins a second (BENCHMARKS.md §6)."""
+    return min(4, max(1, (len(os.sched_getaffinity(0)) - 1) // 4))
+
+
 class Auth:
     def __init__(self, accounts: Accounts, settings: Settings) -> None:
         self.accounts, self.settings = accounts, settings
         self.enabled = settings.accounts
         self.hasher = PasswordHasher()  # Argon2id, RFC 9106's second recommended profile (64 MiB, t=3)
-        self._hashing = asyncio.Semaphore(2)  # each hash holds 64 MiB and a core for ~100 ms: never more at once
+        self._hashing = asyncio.Semaphore(hashing_slots())
         self._dummy: str | None = None  # checked for unknown names, so they take as long as known ones
         self.setup_digest: str | None = None
         self.by_account, self.by_address = Throttle(5), Throttle(20)
