@@ -76,11 +76,9 @@ class Chat:
 
     async def reply(self, reply_id: str, owner: str) -> dict[str, Any]:
         """A reply's stored row; NotFound (never a new generation) for an id that is not one of this user's."""
-        found = await self.store.get_message(reply_id) if _ID.fullmatch(reply_id) else None
-        if found is not None and found["role"] == "assistant":
-            conversation = await self.store.get_conversation(found["conversation_id"])
-            if conversation is not None and conversation["user_id"] == owner:
-                return found
+        found = await self.store.get_reply(reply_id, owner) if _ID.fullmatch(reply_id) else None
+        if found is not None:
+            return found
         raise NotFound(f"no reply {reply_id}: nothing is being written or was stored under that id")
 
     def job(self, reply_id: str, owner: str) -> Job | None:

@@ -245,9 +245,15 @@ class Store:
 
         await self.write(query)
 
-    async def get_message(self, message_id: str) -> dict[str, Any] | None:
+    async def get_reply(self, reply_id: str, user_id: str) -> dict[str, Any] | None:
+        """A stored reply, if its conversation is this user's: ownership is part of the one lookup."""
+
         def query(conn: Connection) -> dict[str, Any] | None:
-            found = conn.execute(select(messages).where(messages.c.id == message_id)).mappings().first()
+            owned = select(messages).join(conversations, conversations.c.id == messages.c.conversation_id)
+            owned = owned.where(
+                messages.c.id == reply_id, messages.c.role == "assistant", conversations.c.user_id == user_id
+            )
+            found = conn.execute(owned).mappings().first()
             return plain_row(found) if found else None
 
         return await self.read(query)
