@@ -1,4 +1,4 @@
-"""The admin's user management over HTTP: listing, creating, disabling (which ends the user's sessions, keys and
+"""The admin's user management over HTTP: listing, creating, disabling (which stops the user's sessions, keys and
 open sockets at once), and per-user limits the admission control enforces: generations at once, generations per
 minute, and which models."""
 
@@ -72,9 +72,10 @@ def test_an_admin_cannot_lock_themselves_out(root: httpx.Client) -> None:
     assert root.patch(f"/chat/api/users/{me}", json={"role": "user"}).status_code == 400
 
 
-def test_disabling_a_user_ends_their_sessions_keys_and_sockets_at_once(site: Gateway, root: httpx.Client) -> None:
+def test_disabling_a_user_stops_their_sessions_keys_and_sockets_at_once(site: Gateway, root: httpx.Client) -> None:
     user_id, key = _new_user(root, "leaver")
     session = sign_in(site.url, "leaver")
+    session_cookie = session.cookies["clawdbot_session"]
 
     async def run() -> tuple[int | None, int]:
         async with (
@@ -91,11 +92,20 @@ def test_disabling_a_user_ends_their_sessions_keys_and_sockets_at_once(site: Gat
     code, status = asyncio.run(run())  # the close frame's code
     assert (status, code) == (200, 1008)
     assert httpx.get(f"{site.url}/api/tags", headers=bearer(key)).status_code == 401
-    assert session.get("/chat/api/conversations").status_code == 401
+    for path in ("/chat/api/conversations", "/chat/api/session"):  # the open page learns why it was signed out
+        answer = session.get(path)
+        assert (answer.status_code, answer.json()["code"]) == (403, "disabled"), path
     refused = httpx.post(f"{site.url}/chat/api/session", json={"name": "leaver", "password": PASSWORD})
     assert (refused.status_code, refused.json()["code"]) == (403, "disabled")
+    _new_user(root, "colleague")  # someone else signs in on the same browser, its stale cookie notwithstanding
+    other = session.post("/chat/api/session", json={"name": "colleague", "password": PASSWORD})
+    assert other.status_code == 200, other.text
+
     assert root.patch(f"/chat/api/users/{user_id}", json={"disabled": False}).status_code == 200
     assert httpx.get(f"{site.url}/api/tags", headers=bearer(key)).status_code == 200
+    stale = httpx.get(f"{site.url}/chat/api/session", cookies={"clawdbot_session": session_cookie})
+    assert stale.status_code == 401  # enabling again does not revive a session from before
+    sign_in(site.url, "leaver")
 
 
 def test_a_password_reset_by_the_admin_signs_the_user_out(site: Gateway, root: httpx.Client) -> None:

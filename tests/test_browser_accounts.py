@@ -397,6 +397,7 @@ def test_the_admin_disables_a_user_whose_open_page_goes_to_the_login_view(pages:
     row.get_by_test_id("admin-toggle-disabled").click()
     expect(row.get_by_test_id("admin-user-status")).to_have_text("disabled")
     expect(worker.get_by_test_id("login-name")).to_be_visible()  # the socket was closed; no endless reconnecting
+    expect(worker.get_by_test_id("login-note")).to_contain_text("Your account has been disabled.")
     expect(worker.get_by_test_id("message-list")).to_be_hidden()
     worker.get_by_test_id("login-password").fill(PASSWORD)
     worker.get_by_test_id("login-submit").click()
@@ -540,6 +541,7 @@ def test_the_event_stream_of_a_disabled_user_ends_in_the_login_view(
     with signed_in_client(gateway) as owner:
         owner.patch(f"/chat/api/users/{user_id}", json={"disabled": True}).raise_for_status()
     expect(page.get_by_test_id("login-name")).to_be_visible()
+    expect(page.get_by_test_id("login-note")).to_contain_text("Your account has been disabled.")
     expect(page.get_by_test_id("message-list")).to_be_hidden()
 
 

@@ -160,13 +160,15 @@ class Accounts:
         return await self.read(query)
 
     async def update_user(self, user_id: str, **fields: Any) -> Row | None:
-        """Change a user; a disabled user is signed out everywhere."""
+        """Change a user. A disabled user's sessions stay, answering "disabled" (so their open page can say why),
+        and end when the user is enabled again: enabling never revives a session from before."""
         if "models" in fields and fields["models"] is not None:
             fields["models"] = orjson.dumps(sorted(set(fields["models"]))).decode()
 
         def query(conn: Connection) -> Row | None:
+            before = _one(conn, user_id)
             conn.execute(update(users).where(users.c.id == user_id).values(**fields))
-            if fields.get("disabled"):
+            if fields.get("disabled") is False and before is not None and before["disabled"]:
                 conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
             return _one(conn, user_id)
 
@@ -207,7 +209,7 @@ class Accounts:
         return token, row
 
     async def session(self, token: str) -> tuple[Row, Row] | None:
-        """The unexpired session with this cookie token and its enabled user."""
+        """The unexpired session with this cookie token and its user, who may be disabled."""
         session_id, stamp = digest(token), now_ms()
 
         def query(conn: Connection) -> tuple[Row, Row] | None:
@@ -215,7 +217,7 @@ class Accounts:
             if found is None or found["expires_at"] <= stamp:
                 return None
             user = _one(conn, found["user_id"])
-            return (plain_row(found), user) if user and not user["disabled"] else None
+            return (plain_row(found), user) if user else None
 
         return await self.read(query)
 

@@ -226,6 +226,8 @@ class Auth:
             if "secret_hash" in record:
                 found = actor(user, "key", key=record["id"])
                 self._touch_key(record["id"], time.monotonic())
+            elif user["disabled"]:  # not cached: an admin enabling them again ends this session anyway
+                raise Forbidden("this account is disabled; ask an admin", "disabled")
             else:
                 found = actor(user, "session", session=record)
                 until = min(until, record["expires_at"] / 1000)
@@ -335,10 +337,10 @@ async def _authenticated(auth: Auth, request: web.Request, handler: Handler) -> 
     public = _public(request)
     try:
         actor_ = await auth.identify(request)
-    except Unauthenticated:
-        if not public:
+    except (Unauthenticated, Forbidden) as error:
+        if not public or error.code not in ("unauthenticated", "disabled"):
             raise
-        actor_ = None
+        actor_, request["disabled"] = None, error.code == "disabled"  # signing in as someone else still works
     if actor_ is None and _raw(request.path) and auth.settings.open_api:
         actor_ = Actor("anonymous", "anonymous", "user", "none", queue=user_of(request, auth.trusted))
     if actor_ is None or actor_.via != "key":

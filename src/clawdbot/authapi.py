@@ -75,6 +75,8 @@ def routes(app: web.Application) -> None:
 async def session_state(request: web.Request) -> web.Response:
     actor: Actor | None = request.get("actor")
     if actor is None:
+        if request.get("disabled"):
+            raise Forbidden("this account is disabled; ask an admin", "disabled")
         setup = not await request.app[ACCOUNTS].has_admin()
         return json({"error": "not signed in", "code": "unauthenticated", "setup": setup}, 401)
     user = await request.app[ACCOUNTS].get_user(actor.id)
