@@ -16,6 +16,7 @@ from .auth import current
 from .chat import Chat
 from .errors import BadRequest, PayloadTooLarge
 from .exports import export_json, export_markdown
+from .search import find_conversations
 
 CHAT: web.AppKey[Chat] = web.AppKey("chat", Chat)
 M = TypeVar("M", bound=BaseModel)
@@ -212,4 +213,5 @@ async def search(request: web.Request) -> web.Response:
         raise BadRequest("the search text is longer than 200 characters")
     if "\x00" in text:
         raise BadRequest("the search text must not contain a NUL character")
-    return json({"query": text, "results": await request.app[CHAT].store.search(text, current(request).id)})
+    found = await find_conversations(request.app[CHAT].store, text, current(request).id)
+    return json({"query": text, "results": found})

@@ -26,14 +26,11 @@ from sqlalchemy import (
     Text,
     bindparam,
     case,
-    column,
     delete,
     func,
     literal,
-    literal_column,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -331,58 +328,6 @@ class Store:
 
         return int(await self.write(query))
 
-    # ---- search --------------------------------------------------------------------------------------------
-    async def search(self, text: str, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
-        """The user's conversations whose title or shown messages contain `text` (any case), newest first, with a
-        snippet."""
-        needle = text.strip()
-        if not needle:
-            return []
-        pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        titles_query = (
-            select(conversations)
-            .where(conversations.c.user_id == user_id, _like(conversations.c.title, pattern, self.sqlite))
-            .order_by(conversations.c.updated_at.desc())
-            .limit(limit)
-        )
-        mine = select(conversations.c.id).where(conversations.c.user_id == user_id)
-        hits_query = self._message_query(needle, pattern, limit).where(messages.c.conversation_id.in_(mine))
-
-        def query(conn: Connection) -> list[dict[str, Any]]:
-            found: dict[str, dict[str, Any]] = {}
-            for row in _rows(conn.execute(titles_query)):
-                found[row["id"]] = {"conversation": row, "snippet": None, "message_id": None}
-            for hit in conn.execute(hits_query).mappings():
-                entry = found.setdefault(
-                    hit["conversation_id"], {"conversation": None, "snippet": None, "message_id": hit["id"]}
-                )
-                if entry["snippet"] is None:
-                    entry["snippet"], entry["message_id"] = _snippet(hit["content"], needle), hit["id"]
-            missing = [cid for cid, entry in found.items() if entry["conversation"] is None]
-            if missing:
-                for row in _rows(conn.execute(select(conversations).where(conversations.c.id.in_(missing)))):
-                    found[row["id"]]["conversation"] = row
-            return [entry for entry in found.values() if entry["conversation"] is not None]
-
-        results = await self.read(query)
-        results.sort(key=lambda entry: entry["conversation"]["updated_at"], reverse=True)
-        return results[:limit]
-
-    def _message_query(self, needle: str, pattern: str, limit: int) -> Any:
-        shown = messages.c.superseded.is_(False)
-        query = select(messages.c.id, messages.c.conversation_id, messages.c.content).where(shown)
-        if self.sqlite and len(needle) >= 3:  # the trigram index answers substrings of three characters or more
-            phrase = '"' + needle.replace('"', '""') + '"'
-            indexed = (
-                text("SELECT rowid FROM messages_fts WHERE messages_fts MATCH :phrase")
-                .bindparams(phrase=phrase)
-                .columns(column("rowid", Integer))
-            )
-            query = query.where(literal_column("messages.rowid").in_(indexed))
-        else:
-            query = query.where(_like(messages.c.content, pattern, self.sqlite))
-        return query.order_by(messages.c.created_at.desc()).limit(limit * 4)
-
 
 def new_message(
     conversation_id: str,
@@ -431,20 +376,6 @@ _MESSAGE_DEFAULTS = {str(column.name): None for column in messages.columns}
 def plain_row(mapping: Any) -> dict[str, Any]:
     """A plain dict with plain str keys (SQLAlchemy's quoted_name keys trip orjson)."""
     return {str(key): value for key, value in mapping.items()}
-
-
-def _like(column: Any, pattern: str, sqlite: bool) -> Any:
-    if sqlite:
-        return func.unicode_lower(column).like(pattern.lower(), escape="\\")
-    return column.ilike(pattern, escape="\\")
-
-
-def _snippet(content: str, needle: str, width: int = 60) -> str:
-    at = content.lower().find(needle.lower())
-    if at < 0:
-        return content[: 2 * width]
-    start, end = max(0, at - width), min(len(content), at + len(needle) + width)
-    return ("…" if start else "") + content[start:end] + ("…" if end < len(content) else "")
 
 
 def default_url(data_dir: Path) -> str:
