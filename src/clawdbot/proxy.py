@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import orjson
@@ -24,6 +23,7 @@ from .admission import Admission, Overloaded, Ticket
 from .auth import MODEL_LISTS, check_raw, visible_models
 from .backends import Backend
 from .errors import BackendError, Forbidden
+from .framing import GENERATION, STREAMS, error_frame, framing_of, read_counts
 from .identity import Actor
 from .logs import AccessLog
 from .metrics import Metrics
@@ -57,10 +57,6 @@ _PASS_RESPONSE = (
     "Content-Disposition",
     "Location",
 )
-GENERATION = frozenset({"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"})
-# A generation route streams or not as the request's "stream" field says; the reply's type tells which.
-_FRAMING = {"application/x-ndjson": "ndjson", "text/event-stream": "sse"}
-STREAMS = frozenset(_FRAMING.values())
 ROUTES = frozenset(
     {
         *GENERATION,
@@ -208,7 +204,7 @@ class Relay:
         return upstream
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, ex: Exchange) -> web.StreamResponse:
-        framing = _framing(ex.route, upstream)
+        framing = framing_of(ex.route, upstream)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name in _PASS_RESPONSE:
             if name in upstream.headers:
@@ -287,7 +283,7 @@ class Relay:
         """Read the backend's counts from the reply's end, or tell a stream's client it was cut short.
 
         Returns the failure when it could not be told inside the body (a whole JSON reply)."""
-        complete = _read_counts(ex, framing, tail)
+        complete = read_counts(ex, framing, tail)
         if failure is None and complete:
             return None
         if framing not in STREAMS or response.content_length is not None:
@@ -302,7 +298,7 @@ class Relay:
                 kind="incomplete_stream",
             )
         ex.fail("backend_error", failure.kind)
-        await response.write(_error_frame(framing, failure.message))
+        await response.write(error_frame(framing, failure.message))
         return None
 
     def _finish(self, ex: Exchange) -> None:
@@ -356,67 +352,6 @@ def _cut(request: web.Request) -> None:
     leave a client waiting for a Content-Length never reached, or hand it a short chunked body that looks whole."""
     if request.transport is not None:
         request.transport.close()  # flushes what was relayed; aiohttp then cannot write the end of the body
-
-
-def _framing(route: str, upstream: aiohttp.ClientResponse) -> str | None:
-    """How a generation reply is framed: a stream ("ndjson", "sse") or one "json" body; None for other replies."""
-    if upstream.status != 200 or route not in GENERATION:
-        return None
-    return _FRAMING.get(upstream.content_type, "json")
-
-
-def _read_counts(ex: Exchange, framing: str, tail: bytes) -> bool:
-    """Fill the exchange's token counts from the reply's final object; True if the reply ended properly."""
-    if framing == "json":
-        return _read_whole(ex, tail)
-    if framing == "sse":
-        events = tail.rstrip(b"\n").split(b"\n\n")
-        if not events or events[-1].strip() != b"data: [DONE]":
-            return False
-        for event in reversed(events[:-1]):
-            if b'"usage"' in event:
-                final = _loads(event.removeprefix(b"data: "))
-                usage = final.get("usage") or {}
-                ex.model = str(final.get("model") or "") or None
-                ex.prompt_tokens, ex.completion_tokens = (
-                    usage.get("prompt_tokens", 0),
-                    usage.get("completion_tokens", 0),
-                )
-                break
-        return True
-    last = tail.rstrip().rsplit(b"\n", 1)[-1]
-    if b'"done":true' not in last:
-        return False
-    final = _loads(last)
-    ex.model = str(final.get("model") or "") or None
-    ex.prompt_tokens = int(final.get("prompt_eval_count") or 0)
-    ex.completion_tokens = int(final.get("eval_count") or 0)
-    return True
-
-
-def _read_whole(ex: Exchange, body: bytes) -> bool:
-    """A non-streamed reply: Ollama's counts, or OpenAI's usage object."""
-    reply = _loads(body)
-    usage = reply.get("usage") or {}
-    ex.model = str(reply.get("model") or "") or None
-    ex.prompt_tokens = int(reply.get("prompt_eval_count") or usage.get("prompt_tokens") or 0)
-    ex.completion_tokens = int(reply.get("eval_count") or usage.get("completion_tokens") or 0)
-    return bool(reply)
-
-
-def _loads(data: bytes) -> dict[str, Any]:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _error_frame(framing: str, message: str) -> bytes:
-    if framing == "sse":
-        error = {"message": message, "type": "api_error", "param": None, "code": "backend_error"}
-        return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
-    return orjson.dumps({"error": message}) + b"\n"
 
 
 def _models_of(path: str, body: bytes) -> list[str]:
