@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg  # type: ignore[import-untyped]
 
 if TYPE_CHECKING:
-    from durability import Turn, User
+    from _durability_users import Turn, User
 
 FINAL = ("done", "stopped", "failed", "interrupted")
 _ACTIVE = ("waiting", "thinking", "writing")
