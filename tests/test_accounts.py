@@ -253,6 +253,10 @@ def test_the_sso_header_is_believed_only_from_the_configured_proxies(simulator: 
         other = {"X-Forwarded-User": "dave"}
         assert httpx.get(f"{trusted.url}/chat/api/conversations", headers=other).json()["conversations"] == []
         assert httpx.get(f"{untrusted.url}/chat/api/conversations", headers=who).status_code == 401
+        # Before setup, the built-in owner (an admin, named "local") is no name a proxy can hand out.
+        for path in ("/chat/api/session", "/chat/api/users"):
+            owner = httpx.get(f"{trusted.url}{path}", headers={"X-Forwarded-User": "local"})
+            assert (owner.status_code, owner.json()["code"]) == (403, "reserved_name"), path
     finally:
         trusted.stop()
         untrusted.stop()

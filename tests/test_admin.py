@@ -66,6 +66,14 @@ def test_the_admin_lists_and_creates_users_and_names_are_unique(root: httpx.Clie
     assert short.status_code == 400
 
 
+def test_an_empty_change_changes_nothing(root: httpx.Client) -> None:
+    user_id, _ = _new_user(root, "unchanged", max_running=2)
+    for empty in ({}, {"password": None}):
+        answer = root.patch(f"/chat/api/users/{user_id}", json=empty)
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["user"]["name"], answer.json()["user"]["max_running"]) == ("unchanged", 2)
+
+
 def test_an_admin_cannot_lock_themselves_out(root: httpx.Client) -> None:
     me = root.get("/chat/api/session").json()["user"]["id"]
     assert root.patch(f"/chat/api/users/{me}", json={"disabled": True}).status_code == 400

@@ -91,6 +91,17 @@ async def test_a_full_queue_refuses_at_once_with_advice_on_when_to_retry() -> No
     assert admission.queued == 3
 
 
+@pytest.mark.asyncio
+async def test_a_free_slot_goes_to_a_new_user_while_the_queue_holds_only_a_capped_users_requests() -> None:
+    admission = Admission(2, max_queue=2, max_queue_per_user=5)
+    capped = [admission.enter("a", max_running=1) for _ in range(3)]  # one runs, two wait: the queue is full
+    assert [t.running for t in capped] == [True, False, False]
+    other = admission.enter("b")  # a slot is free and b has no cap: it runs, nothing is refused
+    assert other.running
+    assert admission.queued == 2
+    assert admission.rejected["queue_full"] == 0
+
+
 # ---- through the gateway -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[Server]:

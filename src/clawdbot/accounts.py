@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .database import Database
+from .errors import Forbidden
 from .identity import OWNER_ID, Actor, Via
 from .store import metadata, new_id, now_ms, plain_row
 
@@ -166,7 +167,7 @@ class Accounts:
             fields["models"] = orjson.dumps(sorted(set(fields["models"]))).decode()
 
         def query(conn: Connection) -> Row | None:
-            before = _one(conn, user_id)
+            before = _one(conn, user_id) if fields.get("disabled") is False else None
             conn.execute(update(users).where(users.c.id == user_id).values(**fields))
             if fields.get("disabled") is False and before is not None and before["disabled"]:
                 conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
@@ -177,6 +178,8 @@ class Accounts:
     async def sso_user(self, name: str) -> Row:
         """The user a trusted proxy names, created (role user) the first time it names them."""
         found = await self.user_by_name(name)
+        if found is not None and unclaimed(found):  # the built-in owner is an admin: only setup may claim it
+            raise Forbidden(f"the name {name!r} is reserved until the first admin is set up", "reserved_name")
         if found is not None:
             return found
         try:
@@ -208,9 +211,9 @@ class Accounts:
         await self.write(query)
         return token, row
 
-    async def session(self, token: str) -> tuple[Row, Row] | None:
-        """The unexpired session with this cookie token and its user, who may be disabled."""
-        session_id, stamp = digest(token), now_ms()
+    async def session(self, session_id: str) -> tuple[Row, Row] | None:
+        """The unexpired session with this id (the digest of its cookie token) and its user, who may be disabled."""
+        stamp = now_ms()
 
         def query(conn: Connection) -> tuple[Row, Row] | None:
             found = conn.execute(select(sessions).where(sessions.c.id == session_id)).mappings().first()
@@ -269,9 +272,8 @@ class Accounts:
 
         return await self.write(query)
 
-    async def key_user(self, secret: str) -> tuple[Row, Row] | None:
-        """The key with this secret and its enabled user."""
-        secret_hash = digest(secret)
+    async def key_user(self, secret_hash: str) -> tuple[Row, Row] | None:
+        """The key with this secret's digest, and its enabled user."""
 
         def query(conn: Connection) -> tuple[Row, Row] | None:
             found = conn.execute(select(api_keys).where(api_keys.c.secret_hash == secret_hash)).mappings().first()

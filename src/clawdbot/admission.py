@@ -14,12 +14,13 @@ generations started per minute (beyond it, 429 rate_limited).
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 from aiohttp import web
 
@@ -81,7 +82,9 @@ class Admission:
 
     def _enter(self, ticket: Ticket) -> Ticket:
         user = ticket.user
-        if self.running < self.slots and not self.queued and self._may_run(ticket):
+        # Anyone still waiting while a slot is free is at their own cap (every change ends in _admit), so a
+        # request that may run takes the slot without queueing behind them or being refused for their sake.
+        if self.running < self.slots and self._may_run(ticket):
             self._grant(ticket)
             return ticket
         line = self.lines.get(user)
@@ -103,7 +106,7 @@ class Admission:
             line = self.lines[user] = deque()
         line.append(ticket)
         self.queued += 1
-        self._admit()  # a slot may be free while everyone waiting is at their own limit
+        self._positions_changed()
         return ticket
 
     def watch(self, ticket: Ticket, moved: Callable[[int], None]) -> None:
@@ -237,4 +240,10 @@ def trusted_peer(peer: str, trusted: tuple[str, ...]) -> bool:
         address = ip_address(peer)
     except ValueError:
         return False
-    return any(address in ip_network(net, strict=False) for net in trusted)
+    return any(address in net for net in _networks(trusted))
+
+
+@functools.cache
+def _networks(trusted: tuple[str, ...]) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Parsed once per setting, not on every request."""
+    return tuple(ip_network(net, strict=False) for net in trusted)

@@ -14,8 +14,6 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from ipaddress import ip_address, ip_network
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -74,6 +72,10 @@ def hashing_slots() -> int:
     return min(4, max(1, (len(os.sched_getaffinity(0)) - 1) // 4))
 
 
+def disabled() -> Forbidden:
+    return Forbidden("this account is disabled; ask an admin", "disabled")
+
+
 class Auth:
     def __init__(self, accounts: Accounts, settings: Settings) -> None:
         self.accounts, self.settings = accounts, settings
@@ -92,7 +94,8 @@ class Auth:
         # Told when a user's open connections must end: (user id, which of them, the close code and reason).
         self.closing: list[Callable[[str, Callable[[Actor], bool], tuple[int, bytes]], None]] = []
         self.trusted = tuple(settings.trusted_proxies)
-        self.sso_networks = [ip_network(net, strict=False) for net in settings.sso_proxies]
+        self.sso_proxies = tuple(settings.sso_proxies)
+        self._epoch = 0  # bumped by forget(): a lookup that started before it is not cached
 
     async def close(self) -> None:
         """Before the database closes: let the last key-use notes finish."""
@@ -148,7 +151,7 @@ class Auth:
             raise wrong
         if user["disabled"]:
             self.sign_ins["disabled"] += 1
-            raise Forbidden("this account is disabled; ask an admin", "disabled")
+            raise disabled()
         self.sign_ins["ok"] += 1
         self.by_account.succeeded(name)
         self.by_address.succeeded(address)
@@ -167,9 +170,8 @@ class Auth:
     async def identify(self, request: web.Request) -> Actor | None:
         """The request's user by key, trusted header or session cookie; None if it names none. A key or cookie
         that is wrong is Unauthenticated, not ignored: the caller meant to be someone."""
-        address = user_of(request, self.trusted)
         if not self.enabled:
-            return nobody_needed(address)
+            return nobody_needed(user_of(request, self.trusted))
         header = request.headers.get("Authorization", "")
         if header:
             scheme, _, secret = header.partition(" ")
@@ -179,7 +181,7 @@ class Auth:
             if not (self.settings.open_api and _raw(request.path)):  # an SDK's placeholder key, on the open API
                 raise Unauthenticated("Authorization must be Bearer and a clawdbot API key (cbk_…)")
         if self.settings.sso_header and (name := request.headers.get(self.settings.sso_header)):
-            if self._from_sso_proxy(request):
+            if trusted_peer(request.remote or "", self.sso_proxies):
                 return await self._by_sso(name.strip().lower())
             LOG.warning("single sign-on header from an untrusted address ignored", extra={"address": request.remote})
         token = request.cookies.get(SESSION_COOKIE)
@@ -189,49 +191,56 @@ class Auth:
 
     async def _by_key(self, secret: str) -> Actor:
         key_hash = digest(secret)
-        found = await self._cached(key_hash, lambda: self.accounts.key_user(secret))
+        found = await self._cached(key_hash, lambda: self._key_actor(key_hash))
         if found is None:
             raise Unauthenticated("this API key is not valid: revoked, mistyped, or its user disabled")
         return found
 
     async def _by_session(self, token: str) -> Actor:
-        found = await self._cached(digest(token), lambda: self.accounts.session(token))
+        session_hash = digest(token)
+        found = await self._cached(session_hash, lambda: self._session_actor(session_hash))
         if found is None:
             raise Unauthenticated("the session has ended; sign in again")
         return found
 
     async def _by_sso(self, name: str) -> Actor:
-        hit = self._cache.get("sso:" + name)
-        if hit is not None and hit[1] is not None and time.time() < hit[0]:
-            return hit[1]
-        user = await self.accounts.sso_user(name[:64])
-        if user["disabled"]:
-            raise Forbidden("this account is disabled; ask an admin", "disabled")
-        found = actor(user, "sso")
-        self._remember("sso:" + name, time.time() + _CACHE_S, found)
+        found = await self._cached("sso:" + name, lambda: self._sso_actor(name))
+        assert found is not None  # a trusted proxy's name always is someone (made on first sight)
         return found
 
-    async def _cached(self, key: str, lookup: Callable[[], Awaitable[Any]]) -> Actor | None:
-        """A key's or a session's user, looked up at most every _CACHE_S seconds, and never past the session's
-        own expiry."""
-        now = time.time()
+    async def _key_actor(self, key_hash: str) -> tuple[Actor | None, float]:
+        pair = await self.accounts.key_user(key_hash)
+        if pair is None:
+            return None, time.time() + _CACHE_S
+        record, user = pair
+        self._touch_key(record["id"], time.monotonic())
+        return actor(user, "key", key=record["id"]), time.time() + _CACHE_S
+
+    async def _session_actor(self, session_hash: str) -> tuple[Actor | None, float]:
+        pair = await self.accounts.session(session_hash)
+        if pair is None:
+            return None, time.time() + _CACHE_S
+        record, user = pair
+        if user["disabled"]:  # not cached: an admin enabling them again ends this session anyway
+            raise disabled()
+        return actor(user, "session", session=record), min(time.time() + _CACHE_S, record["expires_at"] / 1000)
+
+    async def _sso_actor(self, name: str) -> tuple[Actor | None, float]:
+        user = await self.accounts.sso_user(name[:64])
+        if user["disabled"]:
+            raise disabled()
+        return actor(user, "sso"), time.time() + _CACHE_S
+
+    async def _cached(self, key: str, lookup: Callable[[], Awaitable[tuple[Actor | None, float]]]) -> Actor | None:
+        """A key's, a session's or a trusted name's user, looked up at most every _CACHE_S seconds (a session's
+        never past its expiry). A lookup that forget() overtook answers its own request but is not kept."""
         hit = self._cache.get(key)
-        if hit is not None and now < hit[0]:
+        if hit is not None and time.time() < hit[0]:
             return hit[1]
-        pair = await lookup()
-        found: Actor | None = None
-        until = now + _CACHE_S
-        if pair is not None:
-            record, user = pair
-            if "secret_hash" in record:
-                found = actor(user, "key", key=record["id"])
-                self._touch_key(record["id"], time.monotonic())
-            elif user["disabled"]:  # not cached: an admin enabling them again ends this session anyway
-                raise Forbidden("this account is disabled; ask an admin", "disabled")
-            else:
-                found = actor(user, "session", session=record)
-                until = min(until, record["expires_at"] / 1000)
-        self._remember(key, until, found)
+        epoch = self._epoch
+        found, until = await lookup()
+        if epoch == self._epoch:
+            self._remember(key, until, found)
         return found
 
     def _remember(self, key: str, until: float, found: Actor | None) -> None:
@@ -249,17 +258,12 @@ class Auth:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _from_sso_proxy(self, request: web.Request) -> bool:
-        with contextlib.suppress(ValueError):
-            peer = ip_address(request.remote or "")
-            return any(peer in net for net in self.sso_networks)
-        return False
-
     def forget(self, user_id: str, ended: Callable[[Actor], bool] | None = None) -> None:
         """A user changed: drop what was cached. Their open connections that `ended` names (signed out, disabled,
         revoked) close with 1008; without `ended`, all of them close with 1012 and reconnect as the user is now
         (new limits apply to sockets too)."""
         self._cache.clear()
+        self._epoch += 1
         why = (1008, b"signed out") if ended is not None else (1012, b"your account changed; reconnect")
         for listener in self.closing:
             listener(user_id, ended or (lambda _: True), why)
@@ -277,9 +281,7 @@ class Auth:
         try:
             parsed = URL(origin)
             same = parsed.host is not None and parsed.host.lower() == sent_to.host
-            same = same and (
-                sent_to.port is None or parsed.explicit_port == sent_to.port or parsed.port == sent_to.port
-            )
+            same = same and (sent_to.port is None or parsed.port == sent_to.port)
         except ValueError:
             same = False
         if not same:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .accounts import Accounts, public, unclaimed
 from .admission import trusted_peer, user_of
-from .auth import AUTH, SESSION_COOKIE, current
+from .auth import AUTH, SESSION_COOKIE, current, disabled
 from .chatapi import Strict, json, parse
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .identity import Actor
@@ -76,7 +76,7 @@ async def session_state(request: web.Request) -> web.Response:
     actor: Actor | None = request.get("actor")
     if actor is None:
         if request.get("disabled"):
-            raise Forbidden("this account is disabled; ask an admin", "disabled")
+            raise disabled()
         setup = not await request.app[ACCOUNTS].has_admin()
         return json({"error": "not signed in", "code": "unauthenticated", "setup": setup}, 401)
     user = await request.app[ACCOUNTS].get_user(actor.id)
@@ -219,6 +219,8 @@ async def change_user(request: web.Request) -> web.Response:
     if change.get("password") is not None:
         change["password_hash"] = await auth.hash_password(change.pop("password"))
     change.pop("password", None)
+    if not change:  # nothing to change ({} or only a null password): the user as they are
+        return json({"user": public(found)})
     user = await accounts.update_user(user_id, **change)
     if change.get("disabled"):
         auth.forget(user_id, lambda _: True)
