@@ -274,6 +274,25 @@ def test_signing_out_returns_to_the_login_view_and_the_cookie_stops_working(page
     expect(page).to_have_url(gateway.url + "/chat")
 
 
+def test_a_sign_out_the_server_refuses_says_why_and_stays_signed_in(pages: PageMaker, gateway: Server) -> None:
+    make_user(gateway, "stayer")
+    page = pages(gateway)
+    sign_in(page, "stayer")
+    failing = {"error": "the database is not answering", "code": "internal_error"}
+    page.route(
+        "**/chat/api/session",
+        lambda route: (
+            route.fulfill(status=500, json=failing) if route.request.method == "DELETE" else route.continue_()
+        ),
+    )
+    menu(page, "sign-out")
+    expect(page.get_by_test_id("error")).to_have_text("The database is not answering")
+    expect(page.get_by_test_id("login-name")).to_be_hidden()
+    page.unroute("**/chat/api/session")
+    menu(page, "sign-out")
+    expect(page.get_by_test_id("login-note")).to_have_text("You have signed out.")
+
+
 # ---- 4. API keys -----------------------------------------------------------------------------------------------------
 def test_an_api_key_is_shown_once_works_as_a_bearer_and_stops_when_revoked(pages: PageMaker, gateway: Server) -> None:
     make_user(gateway, "scripter")

@@ -46,10 +46,6 @@ export class AdminPanel {
     });
   }
 
-  get isOpen(): boolean {
-    return this.dialog.open;
-  }
-
   open(myId: string): void {
     this.me = myId;
     this.error.hidden = true;
@@ -60,8 +56,8 @@ export class AdminPanel {
   }
 
   close(): void {
-    if (this.editor.isOpen) this.editor.close();
-    if (this.dialog.open) this.dialog.close();
+    this.editor.close(); // closing a dialog that is not open does nothing
+    this.dialog.close();
   }
 
   private async load(): Promise<void> {
@@ -197,10 +193,6 @@ class UserEditor {
       event.preventDefault();
       void this.submit();
     });
-  }
-
-  get isOpen(): boolean {
-    return this.dialog.open;
   }
 
   close(): void {

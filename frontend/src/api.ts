@@ -146,7 +146,7 @@ export const api = {
   session: () => call<Session>("GET", "/session", undefined, { own401: true }),
   signIn: (name: string, password: string) =>
     call<Pick<Session, "user" | "csrf_token">>("POST", "/session", { name, password }, { own401: true }),
-  signOut: () => call<void>("DELETE", "/session"),
+  signOut: () => call<void>("DELETE", "/session", undefined, { own401: true }),
   setup: (token: string, name: string, password: string) =>
     call<Pick<Session, "user" | "csrf_token">>("POST", "/setup", { token, name, password }, { own401: true }),
   changePassword: (current: string, next: string) => call<void>("POST", "/password", { current, new: next }),
@@ -190,7 +190,7 @@ export function plain(error: unknown): string {
 
 /** 429 and 503 (the queue is full): when to try again, rather than the server's sentence about queue sizes. */
 function busy(code: string, seconds: number): string {
-  if (code === "too_many_attempts") return `Too many attempts; try again in ${seconds} s.`;
+  if (code === "too_many_attempts") return `Too many attempts. Try again in ${seconds} s.`;
   if (code === "rate_limited") return `You have reached your limit of requests per minute; try again in ${seconds} s.`;
   const yours = code === "too_many_waiting" ? " and you already have replies waiting" : "";
   return `The model is busy${yours}; try again in ${seconds} s.`;

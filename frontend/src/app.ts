@@ -19,7 +19,8 @@ import type { Conversation, ConversationView, Session, TurnResult, User } from "
 
 /** What the page around the chat (main.ts) does for it. */
 export interface AppHooks {
-  signOut(): void;
+  /** Rejects when the server could not sign out; the page says why and stays signed in. */
+  signOut(): Promise<void>;
 }
 
 export class App {
@@ -59,7 +60,8 @@ export class App {
       conversationId: () => this.conversation?.id,
       reload: () => this.reload(),
     });
-    this.account = new AccountMenu({ admin: () => this.openAdmin(), signOut: () => hooks.signOut() }, this.toast);
+    const signOut = (): void => void hooks.signOut().catch((error: unknown) => this.alert.show(error));
+    this.account = new AccountMenu({ admin: () => this.openAdmin(), signOut }, this.toast);
     this.admin = new AdminPanel(
       {
         changedSelf: (user) => this.changedSelf(user),

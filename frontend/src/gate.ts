@@ -156,15 +156,11 @@ export class Gate {
   }
 }
 
-/** The login's refusals, in words; the retry time from the answer. */
+/** The login's refusals, in words (a 429's retry time comes from plain()). */
 function loginProblem(error: unknown): string {
   if (!(error instanceof ApiError)) return plain(error);
   if (error.code === "bad_credentials") return "Wrong name or password.";
   if (error.code === "disabled") return "This account is disabled. Ask an admin to enable it.";
-  if (error.code === "too_many_attempts") {
-    const wait = error.details.retry_after;
-    return wait ? `Too many attempts. Try again in ${wait} s.` : "Too many attempts. Try again later.";
-  }
   return plain(error);
 }
 

@@ -38,7 +38,7 @@ async function enter(session: Session, fromSetup: boolean): Promise<void> {
   if (page() !== "/chat" && !admin) history.replaceState(null, "", "/chat" + (fromSetup ? "" : location.hash));
   else if (fromSetup) history.replaceState(null, "", "/chat");
   gate.hide();
-  app ??= new App({ signOut: () => void signOut() });
+  app ??= new App({ signOut });
   if (started) await app.returned(session);
   else {
     started = true;
@@ -47,11 +47,12 @@ async function enter(session: Session, fromSetup: boolean): Promise<void> {
   if (admin) app.openAdmin();
 }
 
+/** Rejects (the page shows why) when the server could not sign this session out; a 401 means it is gone already. */
 async function signOut(): Promise<void> {
   try {
     await api.signOut();
   } catch (error) {
-    if (!(error instanceof ApiError && error.status === 401)) return; // still signed in: the alert says why
+    if (!(error instanceof ApiError && error.status === 401)) throw error;
   }
   setCsrfToken(null);
   app?.suspend(true);
