@@ -45,7 +45,6 @@ sessions = Table(
     Column("csrf_token", String(64), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),
-    Column("last_seen_at", BigInteger, nullable=False),
 )
 
 api_keys = Table(
@@ -85,13 +84,13 @@ def public(user: Row) -> Row:
     return {**{k: v for k, v in user.items() if k != "password_hash"}, "models": _models(user)}
 
 
-def actor(user: Row, via: Via, queue: str = "", session: Row | None = None, key: str | None = None) -> Actor:
+def actor(user: Row, via: Via, session: Row | None = None, key: str | None = None) -> Actor:
     return Actor(
         user["id"],
         user["name"],
         user["role"],
         via,
-        queue=queue or user["id"],
+        queue=user["id"],
         max_running=user["max_running"],
         requests_per_minute=user["requests_per_minute"],
         models=None if (allowed := _models(user)) is None else tuple(allowed),
@@ -200,7 +199,6 @@ class Accounts:
             "csrf_token": secrets.token_urlsafe(32),
             "created_at": stamp,
             "expires_at": stamp + int(lifetime_s * 1000),
-            "last_seen_at": stamp,
         }
 
         def query(conn: Connection) -> None:
@@ -260,15 +258,12 @@ class Accounts:
         query = select(api_keys).where(api_keys.c.user_id == user_id).order_by(api_keys.c.created_at)
         return await self.read(lambda conn: [_key(plain_row(r)) for r in conn.execute(query).mappings()])
 
-    async def revoke_key(self, user_id: str, key_id: str) -> Row | None:
-        """Delete one of the user's keys; the deleted row (for its hash), or None if the user has no such key."""
+    async def revoke_key(self, user_id: str, key_id: str) -> bool:
+        """Delete one of the user's keys; False if the user has no such key."""
 
-        def query(conn: Connection) -> Row | None:
+        def query(conn: Connection) -> bool:
             mine = (api_keys.c.id == key_id) & (api_keys.c.user_id == user_id)
-            found = conn.execute(select(api_keys).where(mine)).mappings().first()
-            if found is not None:
-                conn.execute(delete(api_keys).where(mine))
-            return plain_row(found) if found else None
+            return bool(conn.execute(delete(api_keys).where(mine)).rowcount)
 
         return await self.write(query)
 

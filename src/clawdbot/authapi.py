@@ -169,10 +169,10 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     actor = current(request)
-    revoked = await request.app[ACCOUNTS].revoke_key(actor.id, request.match_info["id"])
-    if revoked is None:
-        raise NotFound(f"you have no key {request.match_info['id']}")
-    request.app[AUTH].forget(actor.id, lambda open_: open_.key == revoked["id"])
+    key_id = request.match_info["id"]
+    if not await request.app[ACCOUNTS].revoke_key(actor.id, key_id):
+        raise NotFound(f"you have no key {key_id}")
+    request.app[AUTH].forget(actor.id, lambda open_: open_.key == key_id)
     return web.Response(status=204)
 
 

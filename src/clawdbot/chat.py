@@ -289,10 +289,10 @@ class Chat:
         history: list[dict[str, Any]] = []
         if _ID.fullmatch(conversation_id):
             if messages:
-                found, history = await self.store.conversation_and_messages(conversation_id)
+                found, history = await self.store.conversation_and_messages(conversation_id, owner)
             else:
-                found = await self.store.get_conversation(conversation_id)
-        if found is None or found["user_id"] != owner:
+                found = await self.store.get_conversation(conversation_id, owner)
+        if found is None:
             raise NotFound(f"no conversation {conversation_id}")
         return found, history
 

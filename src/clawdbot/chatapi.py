@@ -86,11 +86,9 @@ def json(body: Any, status: int = 200) -> web.Response:
 
 
 async def parse(request: web.Request, model: type[M]) -> M:
-    limit = request.app[CHAT].settings.max_message_chars * 4 + 65536  # the longest message, UTF-8, with room
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request body is larger than {limit} bytes (from --max-message-chars)")
-    raw = await request.read()
-    if len(raw) > limit:
+    limit = request.app[CHAT].settings.max_command_bytes
+    # A declared length over the limit is refused before anything is read.
+    if (request.content_length or 0) > limit or len(raw := await request.read()) > limit:
         raise PayloadTooLarge(f"the request body is larger than {limit} bytes (from --max-message-chars)")
     try:
         data = orjson.loads(raw) if raw.strip() else {}

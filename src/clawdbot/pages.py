@@ -28,16 +28,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
     "connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-# On every response the gateway sends (web.py), pages or not.
-SECURITY_EXTRA = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
-}
-SECURITY = {"Content-Security-Policy": CSP, **SECURITY_EXTRA}
+SECURITY = {"Content-Security-Policy": CSP}  # the rest of the security headers: web.py, on every response
 
 
 def routes(app: web.Application) -> None:

@@ -20,11 +20,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .admission import Admission, Overloaded, Ticket
-from .auth import MODEL_LISTS, check_raw, visible_models
+from .auth import MODEL_LISTS, check_raw, current, visible_models
 from .backends import Backend
 from .errors import BackendError, Forbidden
 from .framing import GENERATION, STREAMS, error_frame, framing_of, read_counts
-from .identity import Actor
 from .logs import AccessLog
 from .metrics import Metrics
 
@@ -144,7 +143,7 @@ class Relay:
         ticket: Ticket | None = None
         try:
             body = await request.read()
-            actor: Actor = request["actor"]
+            actor = current(request)
             check_raw(actor, request.path, _models_of(request.path, body) if actor.models is not None else [])
             if request.method == "POST" and request.path in GENERATION:
                 # The same slots and fair queue as the chat page: a script cannot jump the line.
@@ -168,11 +167,7 @@ class Relay:
             ex.status = error.status
             ex.fail("backend_error", error.kind)
             raise
-        except web.HTTPException as error:  # refused before forwarding, e.g. a body over max_request_bytes
-            ex.status = error.status
-            ex.fail("rejected", None)
-            raise
-        except (Overloaded, Forbidden) as error:
+        except (web.HTTPException, Overloaded, Forbidden) as error:  # refused before forwarding (a body too big…)
             ex.status = error.status
             ex.fail("rejected", None)
             raise

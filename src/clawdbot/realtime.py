@@ -86,7 +86,7 @@ def routes(app: web.Application) -> None:
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[CHAT].settings
     actor = current(request)  # the upgrade was authenticated (and its Origin checked) like any request
-    ws = web.WebSocketResponse(max_msg_size=settings.max_message_chars * 4 + 65536)
+    ws = web.WebSocketResponse(max_msg_size=settings.max_command_bytes)
     await ws.prepare(request)
     # Text frames: a browser hands a binary frame to the page as a Blob, which JSON.parse cannot read.
     outbox = Outbox(lambda data: ws.send_frame(data, WSMsgType.TEXT), actor)
@@ -298,7 +298,8 @@ async def generation_events(request: web.Request) -> web.StreamResponse:
     start = _start(request)
     log = chat.generations.log
     # NotFound if there is none, or it is another user's
-    row = None if chat.job(reply_id, actor.id) is not None else await chat.reply(reply_id, actor.id)
+    job = chat.job(reply_id, actor.id)
+    row = None if job is not None else await chat.reply(reply_id, actor.id)
     response, outbox = await _event_stream(request, actor, reply_stream=True)
     ended = asyncio.Event()
     finished = _Finisher(outbox, ended)
@@ -306,7 +307,7 @@ async def generation_events(request: web.Request) -> web.StreamResponse:
         if row is not None or not log.follow(reply_id, start, finished):  # ended while the stream opened
             outbox.event(stored_reply(row or await chat.reply(reply_id, actor.id)))
             ended.set()
-        elif not ended.is_set() and (job := log.job(reply_id)) is not None and job.finished:
+        elif not ended.is_set() and job is not None and job.finished:
             # it ended before `start`: nothing more will come, so end as a reply that ended a while ago does
             outbox.event(stored_reply(await chat.reply(reply_id, actor.id)))
             ended.set()

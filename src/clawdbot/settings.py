@@ -202,6 +202,11 @@ class Settings(_Base):
         return self
 
     @property
+    def max_command_bytes(self) -> int:
+        """A chat command's or body's size limit: the longest message, 4 UTF-8 bytes a character, with room."""
+        return self.max_message_chars * 4 + 65536
+
+    @property
     def accounts(self) -> bool:
         """Whether requests must name a user (see --auth)."""
         return self.auth if self.auth is not None else not (self.demo and loopback(self.host))

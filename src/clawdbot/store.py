@@ -180,14 +180,16 @@ class Store:
         query = select(conversations).where(conversations.c.user_id == user_id).order_by(*order).limit(limit)
         return await self.read(lambda conn: _rows(conn.execute(query)))
 
-    async def get_conversation(self, conversation_id: str) -> dict[str, Any] | None:
-        return await self.read(lambda conn: _conversation(conn, conversation_id))
+    async def get_conversation(self, conversation_id: str, user_id: str | None = None) -> dict[str, Any] | None:
+        """The conversation; with `user_id`, only if it is that user's."""
+        return await self.read(lambda conn: _conversation(conn, conversation_id, user_id))
 
-    async def conversation_and_messages(self, conversation_id: str) -> tuple[Row | None, list[Row]]:
-        """A conversation and its shown messages, read together (one snapshot, one step)."""
+    async def conversation_and_messages(self, conversation_id: str, user_id: str) -> tuple[Row | None, list[Row]]:
+        """The user's conversation and its shown messages, read together (one snapshot, one step); another
+        user's reads as none, and its messages are not read."""
 
         def query(conn: Connection) -> tuple[Row | None, list[Row]]:
-            found = _conversation(conn, conversation_id)
+            found = _conversation(conn, conversation_id, user_id)
             return found, _messages(conn, conversation_id) if found else []
 
         return await self.read(query)
@@ -356,8 +358,11 @@ def new_message(
     }
 
 
-def _conversation(conn: Connection, conversation_id: str) -> dict[str, Any] | None:
-    found = conn.execute(select(conversations).where(conversations.c.id == conversation_id)).mappings().first()
+def _conversation(conn: Connection, conversation_id: str, user_id: str | None = None) -> dict[str, Any] | None:
+    query = select(conversations).where(conversations.c.id == conversation_id)
+    if user_id is not None:
+        query = query.where(conversations.c.user_id == user_id)
+    found = conn.execute(query).mappings().first()
     return plain_row(found) if found else None
 
 

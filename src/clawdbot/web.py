@@ -280,13 +280,24 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         )
 
 
+# On every response the gateway sends, pages or not.
+_SECURITY = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+}
+
+
 async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
     headers["X-Request-ID"] = request.get("request_id", "")
     headers.pop("Server", None)
     # Whatever a response holds (a backend's bytes too), no browser may run it, frame it, or sniff it into HTML.
     headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'; sandbox")
-    headers.update(pages.SECURITY_EXTRA)
+    headers.update(_SECURITY)
 
 
 @web.middleware

@@ -156,6 +156,13 @@ def _kind(value: Any) -> str:
     return _GO_KIND.get(type(value), "value")
 
 
+_OPENAI_TYPES = {
+    "messages": (list, "[]openai.Message"),
+    "stream_options": (dict, "openai.StreamOptions"),
+    "reasoning": (dict, "openai.Reasoning"),
+}
+
+
 def _check_types(data: dict[str, Any], fields: Mapping[str, tuple[type, str]], where: str) -> None:
     for key, (expected, go_type) in fields.items():
         value = data.get(key)
@@ -271,15 +278,7 @@ def parse_openai_chat(body: bytes) -> GenRequest:
         )
     if not data.get("messages"):
         raise OllamaError(400, "[] is too short - 'messages'")
-    for name, kind, go_type in (
-        ("messages", list, "[]openai.Message"),
-        ("stream_options", dict, "openai.StreamOptions"),
-        ("reasoning", dict, "openai.Reasoning"),
-    ):
-        value = data.get(name)
-        if value is not None and not isinstance(value, kind):
-            where = f"Go struct field ChatCompletionRequest.{name} of type {go_type}"
-            raise OllamaError(400, f"json: cannot unmarshal {_kind(value)} into {where}")
+    _check_types(data, _OPENAI_TYPES, "ChatCompletionRequest")
     messages = []
     for message in data["messages"]:
         content = message.get("content") if isinstance(message, dict) else None

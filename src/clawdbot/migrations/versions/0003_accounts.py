@@ -46,7 +46,6 @@ def upgrade() -> None:
         sa.Column("csrf_token", sa.String(64), nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("expires_at", sa.BigInteger, nullable=False),
-        sa.Column("last_seen_at", sa.BigInteger, nullable=False),
     )
     op.create_index("sessions_by_user", "sessions", ["user_id"])
     op.create_table(
