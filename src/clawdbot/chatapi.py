@@ -6,6 +6,7 @@ actions exist on the WebSocket (realtime.py); these routes serve curl, the SSE f
 
 from __future__ import annotations
 
+import json as stdlib_json
 from typing import Any, TypeVar
 
 import orjson
@@ -82,7 +83,11 @@ def routes(app: web.Application) -> None:
 
 
 def json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    try:
+        data = orjson.dumps(body)
+    except TypeError:  # a str with a lone surrogate (text from a header that was not UTF-8): escape it instead
+        data = stdlib_json.dumps(body).encode()
+    return web.Response(body=data, status=status, content_type="application/json")
 
 
 async def parse(request: web.Request, model: type[M]) -> M:

@@ -7,7 +7,6 @@ opened in a cleanup context at startup and closed at shutdown; nothing happens a
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import sys
@@ -16,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator
 from importlib import resources
 
-import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from sqlalchemy.engine import make_url
@@ -28,6 +26,7 @@ from .auth import AUTH, Auth, authenticate
 from .backends import Backend, BackendStatus
 from .chat import Chat
 from .chatapi import CHAT
+from .chatapi import json as json_response  # one JSON responder, lone surrogates included
 from .errors import BackendError, ClawdbotError, Conflict, NotFound, PayloadTooLarge
 from .eventlog import MemoryLog
 from .generations import Generations, Hub
@@ -212,7 +211,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok", "version": __version__})
+    return json_response({"status": "ok", "version": __version__})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -232,7 +231,7 @@ async def readyz(request: web.Request) -> web.Response:
     }
     if backend.simulated:
         body["note"] = "demo mode: the model is simulated by clawdbot, not a real Ollama"
-    return _json(body, 200 if status.reachable else 503)
+    return json_response(body, 200 if status.reachable else 503)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -360,18 +359,10 @@ def _error(request: web.Request, error: ClawdbotError) -> web.Response:
             body.update(error.details)
         if isinstance(error, Overloaded):
             body["retry_after"] = error.retry_after
-    response = _json(body, error.status)
+    response = json_response(body, error.status)
     if isinstance(error, Overloaded):
         response.headers["Retry-After"] = str(error.retry_after)
     return response
-
-
-def _json(body: object, status: int = 200) -> web.Response:
-    try:
-        data = orjson.dumps(body)
-    except TypeError:  # a str with a lone surrogate: text from a header that was not UTF-8
-        data = json.dumps(body).encode()
-    return web.Response(body=data, status=status, content_type="application/json")
 
 
 async def run(settings: Settings) -> None:
