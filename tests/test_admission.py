@@ -12,7 +12,8 @@ import pytest
 import pytest_asyncio
 
 from chat_support import ChatApi, Socket, chat_api, done_of, sim_runner, wait_until
-from clawdbot.admission import Admission, Overloaded, Ticket
+from clawdbot.backends.admission import MemoryAdmission, Ticket
+from clawdbot.errors import Overloaded
 from conftest import Server, script, start_gateway, start_simulator
 
 LONG = " ".join(f"w{i}" for i in range(60))  # 1.5 s at 40 tokens a second
@@ -21,7 +22,7 @@ LONG = " ".join(f"w{i}" for i in range(60))  # 1.5 s at 40 tokens a second
 # ---- the queue itself ----------------------------------------------------------------------------------------------
 @pytest.mark.asyncio
 async def test_a_greedy_user_does_not_hold_up_others_round_robin() -> None:
-    admission = Admission(1, max_queue=100, max_queue_per_user=100)
+    admission = MemoryAdmission(1, max_queue=100, max_queue_per_user=100)
     running = admission.enter("greedy")
     greedy = [admission.enter("greedy") for _ in range(50)]
     light = [admission.enter(f"light{i}") for i in range(3)]
@@ -38,7 +39,7 @@ async def test_a_greedy_user_does_not_hold_up_others_round_robin() -> None:
 
 @pytest.mark.asyncio
 async def test_queue_positions_follow_the_order_of_service_and_are_told_as_they_change() -> None:
-    admission = Admission(1, max_queue=100, max_queue_per_user=100)
+    admission = MemoryAdmission(1, max_queue=100, max_queue_per_user=100)
     running = admission.enter("a")
     told: dict[str, list[int]] = {}
 
@@ -58,7 +59,7 @@ async def test_queue_positions_follow_the_order_of_service_and_are_told_as_they_
 
 @pytest.mark.asyncio
 async def test_a_waiter_that_is_cancelled_leaves_the_queue_and_never_holds_a_slot() -> None:
-    admission = Admission(1, max_queue=10, max_queue_per_user=10)
+    admission = MemoryAdmission(1, max_queue=10, max_queue_per_user=10)
     running = admission.enter("a")
     waiting = admission.enter("b")
     task = asyncio.create_task(admission.wait(waiting))
@@ -75,7 +76,7 @@ async def test_a_waiter_that_is_cancelled_leaves_the_queue_and_never_holds_a_slo
 
 @pytest.mark.asyncio
 async def test_a_full_queue_refuses_at_once_with_advice_on_when_to_retry() -> None:
-    admission = Admission(2, max_queue=3, max_queue_per_user=2)
+    admission = MemoryAdmission(2, max_queue=3, max_queue_per_user=2)
     for user in ("a", "b"):
         admission.enter(user)
     admission.enter("a"), admission.enter("a")
@@ -93,7 +94,7 @@ async def test_a_full_queue_refuses_at_once_with_advice_on_when_to_retry() -> No
 
 @pytest.mark.asyncio
 async def test_a_free_slot_goes_to_a_new_user_while_the_queue_holds_only_a_capped_users_requests() -> None:
-    admission = Admission(2, max_queue=2, max_queue_per_user=5)
+    admission = MemoryAdmission(2, max_queue=2, max_queue_per_user=5)
     capped = [admission.enter("a", max_running=1) for _ in range(3)]  # one runs, two wait: the queue is full
     assert [t.running for t in capped] == [True, False, False]
     other = admission.enter("b")  # a slot is free and b has no cap: it runs, nothing is refused

@@ -18,7 +18,7 @@ import pytest
 from accounts_support import Gateway, accounts_gateway, bearer, close_clients, new_key, sign_in
 from chat_support import ChatApi, Socket
 from clawdbot.settings import Settings
-from clawdbot.web import create_app
+from clawdbot.web.app import create_app
 from conftest import Server, start_gateway
 
 PUBLIC = "public"  # anyone: health, metrics, the document, the page and its assets, sign-in and setup
@@ -47,6 +47,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/chat/api/conversations/{id}/regenerate"): OWN,
     ("POST", "/chat/api/conversations/{id}/edit"): OWN,
     ("POST", "/chat/api/conversations/{id}/continue"): OWN,
+    ("POST", "/chat/api/conversations/{id}/versions"): OWN,
     ("POST", "/chat/api/conversations/{id}/stop"): OWN,
     ("GET", "/chat/api/conversations/{id}/events"): OWN,
     ("GET", "/chat/api/generations/{id}"): OWN,
@@ -63,6 +64,10 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/chat/api/users"): ADMIN,
     ("POST", "/chat/api/users"): ADMIN,
     ("PATCH", "/chat/api/users/{id}"): ADMIN,
+    ("GET", "/chat/api/admin/settings"): ADMIN,
+    ("PATCH", "/chat/api/admin/settings"): ADMIN,
+    ("GET", "/chat/api/admin/backends"): ADMIN,
+    ("PATCH", "/chat/api/admin/backends/{name}"): ADMIN,
     ("GET", "/chat/api/ws"): SIGNED_IN,
     **{
         (method, page): PUBLIC
@@ -107,7 +112,12 @@ class World:
         ids = {"/chat/api/generations/{id}": self.reply, "/chat/api/keys/{id}": self.key_id}
         ids["/chat/api/users/{id}"] = self.bo_id
         found = next((value for prefix, value in ids.items() if path.startswith(prefix)), self.conversation)
+        if path.startswith("/chat/api/admin/backends/"):  # a backend that exists: a refusal must not drain it
+            return self.gateway.url + path.replace("{name}", self.backend())
         return self.gateway.url + path.replace("{id}", found).replace("{tail}", "tags").replace("{name}", "x.js")
+
+    def backend(self) -> str:
+        return str(httpx.get(self.gateway.url + "/readyz").json()["backends"][0]["name"])
 
     def untouched(self) -> None:
         view = self.ana.view(self.conversation)
@@ -133,16 +143,22 @@ def world(simulator: Server) -> Iterator[World]:
 
 BODIES: dict[str, Any] = {"messages": {"content": "hijack"}, "edit": {"content": "hijack"}}
 BODIES["conversations/{id}"] = {"title": "pwned"}
+BODIES["versions"] = {"message_id": "{reply}"}  # Ana's own reply: only the conversation is someone else's
+BODIES["admin/settings"] = {"model_titles": True, "num_ctx": {"qwen3:32b": 256}}
+BODIES["admin/backends/{name}"] = {"draining": True}
 
 
-def _body(path: str) -> Any:
-    return next((body for suffix, body in BODIES.items() if path.endswith(suffix)), {})
+def _body(path: str, world: World) -> Any:
+    body = next((body for suffix, body in BODIES.items() if path.endswith(suffix)), {})
+    return {
+        key: value.replace("{reply}", world.reply) if isinstance(value, str) else value for key, value in body.items()
+    }
 
 
 def _http(world: World, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
     if method in ("GET", "HEAD", "DELETE"):
         return httpx.request(method, world.url(path), headers=headers, timeout=10)
-    return httpx.request(method, world.url(path), headers=headers, json=_body(path), timeout=10)
+    return httpx.request(method, world.url(path), headers=headers, json=_body(path, world), timeout=10)
 
 
 STREAMS = {"/chat/api/ws", "/chat/api/conversations/{id}/events", "/chat/api/generations/{id}/events"}
@@ -173,8 +189,13 @@ def test_another_user_gets_404_and_changes_nothing(world: World, method: str, pa
 def test_a_user_is_not_an_admin(world: World, method: str, path: str) -> None:
     answer = _http(world, method, path, bearer(world.bo_key))
     assert answer.status_code == 403
-    root = httpx.get(world.gateway.url + "/chat/api/users", headers=bearer(new_key(sign_in(world.gateway.url, "root"))))
-    assert {u["name"] for u in root.json()["users"]} >= {"ana", "bo", "root"}
+    root = bearer(new_key(sign_in(world.gateway.url, "root")))
+    users = httpx.get(world.gateway.url + "/chat/api/users", headers=root)
+    assert {u["name"] for u in users.json()["users"]} >= {"ana", "bo", "root"}
+    platform = httpx.get(world.gateway.url + "/chat/api/admin/settings", headers=root).json()
+    assert not platform["settings"]["model_titles"]["saved"]
+    assert not any(model["saved"] for model in platform["models"])
+    assert [b["state"] for b in httpx.get(world.gateway.url + "/readyz").json()["backends"]] == ["healthy"]
 
 
 def test_lists_and_search_show_only_ones_own(world: World) -> None:
@@ -186,6 +207,18 @@ def test_lists_and_search_show_only_ones_own(world: World) -> None:
     finally:
         bo.close()
     assert [r["conversation"]["id"] for r in world.ana.search("zanzibar")] == [world.conversation]
+
+
+def test_another_users_message_is_no_version_in_ones_own_conversation(world: World) -> None:
+    bo = ChatApi(world.gateway.url, bearer(world.bo_key))
+    try:
+        own = bo.create()["id"]
+        answer = bo.http.post(f"/conversations/{own}/versions", json={"message_id": world.reply})
+        assert answer.status_code == 404, answer.text
+        assert "zanzibar" not in answer.text
+    finally:
+        bo.close()
+    world.untouched()
 
 
 def test_websocket_commands_on_another_users_ids_are_not_found(world: World) -> None:
@@ -206,6 +239,7 @@ async def _websocket_as_bo(world: World) -> None:
             ("regenerate", {"conversation_id": world.conversation}),
             ("edit", {"conversation_id": world.conversation, "content": "hijack"}),
             ("continue", {"conversation_id": world.conversation}),
+            ("switch", {"conversation_id": world.conversation, "message_id": world.reply}),
             ("stop", {"conversation_id": world.conversation}),
             ("resume", {"reply_id": world.reply, "from": 1}),
         ]:

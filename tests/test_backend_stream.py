@@ -1,7 +1,7 @@
 """How the chat platform reads a backend's stream: the lines that arrive together become one delta, in order.
 
 A backend that answers with exactly chosen writes (several NDJSON lines in one write, a line split across writes)
-shows what `backends.chat` hands the generation: one event per read, so a busy gateway does less per token, and
+shows what `OllamaBackend.chat` hands the generation: one event per read, so a busy gateway does less per token, and
 the text is the same whatever the boundaries.
 """
 
@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from clawdbot.backends import Backend, Delta, Final, chat
+from clawdbot.backends.base import Delta, Final
+from clawdbot.backends.ollama import OllamaBackend
 from clawdbot.errors import BackendError
 from clawdbot.settings import Settings
 
@@ -47,9 +48,9 @@ async def serve(writes: list[bytes], pause: float = 0.05) -> TestServer:
 
 async def events(writes: list[bytes], **settings: float) -> AsyncIterator[Delta | Final]:
     server = await serve(writes, settings.pop("pause", 0.05))
-    backend = Backend(Settings(**settings), f"http://127.0.0.1:{server.port}")
+    backend = OllamaBackend(Settings(**settings), f"http://127.0.0.1:{server.port}")
     try:
-        async for event in chat(backend, {"model": "m", "messages": [], "stream": True}):
+        async for event in backend.chat({"model": "m", "messages": [], "stream": True}):
             yield event
     finally:
         await backend.close()
@@ -69,7 +70,7 @@ async def test_lines_that_arrive_together_are_one_delta() -> None:
             line(done=True),
         ]
     )
-    assert got[:2] == [Delta(thinking="Let me think.", content="The "), Delta(content="answer is 4.")]
+    assert got[:2] == [Delta(thinking="Let me think.", content="The ", lines=3), Delta(content="answer is 4.", lines=2)]
     assert isinstance(got[2], Final)
     assert (got[2].prompt_tokens, got[2].output_tokens) == (7, 4)
     assert len(got) == 3
@@ -78,7 +79,7 @@ async def test_lines_that_arrive_together_are_one_delta() -> None:
 @pytest.mark.asyncio
 async def test_thinking_after_answer_text_in_one_read_keeps_its_order() -> None:
     got = await collect([line(content="A") + line(thinking="B") + line(content="C"), line(done=True)])
-    assert got[:2] == [Delta(content="A"), Delta(thinking="B", content="C")]
+    assert got[:2] == [Delta(content="A"), Delta(thinking="B", content="C", lines=2)]
 
 
 @pytest.mark.asyncio

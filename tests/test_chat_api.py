@@ -140,6 +140,7 @@ def test_reading_a_new_conversation(api: ChatApi) -> None:
     assert view == {
         "conversation": conversation,
         "messages": [],
+        "versions": {},
         "active": None,
         "context": {"in_use": None, "num_ctx": 2048, "omitted_turns": 0},
     }
@@ -269,7 +270,7 @@ def test_exports_are_downloads_with_every_message_and_its_numbers(api: ChatApi, 
     assert response.headers["Content-Type"].startswith("application/json")
     disposition = response.headers["Content-Disposition"]
     assert disposition.startswith("attachment;")
-    assert f'filename="conversation-{conversation["id"]}.json"' in disposition
+    assert 'filename="Export me.json"' in disposition
     exported = json.loads(response.content)
     assert exported["conversation"]["title"] == "Export me"
     assert exported["messages"] == stored

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from chat_support import ChatApi, Socket, chat_api, done_of, sim_runner, wait_until
+from chat_support import ChatApi, Socket, chat_api, connect, done_of, sim_runner, wait_until
 from conftest import Server, script, start_gateway, start_simulator
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "judge"]
@@ -49,13 +49,6 @@ def api(gateway: Server) -> Iterator[ChatApi]:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
         yield client
-
-
-async def connect(session: aiohttp.ClientSession, gateway: Server) -> Socket:
-    socket = Socket(await session.ws_connect(gateway.url + "/chat/api/ws"))
-    hello = await socket.next()
-    assert hello["type"] == "hello"
-    return socket
 
 
 def deltas(events: list[dict[str, Any]], kind: str) -> str:
@@ -103,7 +96,7 @@ async def test_a_whole_reply_over_the_socket(
 ) -> None:
     conversation = api.create()
     script(simulator, {"reply": ANSWER, "thinking": THOUGHT})
-    socket = await connect(session, gateway)
+    socket = await connect(session, gateway.url)
     ack = await socket.command("send", conversation_id=conversation["id"], content="talk to me", client_id="c1")
     assert (ack["type"], ack["command"]) == ("ack", "send")
     assert (ack["message"]["content"], ack["message"]["client_id"]) == ("talk to me", "c1")
@@ -139,11 +132,11 @@ async def test_a_late_subscriber_gets_a_snapshot_then_the_rest_without_gap_or_re
 ) -> None:
     conversation = api.create()
     script(simulator, {"reply": ANSWER, "thinking": THOUGHT})
-    first = await connect(session, gateway)
+    first = await connect(session, gateway.url)
     reply_id = (await first.command("send", conversation_id=conversation["id"], content="go"))["reply"]["id"]
     await first.until(lambda e: e["type"] == "reply.delta" and e["seq"] >= 5)  # still thinking
 
-    late = await connect(session, gateway)
+    late = await connect(session, gateway.url)
     ack = await late.command("subscribe", conversation_id=conversation["id"])
     assert ack == {"type": "ack", "ref": "r1", "command": "subscribe", "conversation_id": conversation["id"]}
     snapshot = late.seen[0]
@@ -174,7 +167,7 @@ async def test_closing_the_socket_does_not_stop_the_reply(
     conversation = api.create()
     script(simulator, {"reply": ANSWER, "thinking": ""})
     cancelled = sim_runner(simulator.url)["cancelled_total"]
-    socket = await connect(session, gateway)
+    socket = await connect(session, gateway.url)
     reply_id = (await socket.command("send", conversation_id=conversation["id"], content="go on"))["reply"]["id"]
     await socket.until(lambda e: e["type"] == "reply.delta")
     await socket.ws.close()
@@ -189,7 +182,7 @@ async def test_stop_and_conflicts_over_the_socket(
 ) -> None:
     conversation = api.create()
     script(simulator, {"reply": ANSWER, "thinking": ""})
-    socket = await connect(session, gateway)
+    socket = await connect(session, gateway.url)
     reply_id = (await socket.command("send", conversation_id=conversation["id"], content="go"))["reply"]["id"]
     await socket.until(lambda e: e["type"] == "reply.delta" and e["seq"] >= 3)
     for kind, fields in [("send", {"content": "again"}), ("edit", {"content": "other"}), ("regenerate", {})]:
@@ -214,7 +207,7 @@ async def test_regenerate_and_edit_over_the_socket_announce_what_they_supersede(
     conversation = api.create()
     entries: list[dict[str, object]] = [{"reply": f"answer {i}", "thinking": ""} for i in range(3)]
     script(simulator, *entries)
-    socket = await connect(session, gateway)
+    socket = await connect(session, gateway.url)
     sent = await socket.command("send", conversation_id=conversation["id"], content="question")
     await socket.until(done_of(sent["reply"]["id"]))
 
@@ -239,7 +232,7 @@ async def test_after_unsubscribe_no_events_of_that_conversation_arrive(
 ) -> None:
     conversation = api.create()
     script(simulator, {"reply": "quiet", "thinking": ""})
-    socket = await connect(session, gateway)
+    socket = await connect(session, gateway.url)
     await socket.command("subscribe", conversation_id=conversation["id"])
     assert (await socket.command("unsubscribe", conversation_id=conversation["id"]))["type"] == "ack"
     api.turn(conversation["id"], "anyone listening?")
@@ -265,7 +258,7 @@ async def test_bad_commands_get_an_error_and_the_socket_stays_open(
     session: aiohttp.ClientSession, gateway: Server, api: ChatApi
 ) -> None:
     conversation_id = api.create()["id"]
-    socket = await connect(session, gateway)
+    socket = await connect(session, gateway.url)
     for command, code, status, words in BAD_COMMANDS:
         raw = command if isinstance(command, str) else json.dumps(command).replace("{cid}", conversation_id)
         await socket.ws.send_str(raw)

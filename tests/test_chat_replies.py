@@ -131,7 +131,7 @@ def test_a_finished_reply_has_its_text_and_ollamas_own_numbers(api: ChatApi, spy
 def test_the_model_gets_the_history_in_ollamas_format_without_thinking(
     api: ChatApi, spy: Spy, simulator: Server
 ) -> None:
-    conversation = api.create(system_prompt="Be terse.", temperature=0.3, num_ctx=4096, think=True)
+    conversation = api.create(system_prompt="Be terse.", temperature=0.3, num_ctx=4096, think=True, num_predict=512)
     script(
         simulator,
         {"reply": "Paris.", "thinking": "The capital of France is Paris."},
@@ -148,7 +148,7 @@ def test_the_model_gets_the_history_in_ollamas_format_without_thinking(
             {"role": "user", "content": "And Germany?"},
         ],
         "stream": True,
-        "options": {"num_ctx": 4096, "temperature": 0.3},
+        "options": {"num_ctx": 4096, "num_predict": 512, "temperature": 0.3},
         "think": True,
     }
 
@@ -158,7 +158,7 @@ def test_a_conversation_without_settings_sends_the_servers_defaults(api: ChatApi
     script(simulator, SHORT)
     api.turn(conversation["id"], "defaults please")
     body = spy.last_chat().body
-    assert body["options"] == {"num_ctx": 8192}
+    assert body["options"] == {"num_ctx": 8192, "num_predict": 4096}  # --num-ctx and --num-predict
     assert "think" not in body
     assert body["messages"] == [{"role": "user", "content": "defaults please"}]
 

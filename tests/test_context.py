@@ -8,22 +8,23 @@ num_ctx, checking what the backend received and what the page is told.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import replace
 
 import pytest
 
 from chat_support import Spy, chat_api
-from clawdbot.context import estimate, in_use, plan
+from clawdbot.chat.context import estimate, in_use, plan
+from clawdbot.store.records import Message, new_message
 from conftest import Server, script, start_gateway
 
 
-def user(content: str) -> dict[str, Any]:
-    return {"role": "user", "content": content, "thinking": ""}
+def user(content: str) -> Message:
+    return new_message("c", "user", content, status="sent")
 
 
-def reply(content: str, thinking: str = "", **counts: int | None) -> dict[str, Any]:
+def reply(content: str, thinking: str = "", **counts: int | None) -> Message:
     """A stored reply; `counts` are prompt_tokens, output_tokens and omitted_turns."""
-    return {"role": "assistant", "content": content, "thinking": thinking, **counts}
+    return replace(new_message("c", "assistant", content, status="done", thinking=thinking), **counts)
 
 
 WORDY = " ".join(["word"] * 96)  # 96 pieces + 4 around the message: 100 tokens by the estimate
@@ -80,7 +81,7 @@ def test_the_count_is_compared_with_what_that_reply_was_really_sent() -> None:
         reply(WORDY, prompt_tokens=100 + 3, output_tokens=100, omitted_turns=1),
         user("next"),
     ]
-    result = plan(history, "", 300 + 2048, 2048)
+    result = plan(history, "", 300 + 300, 300)
     assert result.omitted_turns == 1  # 408 tokens by the estimate; 208 without the first turn
     assert result.messages[0]["content"] == WORDY
     assert len(result.messages) == 3
@@ -93,7 +94,7 @@ def test_a_wild_count_only_scales_the_guess_so_far() -> None:
 
 
 def test_the_oldest_turns_are_left_out_first_and_whole() -> None:
-    history: list[dict[str, Any]] = []
+    history: list[Message] = []
     for i in range(4):
         history += [user(f"q{i} " + WORDY), reply(f"a{i} " + WORDY)]
     history.append(user("the newest question"))
@@ -115,6 +116,16 @@ def test_the_newest_message_and_the_system_prompt_always_go() -> None:
         {"role": "user", "content": WORDY * 5},
     ]
     assert result.notes  # it does not fit even alone: the page is told the backend will truncate it
+
+
+def test_a_small_context_keeps_half_for_the_history_whatever_the_reply_room() -> None:
+    """--reply-room 2048 (the default) with a model of 2048 tokens (Ollama 0.5's default) once sent every turn
+    without its history: the room kept for the reply is at most half the context."""
+    history = [user("my name is Ana"), reply("Nice to meet you, Ana."), user("what is my name?")]
+    result = plan(history, "", 2048, 2048)
+    assert result.omitted_turns == 0
+    assert result.budget == 1024
+    assert [m["content"] for m in result.messages] == ["my name is Ana", "Nice to meet you, Ana.", "what is my name?"]
 
 
 def test_in_use_is_the_last_replys_exact_count() -> None:
@@ -140,7 +151,7 @@ def gateway(spy: Spy) -> Iterator[Server]:
 
 
 def test_a_small_context_leaves_old_turns_out_and_says_so(gateway: Server, spy: Spy, simulator: Server) -> None:
-    answer = " ".join(["answer"] * 60)
+    answer = " ".join(f"answer{i}" for i in range(60))  # no token repeated 31 times: Ollama would cut it off
     with chat_api(gateway.url) as api:
         conversation = api.create(num_ctx=512, system_prompt="You are a patient tutor.")
         script(simulator, {"reply": answer, "thinking": "", "times": -1})

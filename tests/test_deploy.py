@@ -28,7 +28,8 @@ import pytest
 
 from accounts_support import PASSWORD, Gateway, accounts_gateway
 from clawdbot.cli import main as cli
-from clawdbot.settings import Settings, SimulatorSettings, env_name
+from clawdbot.settings import Settings, env_name
+from clawdbot.simulator.settings import SimulatorSettings
 from conftest import Server, start_gateway, start_simulator
 from deploy_support import (
     CADDY,

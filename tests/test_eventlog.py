@@ -3,11 +3,13 @@ folded into a snapshot), followers that miss nothing, and how long finished repl
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from clawdbot.eventlog import Job, MemoryLog
+from clawdbot.chat.eventlog import Job, MemoryLog
+from clawdbot.store.records import new_message
 
 
 class Collected:
@@ -19,9 +21,9 @@ class Collected:
 
 
 def reply(log: MemoryLog, reply_id: str = "r1") -> None:
-    message = {"id": reply_id, "conversation_id": "c1", "content": "", "thinking": "", "status": "waiting"}
+    message = replace(new_message("c1", "assistant", status="waiting"), id=reply_id)
     log.register(Job(reply_id, "c1", "someone", message))
-    log.append(reply_id, {"type": "reply.start", "id": reply_id, "message": dict(message)})
+    log.append(reply_id, {"type": "reply.start", "id": reply_id, "message": message})
 
 
 def write(log: MemoryLog, *pieces: str, reply_id: str = "r1") -> None:

@@ -145,7 +145,8 @@ def test_requests_are_counted_by_route_and_outcome(gateway: Server) -> None:
 
 def test_stream_timings_are_observed(gateway: Server) -> None:
     before = scrape(gateway)
-    with httpx.stream("POST", gateway.url + "/api/chat", json=ask(), timeout=10) as response:
+    long = ask("Explain in detail how a gateway relays a stream")  # hundreds of chunks, in several reads
+    with httpx.stream("POST", gateway.url + "/api/chat", json=long, timeout=10) as response:
         chunks = sum(1 for line in response.iter_lines() if line)
     assert chunks > 10
     route = {"route": "/api/chat"}
@@ -377,12 +378,15 @@ def test_the_startup_line_names_the_database_but_never_its_password(database_url
     from types import SimpleNamespace
     from typing import cast
 
-    from clawdbot.backends import Backend, BackendStatus
+    from clawdbot.backends.base import Backend, BackendStatus
+    from clawdbot.backends.fleet import Fleet
     from clawdbot.settings import Settings
-    from clawdbot.web import startup_line
+    from clawdbot.web.serve import startup_line
 
-    backend = SimpleNamespace(url="http://127.0.0.1:11434", simulated=False, status=BackendStatus())
-    line = startup_line(Settings(database_url=database_url), 18789, cast(Backend, backend))
+    backend = SimpleNamespace(
+        url="http://127.0.0.1:11434", simulated=False, status=BackendStatus(), how_to_fix=lambda: "start Ollama"
+    )
+    line = startup_line(Settings(database_url=database_url), 18789, Fleet.of(cast(Backend, backend)))
     assert f"conversations in {shown} " in line
     assert "s3cret" not in line
     assert "chat page http://127.0.0.1:18789/chat" in line

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from clawdbot.settings import Settings
-from clawdbot.web import create_app
+from clawdbot.web.app import create_app
 from conftest import start_gateway
 
 SPEC = json.loads(resources.files("clawdbot").joinpath("openapi.json").read_text(encoding="utf-8"))
@@ -63,9 +63,12 @@ def test_the_document_is_served() -> None:
     assert served.json() == SPEC
 
 
-@pytest.mark.parametrize("name", ["NewConversation", "ConversationChange", "NewMessage", "EditedMessage"])
+CHAT_BODIES = ["NewConversation", "ConversationChange", "NewMessage", "EditedMessage", "ShownVersion"]
+
+
+@pytest.mark.parametrize("name", CHAT_BODIES)
 def test_chat_request_bodies_match_the_validating_models(name: str) -> None:
-    from clawdbot import chatapi
+    from clawdbot.web import chatapi
 
     model = getattr(chatapi, name)
     documented = SPEC["components"]["schemas"][name]
@@ -76,7 +79,7 @@ def test_chat_request_bodies_match_the_validating_models(name: str) -> None:
 
 @pytest.mark.parametrize(("name", "table"), [("Conversation", "conversations"), ("Message", "messages")])
 def test_chat_objects_match_the_stored_columns(name: str, table: str) -> None:
-    from clawdbot import store
+    from clawdbot.store import conversations as store
 
     columns = {column.name for column in getattr(store, table).columns}
     assert set(SPEC["components"]["schemas"][name]["properties"]) == columns
@@ -87,7 +90,7 @@ def test_chat_objects_match_the_stored_columns(name: str, table: str) -> None:
     [("User", "users", {"password_hash"}), ("ApiKey", "api_keys", {"secret_hash", "user_id"})],
 )
 def test_account_objects_are_their_columns_less_the_secrets(name: str, table: str, hidden: set[str]) -> None:
-    from clawdbot import accounts
+    from clawdbot.auth import accounts
 
     columns = {column.name for column in getattr(accounts, table).columns}
     assert set(SPEC["components"]["schemas"][name]["properties"]) == columns - hidden
@@ -95,7 +98,7 @@ def test_account_objects_are_their_columns_less_the_secrets(name: str, table: st
 
 @pytest.mark.parametrize("name", ["SignIn", "Setup", "PasswordChange", "NewKey", "NewUser", "UserChange"])
 def test_account_request_bodies_match_the_validating_models(name: str) -> None:
-    from clawdbot import authapi
+    from clawdbot.web import authapi
 
     model = getattr(authapi, name)
     documented = SPEC["components"]["schemas"][name]

@@ -170,8 +170,10 @@ def public_gateway(simulator: Server) -> Iterator[tuple[Server, dict[str, str]]]
 
 
 def test_request_body_path_and_headers_reach_the_backend_unchanged(echo: Echo, echo_gateway: Server) -> None:
+    # With its own num_ctx and num_predict: a body without them gets the defaults added (tests/test_limits.py).
     body = (
-        '{ "model":"qwen3:32b",\n  "messages":[{"content":"naïve <café> & \\u00e9 \\ud83d\\ude00","role":"user"}] }\n'
+        '{ "model":"qwen3:32b",\n  "messages":[{"content":"naïve <café> & \\u00e9 \\ud83d\\ude00","role":"user"}],'
+        ' "options":{"num_predict":64, "num_ctx":4096} }\n'
     )
     raw = body.encode()
     request_id = rid()
@@ -251,7 +253,9 @@ def slow_simulator() -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def slow_gateway(slow_simulator: Server) -> Iterator[Server]:
-    server = start_gateway(slow_simulator.url)
+    # The size the direct requests load the model with (the 4090 profile's default): a gateway that sent another
+    # would reload the model between the two and measure the reload.
+    server = start_gateway(slow_simulator.url, "--num-ctx", "4096")
     yield server
     server.stop()
 

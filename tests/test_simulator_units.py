@@ -1,4 +1,6 @@
-"""The simulator's building blocks without a server: Go JSON, Go error texts, the tokenizer, the step-time model."""
+"""The simulator's building blocks without a server: Go JSON, Go error texts, the tokenizer, the step-time model.
+
+Composed replies have their own tests in test_simulator_replies.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from clawdbot.simulator import gojson
 from clawdbot.simulator.goerrors import parse_duration, syntax_error
 from clawdbot.simulator.profiles import PROFILES
-from clawdbot.simulator.replies import compose, count_tokens, tokenize
+from clawdbot.simulator.replies import count_tokens, tokenize
 from clawdbot.simulator.wire import ChatEmitter, GenerateEmitter, OpenAIEmitter, Result, openai_error
 
 RFC3339NANO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d*[1-9])?Z")
@@ -196,17 +198,6 @@ def test_tokenizer_cuts_like_a_bpe() -> None:
     assert tokenize("2025") == ["2", "0", "2", "5"]
     assert tokenize("中文混合") == ["中文", "混合"]
     assert tokenize("a\n\n\nb") == ["a", "\n\n\n", "b"]
-
-
-def test_compose_is_deterministic_per_seed_and_prompt() -> None:
-    first = compose(0, "How do I stream?", think=True)
-    assert first == compose(0, "How do I stream?", think=True)
-    assert first != compose(0, "How do I batch?", think=True)
-    assert first != compose(1, "How do I stream?", think=True)
-    assert first.thinking
-    assert "<think>" not in first.thinking + first.content
-    assert compose(0, "How do I stream?", think=False).thinking == ""
-    assert re.search(r"[\u4e00-\u9fff]", compose(3, "怎么部署？", think=False).content)
 
 
 # ---- profiles -----------------------------------------------------------------------------------------------------

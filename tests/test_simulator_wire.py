@@ -1,4 +1,4 @@
-"""The simulator's bytes on the wire match `ollama serve` (shared/reference/ollama-api.md), seen over real HTTP."""
+"""The simulator's bytes on the wire match `ollama serve` (docs/ollama-protocol.md), seen over real HTTP."""
 
 from __future__ import annotations
 
@@ -608,6 +608,19 @@ def test_native_error_bodies(simulator: Server, path: str, body: bytes, status: 
     assert got.content == json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_format_that_is_neither_json_nor_a_schema_fails_after_the_load(simulator: Server, stream: bool) -> None:
+    for fmt in ("json", "", None, {"type": "object"}):
+        assert post(simulator, "/api/chat", chat_body(format=fmt, stream=stream)).status_code == 200
+    got = post(simulator, "/api/chat", chat_body(format="xml", stream=stream))
+    assert got.status_code == 500
+    assert got.headers["content-type"] == ("application/json" if stream else NATIVE_JSON)
+    assert got.json() == {"error": 'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object'}
+    assert post(simulator, "/api/generate", {"model": MODEL, "prompt": "hi", "format": 7}).json() == {
+        "error": 'invalid format: "7"; expected "json" or a valid JSON Schema object'
+    }
+
+
 def test_body_is_read_like_gos_decoder(simulator: Server) -> None:
     """json.Decoder reads one value, so what follows it is ignored; a lone surrogate (a browser cutting an emoji
     in half) or a bad UTF-8 byte becomes U+FFFD instead of failing the request."""
@@ -624,13 +637,17 @@ def test_body_is_read_like_gos_decoder(simulator: Server) -> None:
 def test_v1_error_bodies(simulator: Server) -> None:
     empty = post(simulator, "/v1/chat/completions", {"model": MODEL, "messages": []})
     assert empty.status_code == 400
-    assert empty.headers["content-type"] == "application/json"
+    # The middleware's own refusal is gin's c.AbortWithStatusJSON (charset, no newline); a handler's error is
+    # rewritten through json.Encoder (no charset, a newline).
+    assert empty.headers["content-type"] == "application/json; charset=utf-8"
     assert empty.content == (
         b'{"error":{"message":"[] is too short - \'messages\'","type":"invalid_request_error",'
-        b'"param":null,"code":null}}\n'
+        b'"param":null,"code":null}}'
     )
     unknown = post(simulator, "/v1/chat/completions", v1_body("hi") | {"model": "nope:1b"})
     assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == "application/json"
+    assert unknown.content.endswith(b"}}\n")
     assert unknown.json()["error"]["type"] == "not_found_error"
     with openai_client(simulator) as client, pytest.raises(openai.NotFoundError, match="not found"):
         client.chat.completions.create(model="nope:1b", messages=[{"role": "user", "content": "hi"}])
@@ -639,10 +656,10 @@ def test_v1_error_bodies(simulator: Server) -> None:
 def test_unknown_route_and_wrong_method(simulator: Server) -> None:
     missing = httpx.get(simulator.url + "/api/nothing")
     assert (missing.status_code, missing.content) == (404, b"404 page not found")
-    assert missing.headers["content-type"] == "text/plain; charset=utf-8"
+    assert missing.headers["content-type"] == "text/plain"  # gin's serveError: no charset
     wrong = httpx.get(simulator.url + "/api/chat")
     assert (wrong.status_code, wrong.content) == (405, b"405 method not allowed")
-    assert wrong.headers["content-type"] == "text/plain; charset=utf-8"
+    assert wrong.headers["content-type"] == "text/plain"
     assert "server" not in wrong.headers
 
 
@@ -702,3 +719,28 @@ def test_no_headers_before_the_first_token(slow_sim: Server) -> None:
     warm = timed_stream(slow_sim, chat_body("warm", options={"num_predict": 3}))
     assert warm.headers_at < 0.5
     assert warm.chunks[-1]["load_duration"] < 0.1e9
+
+
+# ---- Ollama's repeat cut-off -------------------------------------------------------------------------------------
+GOING = "going" + " going" * 49  # 50 tokens whose trimmed text is the same
+
+
+def test_a_reply_that_repeats_a_token_31_times_ends_without_a_final_chunk(simulator: Server) -> None:
+    """llm/server.go aborts a reply whose trimmed token text repeats more than 30 times in a row, with a nil error:
+    200, the 31 tokens before it, then the end of the stream, with no `done` chunk and no error line."""
+    script(simulator, {"match": "repeat after me", "reply": GOING, "thinking": "", "times": 4})
+    streamed = post(simulator, "/api/chat", chat_body("repeat after me"))
+    assert streamed.status_code == 200
+    chunks = [json.loads(line) for line in lines_of(streamed)]
+    assert [c["message"]["content"] for c in chunks] == ["going"] + [" going"] * 30
+    assert not any(c["done"] for c in chunks)
+    whole = post(simulator, "/api/chat", chat_body("repeat after me", stream=False)).json()
+    assert list(whole) == ["model", "created_at", "message", "done"]  # the last chunk, with the text gathered
+    assert (whole["message"]["content"], whole["done"]) == ("going" + " going" * 30, False)
+    v1 = post(simulator, "/v1/chat/completions", v1_body("repeat after me"))
+    assert v1.status_code == 200
+    assert b"[DONE]" not in v1.content
+    assert b'"finish_reason":null' in v1.content
+    assert b'"finish_reason":"' not in v1.content
+    short = post(simulator, "/api/chat", chat_body("repeat after me", options={"num_predict": 20}))
+    assert json.loads(lines_of(short)[-1])["done_reason"] == "length"  # cut by num_predict first: a normal end

@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from typing import Any
 
 import httpx
@@ -21,9 +22,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import TextClause, bindparam, text
 
 from chat_support import ChatApi, chat_api, postgres_database, wait_until
-from clawdbot import migrations
-from clawdbot.database import driver_url
-from clawdbot.store import Store, conversations, new_id
+from clawdbot.auth.accounts import api_keys, sessions, users
+from clawdbot.store import migrations
+from clawdbot.store.conversations import Store, conversations, messages
+from clawdbot.store.database import driver_url
+from clawdbot.store.records import ApiKey, Conversation, Message, Session, User, new_id
 from conftest import Server, script, start_gateway
 
 # Short replies with nothing a search could trip on (the simulator's own replies hold code, "_" and "%").
@@ -65,6 +68,15 @@ async def _query(url: str, sql: str | TextClause, **params: object) -> list[tupl
 def query(url: str, sql: str | TextClause, **params: object) -> list[tuple[Any, ...]]:
     """Read the gateway's database directly, whichever it is."""
     return asyncio.run(_query(url, sql, **params))
+
+
+@pytest.mark.parametrize(
+    ("record", "table"),
+    [(Conversation, conversations), (Message, messages), (User, users), (Session, sessions), (ApiKey, api_keys)],
+)
+def test_a_record_has_its_tables_columns_in_their_order(record: type, table: Any) -> None:
+    """A record is built from a row by position, and the API sends its fields in order: both rest on this."""
+    assert [field.name for field in fields(record)] == [column.name for column in table.columns]
 
 
 def answer(simulator: Server, *replies: str) -> None:

@@ -384,7 +384,7 @@ def payloads(canary: Canary, group: str) -> list[str]:
 
 
 def title_from(text: str) -> str:
-    """The gateway's title for a conversation whose first message is `text` (clawdbot.chat.title_from)."""
+    """The gateway's title for a conversation whose first message is `text` (clawdbot.chat.service.title_from)."""
     line = next((part.strip() for part in text.splitlines() if part.strip()), "")
     return line if len(line) <= 60 else line[:59].rstrip() + "…"
 
@@ -494,7 +494,8 @@ def test_raw_html_in_a_reply_is_shown_as_text(tab: Tab, simulator: Server, canar
     content = tab.page.locator(f"{REPLY} {CONTENT}")
     assert content.locator("> p").all_text_contents()[:-1] == texts
     assert content.locator("pre code").all_text_contents() == [block + "\n"] * 2
-    assert content.locator("pre code.hljs .hljs-tag").count() >= 2  # the html one was highlighted, as text
+    # the html one was highlighted, as text (its language is loaded on demand, so this can come a moment later)
+    expect(content.locator("pre code.hljs .hljs-tag").nth(1)).to_be_attached()
     assert content.locator("p code").all_text_contents() == [inline]
     tab.assert_clean(canary)
 

@@ -1,7 +1,7 @@
 // The signed-in user's menu in the header: API keys, password, the admin view, sign out.
 import { api, ApiError, plain } from "./api";
 import { confirmDialog } from "./confirm";
-import { byId, copyText, flash, h } from "./dom";
+import { byId, copyText, flash, h, openDialog } from "./dom";
 import { when } from "./format";
 import type { Toast } from "./notify";
 import type { ApiKey, Session } from "./types";
@@ -118,8 +118,7 @@ class PasswordDialog {
   open(): void {
     this.form.reset();
     this.error.hidden = true;
-    this.dialog.showModal();
-    this.current.focus();
+    openDialog(this.dialog, this.current);
   }
 
   private async submit(): Promise<void> {
@@ -182,8 +181,7 @@ class KeysDialog {
     this.form.reset();
     this.list.replaceChildren();
     this.empty.hidden = true;
-    this.dialog.showModal();
-    this.name.focus();
+    openDialog(this.dialog, this.name);
     void this.load();
   }
 

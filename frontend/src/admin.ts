@@ -1,9 +1,12 @@
-// The admin view: every user with their role, state and limits; add a user; disable, edit or reset one.
+// The admin view: every user with their role, state and limits; add a user; disable, edit or reset one; the
+// backends (backends.ts) and the platform's settings (platform.ts).
 import { api, plain } from "./api";
 import type { UserChange } from "./api";
+import { BackendsPanel } from "./backends";
 import { byId, h } from "./dom";
 import { when } from "./format";
 import type { Toast } from "./notify";
+import { PlatformPanel } from "./platform";
 import type { User } from "./types";
 
 export interface AdminHooks {
@@ -22,6 +25,8 @@ export class AdminPanel {
   private readonly addAdmin = byId<HTMLInputElement>("admin-add-admin");
   private readonly addSubmit = byId<HTMLButtonElement>("admin-add-submit");
   private readonly editor: UserEditor;
+  private readonly platform: PlatformPanel;
+  private readonly backends: BackendsPanel;
   private users: User[] = [];
   private models: string[] = [];
   private me = "";
@@ -31,6 +36,8 @@ export class AdminPanel {
     private readonly toast: Toast,
   ) {
     this.editor = new UserEditor((user) => this.updated(user));
+    this.platform = new PlatformPanel(toast);
+    this.backends = new BackendsPanel(toast);
     byId("admin-close").addEventListener("click", () => this.dialog.close());
     this.dialog.addEventListener("close", () => hooks.closed());
     this.addForm.addEventListener("submit", (event) => {
@@ -53,6 +60,8 @@ export class AdminPanel {
     if (!this.dialog.open) this.dialog.showModal();
     byId("admin-close").focus();
     void this.load();
+    void this.platform.load();
+    void this.backends.load();
   }
 
   close(): void {

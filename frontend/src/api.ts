@@ -1,6 +1,18 @@
 // The JSON API under /chat/api. Every failure becomes an ApiError whose message a user can read.
 // Changes carry the session's CSRF token (kept in memory only); a 401 anywhere means the session ended.
-import type { ApiKey, Conversation, ConversationView, Models, SearchResult, Session, TurnResult, User } from "./types";
+import type {
+  ApiKey,
+  BackendReport,
+  Conversation,
+  ConversationView,
+  Models,
+  PlatformChange,
+  PlatformSettings,
+  SearchResult,
+  Session,
+  TurnResult,
+  User,
+} from "./types";
 
 const BASE = "/chat/api";
 const CHANGES = new Set(["POST", "PUT", "PATCH", "DELETE"]);
@@ -121,7 +133,10 @@ export async function stillSignedIn(): Promise<boolean> {
 const id = (conversationId: string): string => "/conversations/" + encodeURIComponent(conversationId);
 
 export type Settings = Partial<
-  Pick<Conversation, "title" | "pinned" | "model" | "system_prompt" | "temperature" | "num_ctx" | "think">
+  Pick<
+    Conversation,
+    "title" | "pinned" | "model" | "system_prompt" | "temperature" | "num_ctx" | "think" | "num_predict"
+  >
 >;
 
 export const api = {
@@ -134,8 +149,10 @@ export const api = {
   remove: (conversationId: string) => call<void>("DELETE", id(conversationId)),
   send: (conversationId: string, content: string, clientId?: string) =>
     call<TurnResult>("POST", id(conversationId) + "/messages", { content, client_id: clientId }),
-  edit: (conversationId: string, content: string) =>
-    call<TurnResult>("POST", id(conversationId) + "/edit", { content }),
+  edit: (conversationId: string, content: string, messageId?: string) =>
+    call<TurnResult>("POST", id(conversationId) + "/edit", { content, message_id: messageId }),
+  switchVersion: (conversationId: string, messageId: string) =>
+    call<TurnResult>("POST", id(conversationId) + "/versions", { message_id: messageId }),
   regenerate: (conversationId: string) => call<TurnResult>("POST", id(conversationId) + "/regenerate"),
   continue: (conversationId: string) => call<TurnResult>("POST", id(conversationId) + "/continue"),
   stop: (conversationId: string) => call<TurnResult>("POST", id(conversationId) + "/stop"),
@@ -158,6 +175,11 @@ export const api = {
     call<{ user: User }>("POST", "/users", { name, password, role }),
   changeUser: (userId: string, change: UserChange) =>
     call<{ user: User }>("PATCH", "/users/" + encodeURIComponent(userId), change),
+  platform: () => call<PlatformSettings>("GET", "/admin/settings"),
+  changePlatform: (change: PlatformChange) => call<PlatformSettings>("PATCH", "/admin/settings", change),
+  backends: () => call<{ backends: BackendReport[] }>("GET", "/admin/backends"),
+  drain: (name: string, draining: boolean) =>
+    call<BackendReport>("PATCH", "/admin/backends/" + encodeURIComponent(name), { draining }),
 };
 
 /** What an admin may change about a user; null clears a limit (models: null is every model). */

@@ -8,14 +8,16 @@ import { drawer, wireFrame } from "./frame";
 import { Header } from "./header";
 import { Live } from "./live";
 import { plainText } from "./markdown";
+import { cutOff } from "./message";
 import type { MessageView } from "./message";
 import { ModelSettings } from "./model-settings";
 import { Alert, Toast } from "./notify";
 import { untilAnswered } from "./retry";
+import { watchScrollCues } from "./scroll-cue";
 import { href, Sidebar, UNTITLED } from "./sidebar";
 import { Thread } from "./thread";
 import type { Action } from "./thread";
-import type { Conversation, ConversationView, Session, TurnResult, User } from "./types";
+import type { Conversation, ConversationView, Session, Shown, TurnResult, User } from "./types";
 
 /** What the page around the chat (main.ts) does for it. */
 export interface AppHooks {
@@ -51,14 +53,17 @@ export class App {
       lostTrack: (replyId, from) => void this.live.resume(replyId, from),
       error: (error) => this.alert.show(error),
     });
+    watchScrollCues(byId("messages"));
     this.sidebar = new Sidebar({
       deleted: (id) => id === this.conversation?.id && this.navigate(null),
       changed: (conversation) => conversation.id === this.conversation?.id && this.showTitle(conversation),
+      titled: (id, title) => this.titled(id, title),
       error: (error) => this.alert.show(error),
     });
     this.live = new Live(this.thread, this.sidebar, this.header, {
       conversationId: () => this.conversation?.id,
       reload: () => this.reload(),
+      titled: (id, title) => this.titled(id, title),
     });
     const signOut = (): void => void hooks.signOut().catch((error: unknown) => this.alert.show(error));
     this.account = new AccountMenu({ admin: () => this.openAdmin(), signOut }, this.toast);
@@ -148,7 +153,7 @@ export class App {
   private wire(): void {
     wireFrame({
       newChat: () => this.navigate(null),
-      openSettings: () => this.modelSettings.openSettings(),
+      openSettings: () => void this.modelSettings.openSettings(),
       busy: () => this.thread.isBusy,
       stop: () => void this.stop(),
     });
@@ -207,6 +212,12 @@ export class App {
     this.showTitle(view.conversation);
   }
 
+  private titled(id: string, title: string): void {
+    if (this.conversation && id === this.conversation.id && title !== this.conversation.title) {
+      this.showTitle({ ...this.conversation, title });
+    }
+  }
+
   private showTitle(conversation: Conversation | null): void {
     if (conversation) this.conversation = conversation;
     document.title = conversation ? `${conversation.title || UNTITLED} · clawdbot` : "clawdbot";
@@ -230,7 +241,7 @@ export class App {
     // The streaming message is no live region (it would be read token by token); the finished text is read once.
     const m = view.message;
     const text = plainText(view.body);
-    if (m.status === "done") this.announcer.textContent = text;
+    if (m.status === "done") this.announcer.textContent = [cutOff(m), text].filter(Boolean).join(". ");
     else if (m.status === "stopped") this.announcer.textContent = `Reply stopped. ${text}`;
     else this.announcer.textContent = `Reply ${m.status}: ${m.error ?? ""}`;
   }
@@ -268,8 +279,8 @@ export class App {
   }
 
   private took(result: TurnResult): void {
-    this.thread.add(result.message);
-    this.thread.add(result.reply);
+    this.thread.add(result.message, result.versions);
+    this.thread.add(result.reply, result.versions);
   }
 
   private async stop(): Promise<void> {
@@ -291,7 +302,28 @@ export class App {
     } else if (action === "continue" && id) {
       await this.command(() => this.live.link.command("continue", id));
     } else if (action === "edit" && id) {
-      view.beginEdit((text) => this.command(() => this.live.link.command("edit", id, { content: text })));
+      const fields = (text: string) => ({ content: text, message_id: view.id });
+      view.beginEdit((text) => this.command(() => this.live.link.command("edit", id, fields(text))));
+    } else if ((action === "version-previous" || action === "version-next") && id) {
+      await this.switchVersion(id, view, action);
+    }
+  }
+
+  /** ‹ or ›: that version is shown (and stored), the thread redrawn from it, and focus stays on the switcher. */
+  private async switchVersion(id: string, view: MessageView, action: VersionStep): Promise<void> {
+    const target = view.versionAt(action === "version-previous" ? -1 : 1);
+    if (!target) return;
+    try {
+      const shown = (await this.live.link.command("switch", id, { message_id: target })) as Shown;
+      if (id !== this.conversation?.id) return;
+      this.thread.show(shown);
+      const switcher = this.thread.element(target)?.querySelector(".msg-versions");
+      const step = switcher?.querySelector<HTMLButtonElement>(`[data-action=${action}]:enabled`);
+      (step ?? switcher?.querySelector<HTMLButtonElement>("button:enabled"))?.focus();
+      const versions = shown.versions[target] ?? [];
+      this.announcer.textContent = `Version ${versions.indexOf(target) + 1} of ${versions.length} shown.`;
+    } catch (error) {
+      this.failed(error);
     }
   }
 
@@ -314,6 +346,8 @@ export class App {
     if (running && shown?.reply_id !== running) void this.live.resume(running, 1);
   }
 }
+
+type VersionStep = "version-previous" | "version-next";
 
 function clientId(): string {
   return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10); // randomUUID needs https

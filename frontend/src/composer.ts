@@ -1,5 +1,5 @@
 // The message box docked at the bottom: Enter sends, Shift+Enter adds a line, the button turns into Stop.
-import { byId } from "./dom";
+import { byId, touchScreen } from "./dom";
 
 export interface ComposerHooks {
   /** Resolves true when the message was accepted; the text stays in the box otherwise. */
@@ -34,7 +34,7 @@ export class Composer {
 
   focus(): void {
     // On a phone, focusing would pop the keyboard up over the reply being read.
-    if (!window.matchMedia("(pointer: coarse)").matches) this.input.focus();
+    if (!touchScreen()) this.input.focus();
   }
 
   private async submit(): Promise<void> {

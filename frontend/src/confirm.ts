@@ -1,5 +1,5 @@
 // A yes/no question in a modal dialog (window.confirm cannot be styled and blocks the page's events).
-import { byId } from "./dom";
+import { byId, openDialog } from "./dom";
 
 export function confirmDialog(question: string, yes = "Delete"): Promise<boolean> {
   const dialog = byId<HTMLDialogElement>("confirm");
@@ -16,7 +16,6 @@ export function confirmDialog(question: string, yes = "Delete"): Promise<boolean
     ok.onclick = answer(true);
     cancel.onclick = answer(false);
     dialog.onclose = answer(false);
-    dialog.showModal();
-    cancel.focus();
+    openDialog(dialog, cancel);
   });
 }

@@ -24,6 +24,26 @@ export function byId<T extends HTMLElement = HTMLElement>(id: string): T {
   return found as T;
 }
 
+/** A touch screen, where focusing a text field pops the on-screen keyboard up over what the user is reading. */
+export function touchScreen(): boolean {
+  return window.matchMedia("(pointer: coarse)").matches;
+}
+
+/** Opens a modal dialog with the focus on `start` for a keyboard user. On a touch screen the dialog's title takes
+ * the focus instead (showModal alone would give it to the first field), so no keyboard pops up until a field is
+ * tapped; a screen reader starts from the title. */
+export function openDialog(dialog: HTMLDialogElement, start: HTMLElement): void {
+  const touch = touchScreen();
+  const title = document.getElementById(dialog.getAttribute("aria-labelledby") ?? "");
+  if (title) {
+    // showModal focuses an autofocus descendant first (Chromium ignores autofocus on the dialog itself).
+    title.tabIndex = -1;
+    title.toggleAttribute("autofocus", touch);
+  }
+  if (!dialog.open) dialog.showModal();
+  if (!touch) start.focus();
+}
+
 export function show(element: HTMLElement, visible: boolean): void {
   element.hidden = !visible;
 }

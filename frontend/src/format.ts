@@ -25,6 +25,13 @@ export function tokens(n: number): string {
   return count.format(n);
 }
 
+const compact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+
+/** 3.1K, 8.2K, 256: a count where there is little room. */
+export function fewTokens(n: number): string {
+  return compact.format(n);
+}
+
 /** TTFT, tokens/s, output tokens and total time, from whichever of them the finished reply has. */
 export function replyStats(message: Message): string[] {
   const parts: string[] = [];
@@ -37,11 +44,20 @@ export function replyStats(message: Message): string[] {
   return parts;
 }
 
-export function modelLabel(model: Model): string {
+/** `qwen3:32b · 20.0 GB · Q4_K_M`, then `— unavailable` when no backend serves it now, or with `where` (a
+ * fleet of several) the backends it runs on: `— gpu0, gpu1`. */
+export function modelLabel(model: Model, where = false): string {
   const parts = [model.name];
   if (model.size) parts.push(`${(model.size / 1e9).toFixed(1)} GB`);
   if (model.quantization) parts.push(model.quantization);
-  return parts.join(" · ");
+  const label = parts.join(" · ");
+  if (model.backends?.length === 0) return `${label} — unavailable`;
+  return where && model.backends ? `${label} — ${model.backends.join(", ")}` : label;
+}
+
+/** The backends that wrote a reply, in order: `gpu0 → gpu1` from the stored `gpu0,gpu1`. */
+export function backendPath(backend: string | null | undefined): string {
+  return (backend ?? "").split(",").filter(Boolean).join(" → ");
 }
 
 export function plural(n: number, one: string, many: string): string {

@@ -21,7 +21,8 @@ export function wireFrame(hooks: FrameHooks): void {
     if ((event.target as Element).closest("a.conv-link")) drawer(false);
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key !== "Escape" || event.defaultPrevented || document.querySelector("dialog[open]")) return;
+    if (event.key !== "Escape" || event.defaultPrevented) return;
+    if (document.querySelector("dialog[open], :popover-open")) return; // Escape closes that, and only that
     if (document.body.classList.contains("drawer-open")) drawer(false);
     else if (hooks.busy()) hooks.stop();
   });

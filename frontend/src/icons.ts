@@ -9,6 +9,8 @@ const PATHS = {
   edit: "M4 20h4L19 9l-4-4L4 16zM13.5 6.5l4 4",
   regenerate: "M20 12a8 8 0 1 1-2.3-5.7M20 4v4h-4",
   continue: "M5 6l7 6-7 6zM13 6l7 6-7 6z",
+  previous: "M15 6l-6 6 6 6",
+  next: "M9 6l6 6-6 6",
   settings: "M4 6h9m4 0h3M4 12h3m4 0h9M4 18h11m4 0h1M13 4v4M7 10v4M15 16v4",
   moon: "M20 14.5A8 8 0 0 1 9.5 4a8 8 0 1 0 10.5 10.5z",
   sun:

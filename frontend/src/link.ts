@@ -26,6 +26,7 @@ export interface Hooks {
 export interface CommandFields {
   content?: string;
   client_id?: string;
+  message_id?: string; // edit: which user message; switch: the version to show
 }
 
 export interface Transport {

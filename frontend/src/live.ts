@@ -14,6 +14,8 @@ export interface LiveHooks {
   conversationId(): string | undefined;
   /** Re-read the open conversation. */
   reload(): Promise<void>;
+  /** The model named a conversation (plain text). */
+  titled(conversationId: string, title: string): void;
 }
 
 export class Live {
@@ -65,11 +67,14 @@ export class Live {
 
   private event(event: ServerEvent): void {
     this.thread.apply(event);
-    if (event.type === "message.new" || event.type === "reply.done") {
+    if (event.type === "conversation.title") this.hooks.titled(event.conversation_id, event.title);
+    if (event.type === "message.new" || event.type === "reply.done" || event.type === "conversation.title") {
       window.clearTimeout(this.refreshTimer);
       this.refreshTimer = window.setTimeout(() => void this.sidebar.refresh(), REFRESH_DELAY_MS);
     }
-    if (event.type === "reply.done" && event.conversation_id === this.hooks.conversationId()) void this.hooks.reload();
+    // After a reply, and after another version was shown, the context in use (the header's meter) has changed.
+    const here = "conversation_id" in event && event.conversation_id === this.hooks.conversationId();
+    if (here && (event.type === "reply.done" || event.type === "version.shown")) void this.hooks.reload();
   }
 
   /** A gap in a reply's events: ask for the rest of them once (however many arrive out of order meanwhile). */

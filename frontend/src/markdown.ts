@@ -1,10 +1,11 @@
 // Model output to DOM: marked (GFM) → DOMPurify → highlight.js, always from the whole text so far.
-// Rendering the full text each time makes the result independent of where the stream's chunks were cut.
+// Rendering the full text each time makes the result independent of where the stream's chunks were cut; only the
+// message being written is rendered again (once per frame), and its finished code blocks come from a cache.
 import DOMPurify from "dompurify";
 import type { Config } from "dompurify";
 import { Marked } from "marked";
 import { h } from "./dom";
-import { highlight } from "./highlight";
+import { highlight, languageOf } from "./highlight";
 
 // Raw HTML in a reply is shown as the text it is (as most chat apps do): a model writing `<img onerror=…>` is
 // usually showing an example. Parsing it as HTML would also make Chromium log a CSP violation for every
@@ -83,10 +84,13 @@ function decorateCode(root: DocumentFragment): void {
   for (const code of root.querySelectorAll<HTMLElement>("pre > code")) {
     const pre = code.parentElement as HTMLElement;
     const language = (/(?:^|\s)language-([\w+#.-]{1,32})/.exec(code.className)?.[1] ?? "").toLowerCase();
-    const highlighted = highlight(code.textContent ?? "", language);
-    if (highlighted !== null) {
+    const known = languageOf(language);
+    const highlighted = known && highlight(code.textContent ?? "", known);
+    if (highlighted) {
       code.innerHTML = highlighted; // highlight.js escapes the code it wraps in spans
       code.classList.add("hljs");
+    } else if (known) {
+      code.dataset.highlight = known; // painted when the language arrives
     }
     const head = h(
       "div",

@@ -1,9 +1,10 @@
 // One message on the page. A reply re-renders from its whole text so far, at most once per frame (the caller's job).
 import { h } from "./dom";
-import { messageTime, ordinal, replyStats, seconds } from "./format";
+import { backendPath, messageTime, ordinal, replyStats, seconds } from "./format";
 import { icon } from "./icons";
 import type { IconName } from "./icons";
 import { renderMarkdown } from "./markdown";
+import { renderWithSwitches } from "./switches";
 import type { Message, Status } from "./types";
 
 const LIVE: ReadonlySet<Status> = new Set(["waiting", "thinking", "writing"]);
@@ -18,6 +19,14 @@ const LABELS: Record<Status, string> = {
   interrupted: "Interrupted",
 };
 
+/** What a done reply that the model did not end says of itself: cut off at a limit of length or time. */
+export function cutOff(message: Message): string | null {
+  if (message.status !== "done") return null;
+  if (message.done_reason === "length") return "Cut off at the length limit";
+  if (message.done_reason === "time_limit") return "Cut off at the time limit";
+  return null;
+}
+
 function actionButton(action: string, label: string, name: IconName): HTMLButtonElement {
   const button = h("button", {
     type: "button",
@@ -31,12 +40,28 @@ function actionButton(action: string, label: string, name: IconName): HTMLButton
   return button;
 }
 
+/** `‹` or `›` of the versions switcher: an icon with a label for screen readers (and a tooltip). */
+function versionButton(action: "version-previous" | "version-next", label: string): HTMLButtonElement {
+  const button = h("button", {
+    type: "button",
+    class: "msg-version-step",
+    "data-action": action,
+    "data-testid": action,
+    title: label,
+    "aria-label": label,
+  });
+  button.append(icon(action === "version-previous" ? "previous" : "next"));
+  return button;
+}
+
 export class MessageView {
   readonly element: HTMLElement;
   seq = 0; // the last of this reply's numbered events applied; one at or below it is a repeat
   canEdit = false;
   canRegenerate = false;
   canContinue = false;
+  canSwitch = false;
+  versions: string[] = []; // this message's versions, oldest first; with fewer than two, no ‹ n/m › is drawn
   private readonly status = h("span", { class: "msg-status", "data-testid": "message-status" });
   private readonly time = h("time", { class: "msg-time", "data-testid": "message-time" });
   private readonly thinking = h("details", { class: "thinking", "data-testid": "thinking" });
@@ -45,11 +70,29 @@ export class MessageView {
   readonly body = h("div", { class: "msg-body", "data-testid": "message-content" });
   private readonly error = h("p", { class: "msg-error", "data-testid": "message-error", role: "note" });
   private readonly stats = h("span", { class: "msg-stats", "data-testid": "message-stats" });
+  private readonly backend = h("span", { class: "msg-backend", "data-testid": "message-backend" });
   private readonly copy = actionButton("copy", "Copy", "copy");
   private readonly edit = actionButton("edit", "Edit", "edit");
   private readonly regenerate = actionButton("regenerate", "Regenerate", "regenerate");
   private readonly continue = actionButton("continue", "Continue", "continue");
-  private rendered: string | null = null;
+  private readonly previous = versionButton("version-previous", "Previous version");
+  private readonly next = versionButton("version-next", "Next version");
+  // "2/3" on screen, "Version 2 of 3" to a screen reader
+  private readonly versionLabel = h("span", {
+    class: "msg-version-label",
+    "data-testid": "version-label",
+    "aria-hidden": true,
+  });
+  private readonly versionSpoken = h("span", { class: "sr-only" });
+  private readonly versionSwitcher = h(
+    "div",
+    { class: "msg-versions", role: "group", "aria-label": "Versions", "data-testid": "versions" },
+    this.previous,
+    this.versionLabel,
+    this.versionSpoken,
+    this.next,
+  );
+  private rendered: string | null = null; // the content and switches last rendered
   private renderedThinking: string | null = null;
   private thinkingFrom: number | null = null; // client clock, for the live "Thinking… 2.1 s"
   private thinkingUntil: number | null = null;
@@ -66,7 +109,7 @@ export class MessageView {
     this.thinking.append(this.thinkingSummary, this.thinkingBody);
     const meta = h("div", { class: "msg-meta" }, h("span", { class: "msg-who", text: who }), this.time, this.status);
     const actions = h("div", { class: "msg-actions" }, this.copy, this.edit, this.regenerate, this.continue);
-    const foot = h("div", { class: "msg-foot" }, this.stats, actions);
+    const foot = h("div", { class: "msg-foot" }, this.versionSwitcher, this.stats, this.backend, actions);
     this.element.append(meta, this.thinking, this.body, this.error, foot);
     this.noteStatus(message.status);
   }
@@ -88,6 +131,7 @@ export class MessageView {
   render(): void {
     const m = this.message;
     this.element.dataset.status = m.status;
+    this.element.toggleAttribute("data-cut-off", cutOff(m) !== null);
     this.element.classList.toggle("is-live", this.live);
     const when = messageTime(m.created_at);
     this.time.textContent = when.short;
@@ -102,10 +146,33 @@ export class MessageView {
     const stats = this.live || m.role === "user" ? [] : replyStats(m);
     this.stats.textContent = stats.join(" · ");
     this.stats.hidden = stats.length === 0;
+    const path = this.live || m.role === "user" ? "" : backendPath(m.backend);
+    this.backend.textContent = path; // a backend's name is the admin's text: never HTML
+    this.backend.title = path && `Written by ${path.replaceAll(" → ", ", then ")}`;
+    this.backend.hidden = !path;
     this.copy.hidden = this.live || !m.content;
     this.edit.hidden = !this.canEdit;
     this.regenerate.hidden = !this.canRegenerate;
     this.continue.hidden = !this.canContinue;
+    this.renderVersions();
+  }
+
+  /** The version `step` away from this one (-1: the previous, 1: the next), if there is one. */
+  versionAt(step: number): string | undefined {
+    const index = this.versions.indexOf(this.id);
+    return index < 0 ? undefined : this.versions[index + step];
+  }
+
+  /** `‹ 2/3 ›`: read as "Version 2 of 3"; a step that goes nowhere, or any while a reply is written, is disabled. */
+  private renderVersions(): void {
+    const index = this.versions.indexOf(this.id);
+    const count = this.versions.length;
+    this.versionSwitcher.hidden = count < 2 || index < 0;
+    if (this.versionSwitcher.hidden) return;
+    this.versionLabel.textContent = `${index + 1}/${count}`;
+    this.versionSpoken.textContent = `Version ${index + 1} of ${count}`;
+    this.previous.disabled = !this.canSwitch || index === 0;
+    this.next.disabled = !this.canSwitch || index === count - 1;
   }
 
   /** A user message's text turns into an editor; `save` resolves true when the new text was accepted. */
@@ -154,7 +221,7 @@ export class MessageView {
     const m = this.message;
     const place = m.status === "waiting" && m.queue_position ? ordinal(m.queue_position) : null;
     if (place) return `Waiting for the model — ${place} in line`;
-    return LABELS[m.status];
+    return cutOff(m) ?? LABELS[m.status];
   }
 
   private renderThinking(): void {
@@ -180,10 +247,12 @@ export class MessageView {
   }
 
   private renderBody(): void {
-    const content = this.message.content;
-    if (content === this.rendered) return;
-    this.rendered = content;
+    const { content, switches } = this.message;
+    const key = switches?.length ? content + JSON.stringify(switches) : content;
+    if (key === this.rendered) return;
+    this.rendered = key;
     if (this.message.role === "user") this.body.textContent = content; // what the user typed, as typed
+    else if (switches?.length) this.body.replaceChildren(renderWithSwitches(content, switches));
     else this.body.replaceChildren(renderMarkdown(content));
   }
 }

@@ -5,7 +5,7 @@ import { byId } from "./dom";
 import type { Header } from "./header";
 import type { Alert } from "./notify";
 import { SettingsPanel } from "./settings";
-import type { ConversationSettings } from "./settings";
+import type { ConversationSettings, Defaults } from "./settings";
 import type { Conversation, Models } from "./types";
 
 export interface ModelSettingsHooks {
@@ -42,8 +42,11 @@ export class ModelSettings {
     if (!this.models) return;
     const selected = this.hooks.conversation()?.model ?? this.draft.model ?? this.models.default;
     this.header.setModels(this.models, selected);
-    const note = this.models.reachable ? "" : " The model server cannot be reached right now.";
-    byId("empty-model").textContent = `Chatting with ${selected}.${note}`;
+    const problem = this.models.problem;
+    byId("empty-model").textContent = `Chatting with ${selected}.`;
+    const note = byId("empty-problem");
+    note.hidden = !problem;
+    note.textContent = problem ?? "";
   }
 
   async pickModel(name: string): Promise<void> {
@@ -61,7 +64,9 @@ export class ModelSettings {
     this.syncModel();
   }
 
-  openSettings(): void {
+  /** The models are read again first: an admin may have changed their sizes or the reply lengths since. */
+  async openSettings(): Promise<void> {
+    await this.loadModels();
     const d = this.draft;
     const conversation = this.hooks.conversation();
     const values: ConversationSettings = conversation ?? {
@@ -69,8 +74,18 @@ export class ModelSettings {
       temperature: d.temperature ?? null,
       num_ctx: d.num_ctx ?? null,
       think: d.think ?? null,
+      num_predict: d.num_predict ?? null,
     };
-    this.settings.open(values, conversation?.id ?? null, this.models?.num_ctx ?? 8192);
+    this.settings.open(values, conversation?.id ?? null, this.defaults(conversation?.model ?? this.draft.model));
+  }
+
+  /** The server's defaults for a conversation with this model: its context size is the model's own (so that the
+   * page and API clients load the model alike), the reply length is the platform's. */
+  private defaults(model: string | undefined): Defaults {
+    const models = this.models;
+    const name = model ?? models?.default;
+    const numCtx = models?.models.find((m) => m.name === name)?.num_ctx ?? models?.num_ctx ?? 8192;
+    return { numCtx, numPredict: models?.num_predict ?? 4096, maxNumPredict: models?.max_num_predict ?? 32768 };
   }
 
   private async saveSettings(settings: Settings): Promise<boolean> {

@@ -1,13 +1,16 @@
-// Conversations (pinned first, then newest: the server's order), search, and each one's rename, pin and delete.
+// Conversations (pinned first, then newest: the server's order) under day headings, search, and each one's rename,
+// pin and delete.
 import { api } from "./api";
 import { confirmDialog } from "./confirm";
 import { byId, h } from "./dom";
+import { groupConversations, midnight } from "./groups";
 import { icon } from "./icons";
 import type { Conversation, SearchResult } from "./types";
 
 export interface SidebarHooks {
   deleted(conversationId: string): void;
   changed(conversation: Conversation): void;
+  titled(conversationId: string, title: string): void; // the list, refreshed, has this title for it
   error(error: unknown): void;
 }
 
@@ -28,8 +31,14 @@ export class Sidebar {
   private renaming = false;
   private searchTimer: number | undefined;
   private searchRound = 0; // answers to older searches that arrive late are dropped
+  private dayTimer: number | undefined;
+  private renderedDay = ""; // the local date the groups were made on: a new day regroups them
 
   constructor(private readonly hooks: SidebarHooks) {
+    // A timer set for midnight fires late after the computer slept; coming back to the tab catches up.
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible" && this.renderedDay !== new Date().toDateString()) this.render();
+    });
     this.list.addEventListener("click", (event) => void this.click(event));
     this.search.addEventListener("input", () => {
       window.clearTimeout(this.searchTimer);
@@ -56,6 +65,9 @@ export class Sidebar {
       return;
     }
     if (!this.renaming) this.render();
+    // A title the model wrote while this page's connection was away reaches the open conversation's heading too.
+    const open = this.conversations.find((c) => c.id === this.current);
+    if (open) this.hooks.titled(open.id, open.title);
   }
 
   /** Signed out: nothing of the previous user's stays in the list or the search. */
@@ -72,17 +84,33 @@ export class Sidebar {
 
   setCurrent(conversationId: string | null): void {
     this.current = conversationId;
-    for (const item of this.list.children) {
+    for (const item of this.list.querySelectorAll<HTMLElement>("li.conv")) {
       const link = item.querySelector("a");
-      if ((item as HTMLElement).dataset.id === conversationId) link?.setAttribute("aria-current", "page");
+      if (item.dataset.id === conversationId) link?.setAttribute("aria-current", "page");
       else link?.removeAttribute("aria-current");
     }
   }
 
+  /** Grouped under headings (real ones, for a screen reader's heading list), regrouped at the next midnight. */
   private render(): void {
-    this.list.replaceChildren(...this.conversations.map((c) => this.item(c)));
+    const now = new Date();
+    const sections = groupConversations(this.conversations, now).map((group) => {
+      const id = `conv-group-${group.key}`;
+      const heading = h("h2", { class: "conv-group-title", id, "data-testid": "conversation-group", text: group.label });
+      const list = h("ul", { class: "conversations", "aria-labelledby": id }, ...group.conversations.map((c) => this.item(c)));
+      return h("section", { class: "conv-group", "data-group": group.key }, heading, list);
+    });
+    this.list.replaceChildren(...sections);
     this.empty.hidden = this.conversations.length > 0 || Boolean(this.search.value.trim());
     this.empty.textContent = "No conversations yet.";
+    this.renderedDay = now.toDateString();
+    window.clearTimeout(this.dayTimer);
+    this.dayTimer = window.setTimeout(() => this.regroup(), midnight(now, 1).getTime() - now.getTime() + 1000);
+  }
+
+  private regroup(): void {
+    if (this.renaming) this.dayTimer = window.setTimeout(() => this.regroup(), 60_000); // after the rename
+    else this.render();
   }
 
   private item(conversation: Conversation): HTMLLIElement {
@@ -217,37 +245,39 @@ export class Sidebar {
       return;
     }
     if (round !== this.searchRound) return;
-    this.results.replaceChildren(...found.map((result) => this.result(result, query)));
+    this.results.replaceChildren(...found.map((result) => this.result(result)));
     this.results.hidden = false;
     this.list.hidden = true;
     this.empty.hidden = found.length > 0;
     this.empty.textContent = `Nothing matches “${query}”.`;
   }
 
-  private result(result: SearchResult, query: string): HTMLLIElement {
+  private result(result: SearchResult): HTMLLIElement {
     const link = h(
       "a",
       { class: "conv-link", href: href(result.conversation.id) },
       h("span", { class: "conv-title", text: result.conversation.title || UNTITLED }),
     );
     if (result.snippet) {
-      link.append(h("span", { class: "snippet", "data-testid": "search-snippet" }, ...marked(result.snippet, query)));
+      const snippet = marked(result.snippet, result.highlights ?? []);
+      link.append(h("span", { class: "snippet", "data-testid": "search-snippet" }, ...snippet));
     }
     return h("li", { class: "conv result", "data-testid": "search-result", "data-id": result.conversation.id }, link);
   }
 }
 
-/** The snippet as text nodes with each match in <mark>; built from nodes, as the snippet is message text. */
-function marked(snippet: string, query: string): Node[] {
+/** The snippet as text nodes with each match the server located in <mark>: built from nodes, never parsed, as the
+ * snippet is message text. Offsets count code points, as Array.from splits a string. */
+function marked(snippet: string, highlights: ReadonlyArray<readonly [number, number]>): Node[] {
+  const chars = Array.from(snippet);
   const nodes: Node[] = [];
-  const lower = snippet.toLowerCase();
-  const needle = query.toLowerCase();
   let at = 0;
-  for (let found = lower.indexOf(needle); found !== -1 && needle; found = lower.indexOf(needle, at)) {
-    const match = h("mark", { text: snippet.slice(found, found + needle.length) });
-    nodes.push(document.createTextNode(snippet.slice(at, found)), match);
-    at = found + needle.length;
+  for (const [start, end] of highlights) {
+    if (start < at || end <= start || end > chars.length) continue; // overlapping or out of range: left unmarked
+    nodes.push(document.createTextNode(chars.slice(at, start).join("")));
+    nodes.push(h("mark", { text: chars.slice(start, end).join("") }));
+    at = end;
   }
-  nodes.push(document.createTextNode(snippet.slice(at)));
+  nodes.push(document.createTextNode(chars.slice(at).join("")));
   return nodes;
 }

@@ -33,7 +33,8 @@ export class SseTransport implements Transport {
 
   command(name: CommandName, conversationId: string, fields: CommandFields = {}): Promise<TurnResult> {
     if (name === "send") return api.send(conversationId, fields.content ?? "", fields.client_id);
-    if (name === "edit") return api.edit(conversationId, fields.content ?? "");
+    if (name === "edit") return api.edit(conversationId, fields.content ?? "", fields.message_id);
+    if (name === "switch") return api.switchVersion(conversationId, fields.message_id ?? "");
     if (name === "regenerate") return api.regenerate(conversationId);
     if (name === "continue") return api.continue(conversationId);
     return api.stop(conversationId);

@@ -2,9 +2,9 @@
 import { copyText, flash } from "./dom";
 import type { ResumePoint } from "./link";
 import { MessageView } from "./message";
-import type { ConversationView, Message, ReplyEvent, ServerEvent, Snapshot } from "./types";
+import type { ConversationView, Message, ReplyEvent, ServerEvent, Shown, Snapshot, Versions } from "./types";
 
-export type Action = "copy" | "edit" | "regenerate" | "continue";
+export type Action = "copy" | "edit" | "regenerate" | "continue" | "version-previous" | "version-next";
 
 export interface ThreadHooks {
   busyChanged(busy: boolean): void;
@@ -18,11 +18,13 @@ export interface ThreadHooks {
 
 const STICK_PX = 80; // this close to the bottom, the view follows a growing reply
 const ENDED_EARLY: ReadonlySet<string> = new Set(["interrupted", "failed", "stopped"]); // what Continue goes on from
+const CUT_OFF: ReadonlySet<string | null> = new Set(["length", "time_limit"]); // a done reply Continue goes on from
 
 export class Thread {
   conversationId: string | null = null;
   private readonly views = new Map<string, MessageView>();
   private readonly finished = new Set<string>(); // replies whose final row this tab has: nothing older replaces it
+  private readonly versions = new Map<string, string[]>(); // a message's versions, as the server last said
   private readonly dirty = new Set<MessageView>();
   private frame = 0;
   private ticker: number | undefined;
@@ -46,21 +48,24 @@ export class Thread {
     this.list.toggleAttribute("data-loading", loading);
     this.views.clear();
     this.finished.clear();
+    this.versions.clear();
     this.dirty.clear();
     this.list.replaceChildren();
     this.changed();
   }
 
-  /** Merge a fetched view: rows this tab has newer versions of (streamed text, final rows) are kept. */
+  /** Merge a fetched view: rows this tab has newer versions of (streamed text, final rows) are kept. A row it
+   * lacks goes if it is older than the view (the conversation's last turn): another version is shown instead. */
   load(view: ConversationView): void {
     if (view.conversation.id !== this.conversationId) this.reset(view.conversation.id);
     const opening = this.views.size === 0; // a reload after a reply leaves the reader where they are
     this.list.removeAttribute("data-loading");
     const shown = new Set(view.messages.map((m) => m.id));
-    const newest = Math.max(0, ...view.messages.map((m) => m.created_at));
+    const known = Math.max(view.conversation.updated_at, ...view.messages.map((m) => m.created_at));
     for (const old of [...this.views.values()]) {
-      if (!shown.has(old.id) && old.message.created_at <= newest) this.remove(old.id);
+      if (!shown.has(old.id) && old.message.created_at <= known) this.remove(old.id);
     }
+    this.setVersions(Object.fromEntries(view.messages.map((m) => [m.id, view.versions[m.id] ?? []])));
     for (const message of view.messages) this.upsert(message, false);
     if (view.active) this.snapshot(view.active);
     this.changed();
@@ -76,6 +81,12 @@ export class Thread {
       case "messages.superseded":
         for (const id of event.ids) this.remove(id);
         break;
+      case "versions":
+        this.setVersions(event.versions);
+        break;
+      case "version.shown":
+        this.show(event);
+        break;
       case "reply.queue":
         this.queued(event.id, event.queue_position);
         break;
@@ -90,6 +101,7 @@ export class Thread {
       case "reply.delta":
       case "reply.stats":
       case "reply.error":
+      case "reply.switch":
         this.numbered(event);
         break;
     }
@@ -104,11 +116,26 @@ export class Thread {
   }
 
   /** Rows from an ack (the reply as it started) arrive in any order with the events; the same merge applies. */
-  add(message: Message | undefined): void {
+  add(message: Message | undefined, versions: Versions = {}): void {
     if (!message || message.conversation_id !== this.conversationId) return;
+    this.setVersions(versions);
     this.upsert(message, false);
     this.changed();
     this.scrollToEnd();
+  }
+
+  /** Another version is shown (this tab's switch or another's): the thread is redrawn from there on. */
+  show(shown: Shown): void {
+    for (const id of shown.hidden) this.remove(id);
+    this.setVersions(shown.versions);
+    for (const message of shown.messages) this.upsert(message, false);
+    this.changed();
+    this.flush(); // drawn now: the page moves focus into the version shown
+  }
+
+  /** The message's element, if it is shown. */
+  element(id: string): HTMLElement | undefined {
+    return this.views.get(id)?.element;
   }
 
   scrollToEnd(): void {
@@ -119,6 +146,7 @@ export class Thread {
     let view = this.views.get(message.id);
     if (!view) {
       view = new MessageView(message);
+      view.versions = this.versions.get(message.id) ?? [];
       this.views.set(message.id, view);
       this.insert(view);
     } else if (this.finished.has(message.id) && !final) {
@@ -168,6 +196,13 @@ export class Thread {
       case "reply.error": // shown once the reply.done that follows ends it
         view.update({ error: event.message, error_kind: event.code });
         break;
+      case "reply.switch": {
+        // The same reply goes on from another backend: marked where it did, named in its details.
+        const { from, to, at } = event;
+        const backend = [...(m.backend ?? "").split(",").filter(Boolean), to].join(",");
+        view.update({ switches: [...(m.switches ?? []), { from, to, at }], backend });
+        break;
+      }
     }
   }
 
@@ -195,6 +230,17 @@ export class Thread {
     if (seq !== null) view.seq = Math.max(view.seq, seq);
     view.render(); // now, not next frame: the announcement reads the rendered text
     this.hooks.replyFinished(view, watched);
+  }
+
+  private setVersions(versions: Versions): void {
+    for (const [id, ids] of Object.entries(versions)) {
+      this.versions.set(id, ids);
+      const view = this.views.get(id);
+      if (view) {
+        view.versions = ids;
+        this.mark(id);
+      }
+    }
   }
 
   private remove(id: string): void {
@@ -232,22 +278,26 @@ export class Thread {
     if (stick) s.scrollTop = s.scrollHeight;
   }
 
-  /** After any change: who may be edited or regenerated, whether a reply is in flight, the thinking timer. */
+  /** After any change: who may be edited, regenerated or switched, whether a reply is in flight, the thinking
+   * timer. Any of the user's messages may be edited (a new version of it); only the last reply regenerated. */
   private changed(): void {
     const ordered = [...this.list.children]
       .map((element) => this.views.get((element as HTMLElement).dataset.id ?? ""))
       .filter((view) => view !== undefined);
     const busy = ordered.some((view) => view.live);
-    const lastUser = ordered.findLast((view) => view.message.role === "user");
     const last = ordered.at(-1);
     for (const view of ordered) {
-      const canEdit = !busy && view === lastUser;
+      const canEdit = !busy && view.message.role === "user";
       const canRegenerate = !busy && view === last && view.message.role === "assistant";
-      const canContinue = canRegenerate && ENDED_EARLY.has(view.message.status);
-      if (canEdit !== view.canEdit || canRegenerate !== view.canRegenerate || canContinue !== view.canContinue) {
+      const m = view.message;
+      const cutOff = m.status === "done" && CUT_OFF.has(m.done_reason);
+      const canContinue = canRegenerate && (ENDED_EARLY.has(m.status) || cutOff);
+      const same = canEdit === view.canEdit && canRegenerate === view.canRegenerate && !busy === view.canSwitch;
+      if (!same || canContinue !== view.canContinue) {
         view.canEdit = canEdit;
         view.canRegenerate = canRegenerate;
         view.canContinue = canContinue;
+        view.canSwitch = !busy;
         this.mark(view.id);
       }
     }

@@ -9,6 +9,7 @@ export interface Conversation {
   temperature: number | null;
   num_ctx: number | null;
   think: boolean | null;
+  num_predict: number | null; // the most tokens a reply may write; null: the server's default
   pinned: boolean;
   created_at: number;
   updated_at: number;
@@ -40,7 +41,19 @@ export interface Message {
   omitted_turns: number | null;
   client_id: string | null;
   error_kind: string | null;
+  parent_id: string | null; // the message this one follows; its versions are the messages with the same parent
+  chosen: boolean;
+  continued_by: string | null;
+  backend?: string | null; // the backends that wrote a reply, comma-separated, in order (several after a failover)
+  switches?: Switch[] | null; // where it moved from one backend to the next
   queue_position?: number | null; // the page's own field, from reply.queue and snapshots: never stored
+}
+
+/** A reply that moved to another backend mid-way: `at` is the character of its content where the new one went on. */
+export interface Switch {
+  from: string;
+  to: string;
+  at: number;
 }
 
 /** Every event of one reply but reply.queue is numbered: 1 for reply.start, then 2, 3, … with no gaps. */
@@ -72,7 +85,11 @@ export type ReplyEvent =
       ttft_ms: number | null;
       total_ms: number | null;
     })
-  | (Numbered & { type: "reply.error"; code: string | null; message: string });
+  | (Numbered & { type: "reply.error"; code: string | null; message: string })
+  | (Numbered & Switch & { type: "reply.switch" });
+
+/** For each message with more than one version: the ids of its versions, oldest first (its own among them). */
+export type Versions = Record<string, string[]>;
 
 export interface ContextUse {
   in_use: number | null;
@@ -83,6 +100,7 @@ export interface ContextUse {
 export interface ConversationView {
   conversation: Conversation;
   messages: Message[];
+  versions: Versions;
   active: Snapshot | null;
   context: ContextUse;
 }
@@ -94,19 +112,25 @@ export interface Model {
   quantization: string | null;
   family: string | null;
   capabilities: string[];
+  num_ctx: number; // what a conversation with this model gets unless it sets its own
+  backends?: string[]; // the backends that serve it now; empty: unavailable (an older server sends none)
 }
 
 export interface Models {
   models: Model[];
   default: string;
   num_ctx: number;
+  num_predict: number; // a reply's length unless its conversation sets one
+  max_num_predict: number; // the most a conversation may set
   reachable: boolean;
   simulated: boolean;
+  problem: string | null; // why no reply can come now, and (for an admin) how to fix it
 }
 
 export interface SearchResult {
   conversation: Conversation;
-  snippet: string | null;
+  snippet: string | null; // plain text, never HTML
+  highlights: Array<[number, number]>; // where the matches sit in the snippet, in code points
   message_id: string | null;
 }
 
@@ -118,7 +142,10 @@ export type ServerEvent =
   | CommandError
   | { type: "message.new"; conversation_id: string; message: Message }
   | { type: "messages.superseded"; conversation_id: string; ids: string[] }
+  | { type: "versions"; conversation_id: string; versions: Versions }
+  | (Shown & { type: "version.shown"; conversation_id: string })
   | { type: "reply.queue"; conversation_id: string; id: string; queue_position: number }
+  | { type: "conversation.title"; conversation_id: string; title: string } // the model named it (plain text)
   | ReplyEvent
   | Snapshot
   // seq null and stored: the reply ended a while ago and this is its stored row (an answer to a late resume).
@@ -135,15 +162,23 @@ export interface CommandError {
   retry_after?: number;
 }
 
-/** What a send, edit, regenerate or continue answers, on either transport. */
-export interface TurnResult {
+/** Another version was shown: the messages no longer shown, those now shown (in order), and their versions. */
+export interface Shown {
+  message_id: string;
+  hidden: string[];
+  messages: Message[];
+  versions: Versions;
+}
+
+/** What a send, edit, regenerate, continue or switch answers, on either transport. */
+export interface TurnResult extends Partial<Shown> {
   message?: Message;
   reply?: Message;
   stopping?: string | null;
   duplicate?: boolean; // a send repeated with the same client_id: the first one's message and reply
 }
 
-export type CommandName = "send" | "edit" | "regenerate" | "continue" | "stop";
+export type CommandName = "send" | "edit" | "regenerate" | "continue" | "switch" | "stop";
 
 // ---- accounts (docs/accounts.md) --------------------------------------------------------------------------------
 
@@ -177,4 +212,52 @@ export interface ApiKey {
   prefix: string;
   created_at: number;
   last_used_at: number | null;
+}
+
+// ---- the admin's platform settings (docs/configuration.md) -------------------------------------------------------
+
+export interface PlatformSetting<T> {
+  value: T;
+  default: T; // the command line's
+  saved: boolean; // set by an admin (null goes back to the default)
+}
+
+export interface PlatformSettings {
+  settings: {
+    num_predict: PlatformSetting<number>;
+    max_num_predict: PlatformSetting<number>;
+    max_reply_seconds: PlatformSetting<number>;
+    model_titles: PlatformSetting<boolean>;
+  };
+  num_ctx_default: number;
+  models: { name: string; num_ctx: number; own: number | null; saved: boolean }[];
+}
+
+export interface PlatformChange {
+  num_predict?: number | null;
+  max_num_predict?: number | null;
+  max_reply_seconds?: number | null;
+  model_titles?: boolean | null;
+  num_ctx?: Record<string, number | null>;
+}
+
+// ---- the fleet of model servers (docs/backends.md) ---------------------------------------------------------------
+
+export type BackendState = "healthy" | "half_open" | "draining" | "out";
+
+/** One backend as GET /chat/api/admin/backends and /readyz report it. */
+export interface BackendReport {
+  name: string;
+  kind: string;
+  url: string;
+  state: BackendState;
+  reachable: boolean;
+  slots: number;
+  running: number;
+  queued: number;
+  models: string[];
+  loaded: string[];
+  version: string | null;
+  last_error: string | null;
+  checked_at: number | null;
 }

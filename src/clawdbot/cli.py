@@ -7,6 +7,7 @@ variables, the TOML file and docs/configuration.md all describe the same fields.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .settings import Settings, SettingsError, SimulatorSettings, env_name, load
+from .settings import Settings, SettingsError, env_name, load, toml_only
+from .simulator.settings import SimulatorSettings
 
 
 def settings_options(cls: type[Settings] | type[SimulatorSettings]) -> Callable[[Callable[..., Any]], Any]:
@@ -23,6 +25,8 @@ def settings_options(cls: type[Settings] | type[SimulatorSettings]) -> Callable[
 
     def decorate(func: Callable[..., Any]) -> Any:
         for name, field in reversed(list(cls.model_fields.items())):
+            if toml_only(field):
+                continue
             flag = "--" + name.replace("_", "-")
             default = field.get_default(call_default_factory=True)
             help_text = f"{field.description} [env {env_name(cls, name)}; default: {_show(default)}]"
@@ -56,6 +60,12 @@ def _cli_values(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) or None) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
+def config_option(help_text: str | None) -> Callable[[Callable[..., Any]], Any]:
+    return click.option(
+        "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help=help_text
+    )
+
+
 class DefaultGroup(click.Group):
     """`clawdbot --port 1` means `clawdbot serve --port 1`."""
 
@@ -75,30 +85,35 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TOML file with settings [env CLAWDBOT_CONFIG].",
-)
+@config_option("TOML file with settings [env CLAWDBOT_CONFIG].")
 @settings_options(Settings)
 def serve(config_file: Path | None, **values: Any) -> None:
     """Run the platform: the Ollama proxy, its health endpoints and metrics."""
-    from .web import run
-
     settings = _load(Settings, values, config_file)
-    _run(run(settings))
+    _run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    """The one place the server meets the simulator: --demo starts it here and hands the app its address."""
+    from .web.serve import run
+
+    if not settings.demo:
+        await run(settings)
+        return
+    from .simulator.server import Simulator
+    from .web.app import StandIn
+
+    # A seed of its own each start, as a real model samples: a restarted demo does not answer as it did before.
+    simulator = Simulator(SimulatorSettings(port=0, profile=settings.demo_profile, seed=secrets.randbits(31)))
+    await simulator.start()
+    try:
+        await run(settings, StandIn(simulator.url, simulator.settings.num_parallel, simulator.preload))
+    finally:
+        await simulator.stop()
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TOML file whose [simulate] table holds settings [env CLAWDBOT_CONFIG].",
-)
+@config_option("TOML file whose [simulate] table holds settings [env CLAWDBOT_CONFIG].")
 @settings_options(SimulatorSettings)
 def simulate(config_file: Path | None, **values: Any) -> None:
     """Stand in for `ollama serve` with qwen3:32b, byte for byte, on a realistic timing model."""
@@ -134,7 +149,7 @@ def user() -> None:
 def _database_options(func: Callable[..., Any]) -> Any:
     for option in reversed(
         [
-            click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None),
+            config_option(None),
             click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None),
             click.option("--database-url", default=None, help="As for serve (default: clawdbot.db in --data-dir)."),
         ]
@@ -150,7 +165,7 @@ def _database_options(func: Callable[..., Any]) -> Any:
 @_database_options
 def user_add(name: str, admin: bool, password_stdin: bool, config_file: Path | None, **database: Any) -> None:
     """Create a user NAME; the password comes from a prompt, or from stdin when it is not a terminal."""
-    from .accounts_cli import add_user
+    from .auth.commands import add_user
 
     settings = _load(Settings, database, config_file)
     if password_stdin or not sys.stdin.isatty():
@@ -164,7 +179,7 @@ def user_add(name: str, admin: bool, password_stdin: bool, config_file: Path | N
 @_database_options
 def user_list(config_file: Path | None, **database: Any) -> None:
     """List the users: name, role, whether disabled, and their limits."""
-    from .accounts_cli import list_users
+    from .auth.commands import list_users
 
     _run(list_users(_load(Settings, database, config_file)))
 

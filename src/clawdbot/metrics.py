@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -72,8 +72,11 @@ class Metrics:
         self.replies: defaultdict[str, int] = defaultdict(int)  # final status
         self.reply_failures: defaultdict[str, int] = defaultdict(int)  # cause (BackendError.kind)
         self.reply_retries: defaultdict[str, int] = defaultdict(int)  # cause of the failure retried unseen
+        self.reply_failovers: defaultdict[str, int] = defaultdict(int)  # cause of a failure after text: moved on
+        self.reply_cuts: defaultdict[str, int] = defaultdict(int)  # done_reason: length or time_limit
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}  # name: (help, read at scrape time)
         self.labelled: dict[str, tuple[str, str, Callable[[], dict[str, int]]]] = {}  # name: (help, label, read)
+        self.families: list[Callable[[], Iterable[Metric]]] = []  # more families, made at scrape time
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
@@ -171,12 +174,27 @@ class _Collector:
         )
         yield _counter(
             "clawdbot_chat_reply_retries",
-            "Backend failures before the first token that were retried once, unseen by the user, by cause.",
+            "Backend failures before the first token that were retried (on another backend where there is one), "
+            "unseen by the user, by cause.",
             ["cause"],
             {(k,): v for k, v in m.reply_retries.items()},
         )
+        yield _counter(
+            "clawdbot_chat_reply_failovers",
+            "Chat replies that went on on another backend after theirs failed mid-reply, by cause.",
+            ["cause"],
+            {(k,): v for k, v in m.reply_failovers.items()},
+        )
+        yield _counter(
+            "clawdbot_chat_replies_cut",
+            "Chat replies the gateway cut off at its limits (max_num_predict, max_reply_seconds), by done_reason.",
+            ["reason"],
+            {(k,): v for k, v in m.reply_cuts.items()},
+        )
         for name, (doc, label, counts) in m.labelled.items():
             yield _counter(name, doc, [label], {(k,): v for k, v in counts().items()})
+        for families in m.families:
+            yield from families()
         for name, (doc, gauge) in m.gauges.items():
             yield GaugeMetricFamily(name, doc, value=gauge())
         yield GaugeMetricFamily("clawdbot_active_streams", "Requests being relayed now.", value=m.active_streams)
@@ -190,6 +208,10 @@ def _counter(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...
     for key, value in sorted(values.items()):
         family.add_metric(list(key), value)
     return family
+
+
+def counter(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], int]) -> CounterMetricFamily:
+    return _counter(name, doc, labels, values)
 
 
 def _histograms(name: str, doc: str, label: str, family: Family) -> HistogramMetricFamily:

@@ -1,63 +1,105 @@
-"""Every setting in one place: a type, a default and help text per field.
+"""The platform's settings: a type, a default and help text per field.
 
-Values come, highest first, from the command line, the environment (`CLAWDBOT_…` for the platform,
-`CLAWDBOT_SIM_…` for the simulator), a TOML file (`--config FILE` or `CLAWDBOT_CONFIG`; the simulator reads
-its `[simulate]` table) and the defaults below. docs/configuration.md lists them all; a test keeps it honest.
+Values come, highest first, from the command line, the environment (`CLAWDBOT_…`), a TOML file (`--config FILE`
+or `CLAWDBOT_CONFIG`) and the defaults below (common/config.py reads them). docs/configuration.md lists them all;
+a test keeps it honest.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from .simulator.faults import FAULT_KINDS
-from .simulator.goerrors import parse_duration
-from .simulator.profiles import PROFILES
+from .common.config import (
+    PROFILE_NAMES,
+    TRUE,
+    SettingsError,
+    SettingsModel,
+    default_data_dir,
+    env_name,
+    http_url,
+    known_profile,
+    load,
+    toml_only,
+)
 
-
-class SettingsError(Exception):
-    """A setting has a bad value or a config file cannot be read; the message says which and why."""
-
-
-def _default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "clawdbot"
-
-
-def _http_url(value: str) -> str:
-    value = value.strip().rstrip("/")
-    if not value.startswith(("http://", "https://")) or len(value) <= len("https://"):
-        raise ValueError("must be an http:// or https:// URL")
-    return value
+__all__ = ["BackendConfig", "Settings", "SettingsError", "env_name", "load", "loopback", "toml_only"]
 
 
-def _known_profile(value: str) -> str:
-    if value not in PROFILES:
-        raise ValueError(f"unknown profile; choose one of {', '.join(PROFILES)}")
-    return value
+def _parallel_from_env() -> int | None:
+    """$OLLAMA_NUM_PARALLEL, Ollama's own setting, when it is a positive number."""
+    value = os.environ.get("OLLAMA_NUM_PARALLEL", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-    env_prefix: ClassVar[str]
-    toml_table: ClassVar[str | None]
+class BackendConfig(BaseModel):
+    """One model server of the fleet, as a `[[backends]]` table of the TOML file gives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+    kind: Literal["ollama", "openai"] = "ollama"
+    url: str
+    slots: int | None = Field(None, ge=1, le=4096)
+    models: list[str] | None = None
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+
+    _check_url = field_validator("url")(http_url)
+
+    def api_key(self) -> str | None:
+        """The key the server wants, from the environment or a file (never from a request, never logged)."""
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise SettingsError(f"backend {self.url}: ${self.api_key_env} (api_key_env) is not set")
+            return value.strip()
+        if self.api_key_file:
+            try:
+                return self.api_key_file.read_text(encoding="utf-8").strip()
+            except OSError as error:
+                raise SettingsError(f"backend {self.url}: cannot read api_key_file: {error.strerror}") from None
+        return None
 
 
-class Settings(_Base):
+def _host_name(url: str) -> str:
+    """A backend's default name: its host and port (gpu-box:11434)."""
+    return url.split("://", 1)[1].split("/", 1)[0]
+
+
+class Settings(SettingsModel):
     """`clawdbot` / `clawdbot serve`: the platform."""
 
     env_prefix: ClassVar[str] = "CLAWDBOT_"
     toml_table: ClassVar[str | None] = None
 
-    ollama_url: str = Field("http://localhost:11434", description="Base URL of the Ollama server to proxy to.")
+    ollama_url: list[str] = Field(
+        ["http://localhost:11434"],
+        description="Base URL of an Ollama server to proxy to; repeat it for several (each runs --max-running "
+        "generations at once). [[backends]] tables in the TOML file replace the default.",
+    )
+    backends: list[BackendConfig] = Field(
+        [],
+        description="Model servers as [[backends]] tables of the TOML file (name, kind, url, slots, models, "
+        "api_key_env or api_key_file): see docs/backends.md.",
+        json_schema_extra={"toml_only": True},
+    )
     host: str = Field("127.0.0.1", description="Address to listen on; use 0.0.0.0 to accept other machines.")
     port: int = Field(18789, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
-    data_dir: Path = Field(default_factory=_default_data_dir, description="Directory for the database and other state.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Directory for the database and other state (with --demo: clawdbot-demo beside it, so demo "
+        "chats stay out of a later real setup).",
+    )
+    public_url: str | None = Field(
+        None,
+        description="The address people open, when a proxy serves the gateway (https://chat.example.com): used in "
+        "the links clawdbot prints (the setup link), and its origin may send changes.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log level written to stderr."
     )
@@ -67,7 +109,9 @@ class Settings(_Base):
         description="Run the Ollama simulator in this process and proxy to it instead of "
         "--ollama-url, so a machine without Ollama shows a working platform.",
     )
-    demo_profile: str = Field("4090", description=f"Timing profile of the --demo simulator ({', '.join(PROFILES)}).")
+    demo_profile: str = Field(
+        "4090", description=f"Timing profile of the --demo simulator ({', '.join(PROFILE_NAMES)})."
+    )
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a TCP connection to the backend.")
     first_byte_timeout: float = Field(
         600.0,
@@ -102,11 +146,41 @@ class Settings(_Base):
         8192,
         ge=256,
         le=1_048_576,
-        description="Context window of a chat turn unless its conversation sets one; sent on every turn because "
-        "Ollama reloads the model whenever num_ctx changes.",
+        description="Context window (num_ctx) of every request that sets none, chat turns and raw /api requests "
+        "alike, for models an admin has given no size of their own: Ollama reloads a model whenever num_ctx "
+        "changes, so the page and API clients must send the same.",
     )
     reply_room: int = Field(
-        2048, ge=0, description="Tokens of the context kept free for the reply when older turns must be left out."
+        2048,
+        ge=0,
+        description="Tokens of the context kept free for the reply when older turns must be left out (at most half "
+        "the context).",
+    )
+    num_predict: int = Field(
+        4096,
+        ge=1,
+        le=1_048_576,
+        description="Tokens a chat reply may write unless its conversation sets a number (Ollama's num_predict); "
+        "an admin may change it on the page.",
+    )
+    max_num_predict: int = Field(
+        32768,
+        ge=1,
+        le=1_048_576,
+        description="Most tokens any one reply may write: the highest num_predict a conversation may set, the "
+        "num_predict of raw /api requests that set none, and where the gateway cuts a reply off; an admin may "
+        "change it on the page.",
+    )
+    max_reply_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="Seconds a reply may take once the backend has it, on the chat page and the raw APIs alike; "
+        "past it the gateway cuts it off and frees its slot. An admin may change it on the page.",
+    )
+    model_titles: bool = Field(
+        False,
+        description="Let the model name each conversation after its first exchange, in the background when the "
+        "backend is idle (off: the title is the first message's first line); an admin may change it on the page.",
     )
     max_message_chars: int = Field(100_000, ge=1, description="Longest chat message accepted, in characters.")
     heartbeat: float = Field(
@@ -120,9 +194,15 @@ class Settings(_Base):
     max_running: int | None = Field(
         None,
         ge=1,
-        description="Generations the backend runs at once; the rest wait in the gateway's fair queue. Set it to "
-        "the backend's parallelism (default: $OLLAMA_NUM_PARALLEL if set, else 1, Ollama's default; with --demo, "
-        "the demo simulator's slots).",
+        description="Generations each backend runs at once (those of --ollama-url, and [[backends]] that set no "
+        "slots); the rest wait in the gateway's fair queue. Set it to the backend's parallelism (default: "
+        "$OLLAMA_NUM_PARALLEL if set, else 1, Ollama's default; with --demo, the demo simulator's slots).",
+    )
+    routing: Literal["affinity", "least_busy", "random"] = Field(
+        "affinity",
+        description="How a generation picks among the backends with a free slot: affinity (the backend that served "
+        "the conversation last, then one with the model loaded, then the most free slots; docs/backends.md); "
+        "least_busy and random (Open WebUI's way) only to compare against.",
     )
     max_queue: int = Field(
         1000, ge=0, description="Generations that may wait for a slot, all users together; beyond it, 503."
@@ -132,7 +212,15 @@ class Settings(_Base):
     )
     trusted_proxies: list[str] = Field(
         ["127.0.0.1/32", "::1/128"],
-        description="Addresses (CIDR) of reverse proxies whose X-Forwarded-For names the user, for fair queueing.",
+        description="Addresses (CIDR) of the reverse proxies in front (nginx, Caddy): their X-Real-IP, Forwarded "
+        "or X-Forwarded-For names the client (sign-in throttling, fair queueing), their X-Forwarded-Proto and "
+        "X-Forwarded-Host are believed. Nobody else's are.",
+    )
+    client_address_header: Literal["auto", "x-real-ip", "forwarded", "x-forwarded-for"] = Field(
+        "auto",
+        description="Which header of a trusted proxy names the client: auto reads all three and, when they "
+        "disagree (the client forged one), counts the request as the proxy's own; naming the one header the "
+        "proxy writes believes that one alone.",
     )
     checkpoint_interval: float = Field(
         1.0, gt=0, le=60, description="Seconds between saves of the text of replies in flight (what a crash loses)."
@@ -167,7 +255,32 @@ class Settings(_Base):
         "WebSockets with a user's cookie.",
     )
 
-    _check_url = field_validator("ollama_url")(_http_url)
+    # The backend's parallelism, when clawdbot's environment says it the way Ollama's does: what --max-running
+    # defaults to (generation_slots).
+    _ollama_num_parallel: int | None = PrivateAttr(default_factory=_parallel_from_env)
+
+    @field_validator("ollama_url", mode="before")
+    @classmethod
+    def _urls(cls, value: Any) -> Any:
+        urls = [value] if isinstance(value, str) else value
+        return [http_url(str(url)) for url in urls] if isinstance(urls, list) else urls
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _demo_apart(cls, values: Any) -> Any:
+        """--demo keeps its chats out of the data directory a real setup uses later, unless told where."""
+        if (
+            isinstance(values, dict)
+            and str(values.get("demo")).lower() in TRUE
+            and not (values.get("data_dir") or values.get("database_url"))
+        ):
+            return {**values, "data_dir": default_data_dir("clawdbot-demo")}
+        return values
 
     @field_validator("trusted_proxies", "sso_proxies")
     @classmethod
@@ -188,7 +301,7 @@ class Settings(_Base):
             raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST/DB")
         return value
 
-    _check_profile = field_validator("demo_profile")(_known_profile)
+    _check_profile = field_validator("demo_profile")(known_profile)
 
     @model_validator(mode="after")
     def _no_auth_only_on_loopback(self) -> Settings:
@@ -199,12 +312,51 @@ class Settings(_Base):
             )
         if self.sso_header and not self.sso_proxies:
             raise ValueError("--sso-header needs --sso-proxies: the addresses whose header is believed")
+        if self.num_predict > self.max_num_predict:
+            raise ValueError(
+                f"--num-predict {self.num_predict} is above --max-num-predict {self.max_num_predict}: a reply's "
+                "default length cannot be more than any reply may write"
+            )
+        try:  # at start, not at the first request: two backends of one name, an API key that is not there
+            for config in self.backend_configs():
+                config.api_key()
+        except SettingsError as error:
+            raise ValueError(str(error)) from None
         return self
 
     @property
     def max_command_bytes(self) -> int:
         """A chat command's or body's size limit: the longest message, 4 UTF-8 bytes a character, with room."""
         return self.max_message_chars * 4 + 65536
+
+    def generation_slots(self, stand_in: int | None = None) -> int:
+        """Generations the backend runs at once (--max-running), resolved: as set, else the slots of a stand-in
+        model server (--demo's simulator; its 0, unlimited, counts as 64), else $OLLAMA_NUM_PARALLEL, else 1
+        (Ollama's default)."""
+        if self.max_running is not None:
+            return self.max_running
+        if stand_in is not None:
+            return stand_in or 64
+        return self._ollama_num_parallel or 1
+
+    def backend_configs(self) -> list[BackendConfig]:
+        """The fleet, resolved: [[backends]], plus every --ollama-url given (the default one only when there are
+        no [[backends]]), each with a name (its host, made unique) and its slots."""
+        configs = list(self.backends)
+        if not configs or "ollama_url" in self.model_fields_set:
+            configs += [BackendConfig(url=url) for url in self.ollama_url]
+        named: list[BackendConfig] = []
+        taken: set[str] = set()
+        for config in configs:
+            name = config.name or _host_name(config.url)
+            if name in taken and config.name:
+                raise SettingsError(f"two backends are named {name!r}; names must differ")
+            base, n = name, 2
+            while name in taken:
+                name, n = f"{base}-{n}", n + 1
+            taken.add(name)
+            named.append(config.model_copy(update={"name": name, "slots": config.slots or self.generation_slots()}))
+        return named
 
     @property
     def accounts(self) -> bool:
@@ -219,126 +371,3 @@ def loopback(host: str) -> bool:
         return ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-class SimulatorSettings(_Base):
-    """`clawdbot simulate`: the stand-in for `ollama serve`."""
-
-    env_prefix: ClassVar[str] = "CLAWDBOT_SIM_"
-    toml_table: ClassVar[str | None] = "simulate"
-
-    host: str = Field("127.0.0.1", description="Address to listen on.")
-    port: int = Field(11434, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
-    profile: str = Field("4090", description=f"Timing profile: {', '.join(PROFILES)}.")
-    speed: float = Field(1.0, gt=0, description="Run all model times this many times faster (tests use 10–100).")
-    num_parallel: int = Field(1, ge=0, description="Parallel slots per model, as OLLAMA_NUM_PARALLEL (0 = unlimited).")
-    max_queue: int = Field(
-        512, ge=1, description="Requests that may wait for a model load before 503, as OLLAMA_MAX_QUEUE."
-    )
-    tokens_per_second: float | None = Field(
-        None,
-        gt=0,
-        description="Replace the batched engine with a fixed "
-        "per-stream rate and no batching (for measuring the gateway).",
-    )
-    context_length: int | None = Field(
-        None, ge=256, description="Default num_ctx, as OLLAMA_CONTEXT_LENGTH (default: the profile's)."
-    )
-    keep_alive: str = Field(
-        "5m",
-        description="How long a model stays loaded after its last request, as "
-        "OLLAMA_KEEP_ALIVE (Go duration; negative = forever).",
-    )
-    models: list[str] = Field(["qwen3:32b"], min_length=1, description="Models that are pulled.")
-    seed: int = Field(0, description="Seed for composed replies and random faults.")
-    openai_format: Literal["current", "legacy"] = Field(
-        "current", description="/v1 streaming format: current (Ollama ≥ 0.32.6) or legacy (older)."
-    )
-    ollama_version: str = Field("0.32.15", description="Version reported by /api/version.")
-    fault_rate: float = Field(0.0, ge=0, le=1, description="Share of requests that fail at random.")
-    record: int = Field(
-        0,
-        ge=0,
-        description="Keep the bytes of this many recent generation responses, by "
-        "X-Request-ID, at /_sim/transcript/{id} (for tests).",
-    )
-    faults: list[str] = Field(
-        ["drop", "stall", "error_line", "http_500", "reset"],
-        description=f"Fault kinds --fault-rate draws from ({', '.join(FAULT_KINDS)}).",
-    )
-
-    _check_profile = field_validator("profile")(_known_profile)
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        parse_duration(value)
-        return value
-
-    @field_validator("faults")
-    @classmethod
-    def _known_faults(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(FAULT_KINDS))
-        if unknown:
-            raise ValueError(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
-        return value
-
-    @property
-    def keep_alive_seconds(self) -> float:
-        seconds = parse_duration(self.keep_alive)
-        return -1.0 if seconds < 0 else seconds
-
-
-S = TypeVar("S", bound=_Base)
-
-
-def env_name(cls: type[_Base], field: str) -> str:
-    return cls.env_prefix + field.upper()
-
-
-def load(cls: type[S], overrides: dict[str, Any] | None = None, config_file: Path | str | None = None) -> S:
-    """Build settings from defaults < TOML < environment < `overrides` (the command line)."""
-    values: dict[str, Any] = {}
-    path = config_file or os.environ.get("CLAWDBOT_CONFIG")
-    if path:
-        values.update(_read_toml(Path(path), cls.toml_table))
-    for field, info in cls.model_fields.items():
-        raw = os.environ.get(env_name(cls, field))
-        if raw is not None:
-            is_list = getattr(info.annotation, "__origin__", None) is list
-            values[field] = [part.strip() for part in raw.split(",") if part.strip()] if is_list else raw
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return cls.model_validate(values)
-    except ValidationError as error:
-        raise SettingsError(_explain(cls, error)) from None
-
-
-def _read_toml(path: Path, table: str | None) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise SettingsError(f"cannot read config file {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
-    if table is None:
-        return {k: v for k, v in data.items() if not isinstance(v, dict)}
-    section = data.get(table, {})
-    if not isinstance(section, dict):
-        raise SettingsError(f"config file {path}: [{table}] must be a table")
-    return section
-
-
-def _explain(cls: type[_Base], error: ValidationError) -> str:
-    lines = []
-    for problem in error.errors():
-        if not problem["loc"]:  # a rule across settings
-            lines.append(str(problem["msg"]).removeprefix("Value error, "))
-            continue
-        field = str(problem["loc"][0])
-        if problem["type"] == "extra_forbidden":
-            lines.append(f"unknown setting {field!r}")
-        else:
-            flag = "--" + field.replace("_", "-")
-            lines.append(f"{flag} / {env_name(cls, field)}: {problem['msg']} (got {problem.get('input')!r})")
-    return "; ".join(lines)

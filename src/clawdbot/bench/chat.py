@@ -29,7 +29,7 @@ _MAX_EVENT_BYTES = 64 * 1024 * 1024  # reply.done carries the whole reply
 _SERVER_TIMINGS = ("status", "done_reason", "ttft_ms", "thinking_ms", "total_ms", "eval_ms")
 # Failures after which the socket may still carry the old reply's events: the tab reconnects, as a reload would.
 _RECONNECT = {"timeout", "ws_closed", "connect", "reset"}
-# The gateway's wording for a failed reply (backends.py), reduced to a kind that can be counted.
+# The gateway's wording for a failed reply (backends/ollama.py), reduced to a kind that can be counted.
 _FAILED_CLASSES = (
     (re.compile(r"refused the connection|could not be reached"), "unreachable"),
     (re.compile(r"did not accept a connection|sent nothing"), "timeout"),

@@ -1,4 +1,4 @@
-"""One streamed request, timed the way shared/reference/load-testing.md asks: a timestamp the moment bytes
+"""One streamed request, timed as docs/load-testing.md §1 and §4 describe: a timestamp the moment bytes
 arrive, parsing only after the stream has ended, token counts from the server's own numbers. The chat page's
 protocol (`--target chat`) is in chat.py; both are driven through the `User` interface below.
 

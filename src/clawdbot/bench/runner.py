@@ -1,6 +1,6 @@
 """Drive one load level: closed-loop virtual users or open-loop arrivals, in this process or in several.
 
-Per shared/reference/load-testing.md §4.3: uvloop, one session with no connection cap, gc frozen after setup,
+As docs/load-testing.md §3–4 describe: uvloop, one session with no connection cap, gc frozen after setup,
 an event-loop-lag probe that tells when the client itself is the bottleneck, and worker processes whose
 records are merged afterwards (perf_counter is CLOCK_MONOTONIC, shared by all processes on Linux).
 """

@@ -24,6 +24,25 @@ class QueueFull(Exception):
     """More requests are waiting for a model load than max_queue allows (Ollama answers 503)."""
 
 
+ABORTED = "aborted"  # a done_reason never sent: Ollama ended the stream with no final chunk (see repeat_cut)
+REPEAT_LIMIT = 30  # llm/server.go: "30 picked as an arbitrary max token repeat limit"
+
+
+def repeat_cut(texts: list[str]) -> int | None:
+    """Where Ollama aborts a reply that repeats itself: the index of the token whose trimmed text equals the last
+    30 before it (starting from ""). Ollama reads it from the runner, sends nothing more, and its `return
+    ctx.Err()` is nil, so the handler closes the stream with 200: no final chunk, no error line."""
+    last, repeats = "", 0
+    for index, text in enumerate(texts):
+        if text.strip() == last:
+            repeats += 1
+            if repeats > REPEAT_LIMIT:
+                return index
+        else:
+            last, repeats = text.strip(), 0
+    return None
+
+
 class TokenKind(Enum):
     HIDDEN = 0  # generated but never sent: <think>, </think>, whitespace the parser trims
     THINKING = 1
@@ -50,10 +69,11 @@ class Sequence:
     plan: list[tuple[TokenKind, str]]
     prompt_tokens: int
     prefix: list[tuple[int, int]]  # cumulative (hash, tokens) after each prompt message
-    reply_key: tuple[int, int] | None  # what the cache holds after this reply, for the next turn
+    cache_after: list[tuple[int, int]] | None  # what the slot's cache holds once this reply is done, for the next turn
     num_predict: int
     num_ctx: int
     keep_alive: float | None  # seconds; None = server default, < 0 = forever
+    cut_at: int | None = None  # the token at which Ollama aborts the reply (repeat_cut)
     arrived: float = field(default_factory=time.monotonic)
     loaded_at: float = 0.0
     admitted_at: float = 0.0
@@ -66,6 +86,15 @@ class Sequence:
     done_reason: str = ""
     slot: Slot | None = None
     waiter: asyncio.Future[None] | None = None
+    loop_from: int | None = None  # endless: past the plan, its tokens from here on repeat for ever
+
+    def pieces(self, start: int, stop: int) -> list[tuple[TokenKind, str]]:
+        """Tokens start..stop of the reply (an endless one goes round its loop past the plan)."""
+        plan = self.plan
+        if self.loop_from is None or stop <= len(plan):
+            return plan[start:stop]
+        loop = plan[self.loop_from :] or [(TokenKind.CONTENT, " ")]
+        return [plan[i] if i < len(plan) else loop[(i - len(plan)) % len(loop)] for i in range(start, stop)]
 
     @property
     def finished(self) -> bool:
@@ -77,7 +106,10 @@ class Sequence:
 
     def advance(self, now: float) -> None:
         """One more token; when the plan is spent the next step samples EOS and the reply is done."""
-        if self.generated >= len(self.plan):
+        if self.generated == self.cut_at:  # made, read by Ollama, and never sent: the stream just ends
+            self.done_reason, self.finished_at = ABORTED, now
+            return
+        if self.generated >= len(self.plan) and self.loop_from is None:
             self.done_reason, self.finished_at = "stop", now
             return
         self.generated += 1
@@ -134,6 +166,7 @@ class Runner:
         self.default_keep_alive_once: float | None = None
         self.cancelled_total = 0
         self.completed_total = 0
+        self.loads_total = 0  # loads and reloads: a num_ctx that changes shows here
 
     @property
     def active(self) -> int:
@@ -161,6 +194,7 @@ class Runner:
                     loading.set_result(None)
             self.loaded_ctx = num_ctx
             self.loaded_at_wall = time.time()
+            self.loads_total += 1
 
     async def _wait_for_load(self) -> None:
         assert self._loading is not None
@@ -196,7 +230,7 @@ class Runner:
         """Take `seq` out of the batch, keep what its slot's cache now holds, and admit the next in line."""
         del self.running[seq]
         slot = seq.slot or Slot()
-        slot.prefix = seq.prefix + ([seq.reply_key] if seq.reply_key and seq.finished else [])
+        slot.prefix = seq.cache_after if seq.cache_after is not None and seq.finished else seq.prefix
         self.idle_slots.append(slot)
         if self.num_parallel == 0 and len(self.idle_slots) > 256:  # unlimited slots: keep a bounded cache
             del self.idle_slots[0]
@@ -267,6 +301,7 @@ class Runner:
             "slots": self.num_parallel,
             "cancelled_total": self.cancelled_total,
             "completed_total": self.completed_total,
+            "loads_total": self.loads_total,
         }
 
     def _start(self, seq: Sequence) -> None:

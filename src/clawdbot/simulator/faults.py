@@ -41,6 +41,11 @@ class ScriptEntry(BaseModel):
     reply: str | None = Field(None, description="answer text to stream instead of a composed reply")
     thinking: str | None = Field(None, description="thinking text; empty string for none")
     fault: Fault | None = None
+    endless: bool = Field(
+        False,
+        description="never finish: after the text, repeat the answer (or, with no answer, the thinking) until the "
+        "client hangs up, whatever num_predict says, as a base model or a model caught in a loop can",
+    )
     times: int = Field(1, ge=-1, description="how many requests it serves; -1 for all")
 
     @field_validator("times")
@@ -56,6 +61,7 @@ class Plan:
     reply: str | None
     thinking: str | None
     fault: Fault | None
+    endless: bool = False
 
 
 class ScriptBook:
@@ -79,7 +85,7 @@ class ScriptBook:
                 entry.times -= 1
                 if entry.times == 0:
                     self.entries.remove(entry)
-            return Plan(entry.reply, entry.thinking, entry.fault)
+            return Plan(entry.reply, entry.thinking, entry.fault, entry.endless)
         if self.fault_rate and self._rng.random() < self.fault_rate:
             kind = self._rng.choice(self.fault_kinds)
             fault = Fault.model_validate(

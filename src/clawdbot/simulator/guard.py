@@ -1,7 +1,7 @@
 """Ollama's request guards: the Host allow-list for loopback servers, and CORS with its built-in origins.
 
 A proxy that forwards a browser's Origin or the public Host gets a bare 403 from a real Ollama; the
-simulator does the same so tests catch it (shared/reference/ollama-api.md §6).
+simulator does the same so tests catch it (docs/ollama-protocol.md §6).
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from ..settings import SimulatorSettings
-from ..signals import until_signalled
+import os
+import sys
+
+from ..common.signals import until_signalled
 from .server import Simulator
+from .settings import SimulatorSettings
 
 
 def describe(sim: Simulator) -> str:
@@ -24,7 +27,13 @@ def describe(sim: Simulator) -> str:
 
 async def serve_forever(settings: SimulatorSettings) -> None:
     sim = Simulator(settings)
-    await sim.start()
+    try:
+        await sim.start()
+    except OSError as error:  # a port in use: one line, as `clawdbot serve` says it, not a traceback
+        await sim.stop()
+        reason = os.strerror(error.errno) if error.errno else str(error)  # uvloop's strerror repeats the address
+        print(f"clawdbot simulate: cannot listen on {settings.host}:{settings.port}: {reason.lower()}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(describe(sim), flush=True)
     try:
         await until_signalled()

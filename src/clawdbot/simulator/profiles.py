@@ -1,6 +1,6 @@
 """How long a qwen3:32b engine step takes on a given machine.
 
-The model and its figures come from shared/reference/simulator-calibration.md §2.3: decode is memory-bound,
+The model and its figures are in docs/simulator-calibration.md §2–3: decode is memory-bound,
 so a step that carries n tokens (one per generating stream plus any prompt tokens being prefilled) costs
 t0·max(1 + a·log2 n, n/knee) + k_kv·Σctx + overhead. Every stream in the batch gets its token at the end
 of the same step, and prefill of a newly admitted prompt lengthens the step everyone is waiting on.

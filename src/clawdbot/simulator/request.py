@@ -39,6 +39,7 @@ class GenRequest:
     truncate: bool = True
     raw: bool = False
     include_usage: bool = False
+    format: Any = None  # "json", a JSON schema object, or unset
 
     @property
     def prompt_text(self) -> str:
@@ -228,7 +229,29 @@ def _common(data: dict[str, Any], req: GenRequest) -> GenRequest:
     req.stream = data.get("stream") is not False
     req.options = dict(data.get("options") or {})
     req.truncate = data.get("truncate") is not False
+    req.format = data.get("format")
     return req
+
+
+def check_format(value: Any, *, streaming: bool) -> None:
+    """The runner's check of `format` (json.RawMessage): null, "", "json" or an object; anything else fails the
+    request with a 500 after the model has loaded."""
+    if value is None or value in ("", "json") or isinstance(value, dict):
+        return
+    raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    raise OllamaError(
+        500,
+        f'invalid format: {_strconv_quote(raw)}; expected "json" or a valid JSON Schema object',
+        streaming=streaming,
+    )
+
+
+def _strconv_quote(text: str) -> str:
+    """Go's %q (strconv.Quote) for printable text: quotes and backslashes escaped, control characters spelled."""
+    named = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return (
+        '"' + "".join(named.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or c == "\x7f" else c) for c in text) + '"'
+    )
 
 
 def parse_chat(body: bytes) -> GenRequest:

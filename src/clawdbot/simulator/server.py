@@ -1,12 +1,13 @@
 """`clawdbot simulate`: an HTTP server that answers like `ollama serve` with qwen3:32b pulled.
 
 Shape from aiohttp's fake-server example: `Simulator(settings)`, `await start()` returns the real port,
-`await stop()`. The routes and bytes follow shared/reference/ollama-api.md; `/_sim/*` is ours, for tests.
+`await stop()`. The routes and bytes follow docs/ollama-protocol.md; `/_sim/*` is ours, for tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import OrderedDict
 from datetime import datetime
@@ -16,24 +17,26 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..settings import SimulatorSettings
 from . import gojson
 from .catalog import CATALOG, ModelInfo, normalize_name
 from .engine import BatchedRunner, FlatRunner, QueueFull, Runner
 from .faults import QUEUE_FULL, RUNNER_STOPPED, Fault, ScriptBook, ScriptEntry
 from .guard import add_cors_headers, make_guard
 from .profiles import PROFILES
+from .replies import reply_seed
 from .request import (
     GenRequest,
     OllamaError,
+    check_format,
     check_options,
     load_body,
     parse_chat,
     parse_generate,
     parse_openai_chat,
 )
+from .settings import SimulatorSettings
 from .stream import Generation, sequence_for
-from .wire import JSON, NDJSON, ChatEmitter, GenerateEmitter, OpenAIEmitter, openai_error
+from .wire import JSON, NDJSON, ChatEmitter, GenerateEmitter, OpenAIEmitter, openai_error, openai_error_body
 
 
 class Simulator:
@@ -46,6 +49,7 @@ class Simulator:
             self.models[key] = CATALOG.get(key) or _synthesized(key)
         self.runners: dict[str, Runner] = {}
         self.script = ScriptBook(fault_rate=settings.fault_rate, fault_kinds=tuple(settings.faults), seed=settings.seed)
+        self.samples = random.Random(f"replies\x00{settings.seed}")  # a reproducible run of unseeded replies
         self.requests_total = 0
         self.app = self._make_app()
         self._runner: web.AppRunner | None = None
@@ -239,6 +243,9 @@ class Simulator:
     async def openai_chat(self, request: web.Request) -> web.StreamResponse:
         try:
             req = parse_openai_chat(await request.read())
+        except OllamaError as error:  # the middleware's own refusal: gin's c.AbortWithStatusJSON
+            return _json(openai_error_body(error.status, error.message), error.status)
+        try:
             if not req.model:
                 raise OllamaError(400, "model is required")
             emitter = OpenAIEmitter(
@@ -272,8 +279,10 @@ class Simulator:
         if not req.messages:
             runner.touch(req.keep_alive)
             return self._load_only(req, "load")
+        check_format(req.format, streaming=req.stream)  # the runner's check, once the model is loaded
         think = info.thinking if req.think is None else req.think
-        seq = sequence_for(req, plan, think=think, num_ctx=num_ctx, seed=self.settings.seed)
+        seed = reply_seed(req.options, self.samples)
+        seq = sequence_for(req, plan, think=think, num_ctx=num_ctx, seed=seed)
         runner.submit(seq)
         try:
             record = self._transcript(request)
@@ -396,9 +405,14 @@ async def _go_errors(request: web.Request, handler: Handler) -> web.StreamRespon
             return web.Response(status=error.status, body=gojson.dumps({"error": error.message}), content_type=JSON)
         return _json({"error": error.message}, error.status)
     except web.HTTPMethodNotAllowed:
-        return web.Response(status=405, text="405 method not allowed", content_type="text/plain")
+        return _plain(405, b"405 method not allowed")
     except web.HTTPNotFound:
-        return web.Response(status=404, text="404 page not found", content_type="text/plain")
+        return _plain(404, b"404 page not found")
+
+
+def _plain(status: int, body: bytes) -> web.Response:
+    # gin's serveError sets exactly "text/plain", no charset (aiohttp's text= would add one)
+    return web.Response(status=status, body=body, headers={"Content-Type": "text/plain"})
 
 
 async def _strip_server_header(request: web.Request, response: web.StreamResponse) -> None:

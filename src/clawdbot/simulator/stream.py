@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from .engine import Sequence, TokenKind
+from .continuation import Partial, partial_of, rest_of
+from .engine import ABORTED, Sequence, TokenKind, repeat_cut
 from .faults import BEFORE_STREAM, MID_STREAM, Fault, Plan
 from .replies import compose, count_tokens, tokenize
 from .request import GenRequest, OllamaError
@@ -47,38 +49,91 @@ def _fit(messages: list[dict[str, Any]], num_ctx: int, extra: int) -> list[dict[
     return [m for m, k in zip(messages, keep, strict=True) if k]
 
 
-def sequence_for(req: GenRequest, plan: Plan, *, think: bool, num_ctx: int, seed: int) -> Sequence:
-    extra = _ASSISTANT_HEADER + (0 if think else _EMPTY_THINK_BLOCK)
-    messages = _fit(req.messages, num_ctx, extra) if req.truncate else req.messages
+@dataclass(frozen=True, slots=True)
+class _Prompt:
+    prefix: list[tuple[int, int]]  # cumulative (hash, tokens) after each message, as a slot's cache holds them
+    tokens: int
+    reply_from: tuple[int, str]  # the hash the reply's message extends, and the text it starts with
+
+
+def _prompt(messages: list[dict[str, Any]], partial: Partial | None, extra: int) -> _Prompt:
+    """The rendered prompt's tokens. After the last message comes an open assistant turn: a new one (`extra`: its
+    header, and with thinking off the empty think block), or the partial message itself, whose text is prompt."""
+    closed = messages[:-1] if partial is not None else messages
     prefix: list[tuple[int, int]] = []
     digest, tokens = 0, extra
-    for message in messages:
+    for message in closed:
         digest = hash((digest, message.get("role"), message.get("content")))
         tokens += _message_tokens(message)
         prefix.append((digest, tokens))
-    reply = compose(req.option_int("seed", seed), req.prompt_text, think=think)
-    thinking = plan.thinking if plan.thinking is not None else reply.thinking
+    if partial is None:
+        return _Prompt(prefix, tokens, (digest, ""))
+    tokens += _ASSISTANT_HEADER + count_tokens(partial.content)
+    if partial.thinking_open:  # "<think>" and the thought so far
+        tokens += 1 + count_tokens(partial.thinking)
+    prefix.append((hash((digest, "assistant", partial.content, partial.thinking_open and partial.thinking)), tokens))
+    return _Prompt(prefix, tokens, (digest, partial.content))
+
+
+def _texts(req: GenRequest, plan: Plan, partial: Partial | None, *, think: bool, seed: int) -> tuple[bool, str, str]:
+    """Whether the reply thinks, its thinking and its content; after a partial message, what is left of them."""
+    reply = compose(seed, req.prompt_text, think=think)
+    thinking = (plan.thinking if plan.thinking is not None else reply.thinking).strip()
     content = plan.reply if plan.reply is not None else reply.content
+    if partial is None:
+        return think, thinking, content
+    if partial.thinking_open:
+        return True, _rest(thinking, partial.thinking, scripted=plan.thinking is not None), content
+    return False, "", _rest(content, partial.content, scripted=plan.reply is not None)  # past thinking
+
+
+def _rest(text: str, said: str, *, scripted: bool) -> str:
+    # A scripted text that does not start with the partial one is the continuation a test chose: it goes as written.
+    return text.removeprefix(said) if scripted else rest_of(text, said)
+
+
+def sequence_for(req: GenRequest, plan: Plan, *, think: bool, num_ctx: int, seed: int) -> Sequence:
+    """The tokens to generate for `req`: the scripted text, or the reply composed with `seed` (see reply_seed); after
+    a partial assistant message, the rest of that text (continuation.py)."""
+    partial = partial_of(req.messages, think=think)
+    extra = _ASSISTANT_HEADER + (0 if think else _EMPTY_THINK_BLOCK) if partial is None else 0
+    messages = _fit(req.messages, num_ctx, extra) if req.truncate else req.messages
+    prompt = _prompt(messages, partial, extra)
+    thinks, thinking, content = _texts(req, plan, partial, think=think, seed=seed)
     num_predict = req.option_int("num_predict", -1)
-    limit = num_predict if num_predict > 0 else _UNLIMITED
+    limit = num_predict if num_predict > 0 and not plan.endless else _UNLIMITED
     tokens_plan: list[tuple[TokenKind, str]] = []
-    if think:
-        tokens_plan.append((TokenKind.HIDDEN, "<think>"))
-        tokens_plan += [(TokenKind.THINKING, t) for t in tokenize(thinking.strip(), limit)]
-        tokens_plan += [(TokenKind.HIDDEN, "</think>"), (TokenKind.HIDDEN, "\n\n")]
+    loop_from = None  # endless: where the tokens that repeat for ever begin
+    if thinks:
+        if partial is None:  # a continued thought is already inside <think>
+            tokens_plan.append((TokenKind.HIDDEN, "<think>"))
+        thought_from = len(tokens_plan)
+        tokens_plan += [(TokenKind.THINKING, t) for t in tokenize(thinking, limit)]
+        if plan.endless and not content:
+            loop_from = thought_from  # thinking in circles: it never closes
+        else:
+            tokens_plan += [(TokenKind.HIDDEN, "</think>"), (TokenKind.HIDDEN, "\n\n")]
+    if plan.endless and loop_from is None:
+        loop_from = len(tokens_plan)
     answer = tokenize(content, limit - len(tokens_plan))  # num_predict ends the reply there anyway
     tokens_plan += [(TokenKind.CONTENT, t) for t in answer]
     # The slot's cache holds the reply too; qwen3's template drops thinking from history, so only a
     # reply without thinking can match the next turn's prompt, and only as far as it was generated.
-    reply_key = None if think else (hash((digest, "assistant", "".join(answer))), tokens + len(tokens_plan) + 4)
+    # A continued reply joins its partial message: the next turn has them as one.
+    cached = not thinks and not plan.endless
+    digest, said = prompt.reply_from
+    reply = (hash((digest, "assistant", said + "".join(answer))), prompt.tokens + len(tokens_plan) + 4)
+    held = prompt.prefix[:-1] if partial is not None else prompt.prefix
     return Sequence(
+        cut_at=repeat_cut([text for _, text in tokens_plan]),
         plan=tokens_plan,
-        prompt_tokens=max(tokens, 1),
-        prefix=prefix,
-        reply_key=reply_key,
+        prompt_tokens=max(prompt.tokens, 1),
+        prefix=prompt.prefix,
+        cache_after=[*held, reply] if cached else None,
         num_predict=limit,
         num_ctx=num_ctx,
         keep_alive=req.keep_alive,
+        loop_from=loop_from,
     )
 
 
@@ -118,9 +173,11 @@ class Generation:
                     return await self._whole()
                 seen = generated
                 continue
-            lines = [self._line(kind, text) for kind, text in seq.plan[seen:generated] if kind is not TokenKind.HIDDEN]
+            lines = [
+                self._line(kind, text) for kind, text in seq.pieces(seen, generated) if kind is not TokenKind.HIDDEN
+            ]
             seen = generated
-            if finished:
+            if finished and seq.done_reason != ABORTED:
                 lines.append(self.emitter.done(self.result()))
             for line in lines:
                 if self.fault is not None and await self._fault_strikes():
@@ -186,8 +243,11 @@ class Generation:
         seq = self.seq
         now = time.monotonic()
         text: dict[TokenKind, list[str]] = {kind: [] for kind in TokenKind}
-        for kind, piece in seq.plan[: seq.generated]:
+        for kind, piece in seq.pieces(0, seq.generated):
             text[kind].append(piece)
+        if seq.done_reason == ABORTED:  # what a non-streaming answer is made of: the last chunk, no counts
+            thinking, content = "".join(text[TokenKind.THINKING]), "".join(text[TokenKind.CONTENT])
+            return Result(done_reason="", thinking=thinking, content=content, done=False)
         prompt_eval = max(seq.first_token_at - seq.admitted_at - seq.first_step, 1e-6)
         eval_time = (seq.finished_at or now) - seq.first_token_at + seq.first_step
         result = Result(

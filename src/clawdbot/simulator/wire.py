@@ -1,4 +1,4 @@
-"""Bytes on the wire for each endpoint, as Ollama writes them (shared/reference/ollama-api.md §1, §2.1, §5).
+"""Bytes on the wire for each endpoint, as Ollama writes them (docs/ollama-protocol.md §1, §2.1, §5).
 
 An emitter turns the engine's events (a thinking token, a content token, done, an error) into the exact
 line the real server sends. Key order follows Go's struct order; zero metrics are omitted (omitempty).
@@ -32,6 +32,7 @@ class Result:
     eval_count: int = 0
     eval_duration: int = 0
     context: list[int] = field(default_factory=list)
+    done: bool = True  # False: Ollama aborted the reply (engine.repeat_cut) and its last chunk stands for it
 
     def metrics(self) -> dict[str, int]:
         pairs = (
@@ -80,7 +81,7 @@ class ChatEmitter:
             "model": self.model,
             "created_at": rfc3339nano(),
             "message": message,
-            "done": True,
+            "done": result.done,
         }
         if result.done_reason:
             body["done_reason"] = result.done_reason
@@ -120,7 +121,7 @@ class GenerateEmitter(ChatEmitter):
         }
         if whole and result.thinking:
             body["thinking"] = result.thinking
-        body["done"] = True
+        body["done"] = result.done
         if result.done_reason:
             body["done_reason"] = result.done_reason
         if result.context:
@@ -231,6 +232,11 @@ def _usage(result: Result) -> dict[str, int]:
     }
 
 
-def openai_error(status: int, message: str) -> bytes:
+def openai_error_body(status: int, message: str) -> dict[str, object]:
     kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    return encode_line({"error": {"message": message, "type": kind, "param": None, "code": None}})
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def openai_error(status: int, message: str) -> bytes:
+    """A handler's error as the /v1 middleware rewrites it (json.Encoder: a trailing newline)."""
+    return encode_line(openai_error_body(status, message))

@@ -1,0 +1,412 @@
+"""Replies as server-side jobs: a generation runs on its own, whoever is watching.
+
+A generation waits for a slot on the backend (backends/admission.py), streams one reply, numbers every event in its log
+(eventlog.py) so that any client can resume from any point, writes the text so far to the database about once a
+second, and stores the result (done, stopped, failed or interrupted, with whatever text there was) when it ends.
+A listener that disconnects changes nothing; Stop is explicit and closes the backend request at once.
+
+With several backends, a failure before the first token is retried on another one, unseen; a failure after text
+has streamed continues the same reply on another backend from the text it has (a `reply.switch` event marks where),
+so nothing the model wrote is lost and a follower notices only a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..backends.admission import Admission, Ticket
+from ..backends.base import Delta, Final
+from ..backends.fleet import Fleet, Member
+from ..errors import BackendError
+from ..logs import LOG
+from ..metrics import Metrics
+from ..store.conversations import Store
+from ..store.records import Checkpoint, Message, Outcome, as_row, now_ms
+from .context import continuation
+from .eventlog import GenerationLog, Job
+from .state import RunningReplies
+
+_IN_FLIGHT = ("waiting", "thinking", "writing")  # a checkpoint never writes a final status: _finish does
+_RETRY_DELAY = 0.5  # before the one unseen retry: long enough for a restarting backend, short against a TTFT
+_ENDED_EARLY = ("interrupted", "failed", "stopped")
+# The done_reason of a reply cut off before the model ended it: Ollama's, at num_predict (or a full context), and
+# the gateway's own at its limits (Guard).
+CUT_OFF = ("length", "time_limit")
+
+
+def ended_early(reply: Message) -> bool:
+    """Whether Continue may go on from this reply: it ended before the model had said all it would."""
+    return reply.status in _ENDED_EARLY or (reply.status == "done" and reply.done_reason in CUT_OFF)
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Where the gateway cuts a reply off whatever the backend does: past `tokens` streamed (Ollama sends a line per
+    token, or fewer) or `seconds` after it got a slot. The reply is kept as done, with done_reason length or
+    time_limit, and the backend request is closed, which frees its slot."""
+
+    tokens: int
+    seconds: float
+
+
+@dataclass(slots=True, eq=False)
+class Generation:
+    reply: Message  # as it started, then as it was stored
+    body: dict[str, Any]
+    ticket: Ticket
+    prompt: Message | None = None  # the user message this answers (none for Regenerate)
+    status: str = "waiting"
+    content: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    streamed: bool = False  # text reached listeners: from here on, no silent retry
+    dirty: bool = False  # text or status changed since the last checkpoint
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    thinking_from: float | None = None
+    thinking_until: float | None = None
+    final: Final | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    ending: str = "stopped"  # what a cancellation means: Stop, or the gateway shutting down ("interrupted")
+    task: asyncio.Task[None] | None = None
+    guard: Guard | None = None
+    tokens: int = 0  # lines of text streamed, as the guard counts them
+    cut: str | None = None  # the done_reason when the guard cut the reply off
+    backends: list[str] = field(default_factory=list)  # where it ran, in order (several after a failover)
+    switches: list[dict[str, Any]] = field(default_factory=list)  # each failover: from, to, at (characters)
+
+    @property
+    def id(self) -> str:
+        return self.reply.id
+
+    @property
+    def conversation_id(self) -> str:
+        return self.reply.conversation_id
+
+    @property
+    def client_id(self) -> str | None:
+        """The client's id for the message this answers: a retried send finds its reply by it."""
+        return self.prompt.client_id if self.prompt is not None else None
+
+    def checkpoint(self) -> Checkpoint:
+        content, thinking = "".join(self.content), "".join(self.thinking)
+        self.content[:], self.thinking[:] = [content], [thinking]  # joined once, not again next second
+        self.dirty = False
+        return Checkpoint(self.id, self.status, content, thinking)
+
+    def outcome(self) -> Outcome:
+        """How the finished reply is stored."""
+        now = time.perf_counter()
+        final = self.final
+        thinking_until = self.thinking_until or (now if self.thinking_from else None)
+        ended = Outcome(
+            status=self.status,
+            content="".join(self.content),
+            thinking="".join(self.thinking),
+            finished_at=now_ms(),
+            error=self.error,
+            error_kind=self.error_kind,
+            ttft_ms=_ms(self.first_token - self.started) if self.first_token else None,
+            thinking_ms=_ms(thinking_until - self.thinking_from) if self.thinking_from and thinking_until else None,
+            total_ms=_ms(now - self.started),
+            backend=",".join(self.backends) or None,
+            switches=self.switches or None,
+        )
+        if final is not None:
+            return replace(
+                ended,
+                done_reason=final.done_reason,
+                prompt_tokens=final.prompt_tokens,
+                output_tokens=final.output_tokens,
+                eval_ms=_ms(final.eval_ns / 1e9),
+            )
+        if self.cut is not None:  # the backend never sent its counts: the guard's own count stands in
+            return replace(ended, done_reason=self.cut, output_tokens=self.tokens)
+        return ended
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _retryable(error: BackendError) -> bool:
+    # Not a 4xx (the same request fails the same way) and not a first-byte timeout (it already waited minutes).
+    return not error.kind.startswith("http_4") and error.kind != "first_byte_timeout"
+
+
+class Generations:
+    def __init__(
+        self,
+        store: Store,
+        fleet: Fleet,
+        log: GenerationLog,
+        admission: Admission,
+        active: RunningReplies,
+        metrics: Metrics,
+        *,
+        checkpoint_interval: float = 1.0,
+    ) -> None:
+        self.store, self.fleet, self.log = store, fleet, log
+        self.admission, self.metrics = admission, metrics
+        self.checkpoint_interval = checkpoint_interval
+        self.active = active  # by conversation: one reply at a time in each
+        self._checkpointer: asyncio.Task[None] | None = None
+        self.finished: list[Callable[[Generation], None]] = []  # told of every reply once it is stored
+
+    def start(
+        self,
+        reply: Message,
+        body: dict[str, Any],
+        ticket: Ticket,
+        *,
+        prompt: Message | None = None,
+        owner: str,
+        guard: Guard | None = None,
+    ) -> Generation:
+        generation = Generation(reply, body, ticket, prompt=prompt, guard=guard)
+        if reply.content:  # Continue: the reply goes on from the text it has
+            generation.content.append(reply.content)
+        if reply.thinking:
+            generation.thinking.append(reply.thinking)
+        self.active.add(generation)
+        self.log.register(Job(generation.id, generation.conversation_id, owner, reply))
+        self.admission.watch(ticket, lambda position: self._queued(generation, position))
+        self._emit(generation, {"type": "reply.start", "message": reply})  # the reply as it started
+        generation.task = asyncio.get_running_loop().create_task(self._run(generation))
+        if self._checkpointer is None:
+            self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoints())
+        return generation
+
+    def running(self, conversation_id: str) -> Generation | None:
+        """The reply being written in the conversation, if one is."""
+        return self.active.get(conversation_id)
+
+    def snapshot(self, conversation_id: str) -> dict[str, Any] | None:
+        """The reply being written in the conversation, as far as it got, for a client that arrives now."""
+        generation = self.active.get(conversation_id)
+        job = self.log.job(generation.id) if generation is not None else None
+        return job.snapshot() if job is not None else None
+
+    def stop(self, conversation_id: str) -> Generation | None:
+        generation = self.active.get(conversation_id)
+        if generation is not None and generation.task is not None:
+            generation.task.cancel()  # closes the backend request; _run stores the partial reply as stopped
+        return generation
+
+    async def shutdown(self) -> None:
+        """Store what every reply in flight has so far, marked interrupted, before the process exits."""
+        running = self.active.here()
+        for generation in running:
+            generation.ending = "interrupted"
+            if generation.task is not None:
+                generation.task.cancel()
+        await asyncio.gather(*(g.task for g in running if g.task is not None), return_exceptions=True)
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+
+    def _emit(self, generation: Generation, event: dict[str, Any]) -> None:
+        event["conversation_id"], event["id"] = generation.conversation_id, generation.id
+        self.log.append(generation.id, event)  # to the reply's followers and its conversation's subscribers
+
+    def _queued(self, generation: Generation, position: int) -> None:
+        self.log.queued(generation.id, position)
+
+    async def _run(self, generation: Generation) -> None:
+        ticket, slot_from = generation.ticket, None
+        try:
+            await self.admission.wait(ticket)
+            slot_from = time.perf_counter()
+            self.metrics.queue_wait.labels("chat").observe(slot_from - generation.started)
+            self.log.queued(generation.id, None)
+            await self._stream(generation)
+            generation.status = "done"
+        except asyncio.CancelledError:
+            generation.status = generation.ending
+            if generation.ending == "interrupted":
+                generation.error = "The gateway stopped while this reply was being written; the text so far is kept."
+                generation.error_kind = "gateway_stopped"
+        except BackendError as error:
+            generation.status, generation.error, generation.error_kind = "failed", error.explain(), error.kind
+            self.metrics.reply_failures[error.kind] += 1
+            LOG.warning(
+                "reply failed",
+                extra={
+                    "reply_id": generation.id,
+                    "kind": error.kind,
+                    "backend": error.backend,
+                    "reason": error.message,
+                },
+            )
+        finally:
+            self.admission.release(ticket, None if slot_from is None else time.perf_counter() - slot_from)
+        self.metrics.replies[generation.status] += 1
+        await self._finish(generation)
+
+    async def _stream(self, generation: Generation) -> None:
+        """The reply from the backend, within the guard's time; a failure before any text is retried once, and the
+        user never sees it."""
+        seconds = generation.guard.seconds if generation.guard is not None else None
+        try:
+            async with asyncio.timeout(seconds) as deadline:
+                await self._attempts(generation)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            generation.cut = "time_limit"
+
+    async def _attempts(self, generation: Generation) -> None:
+        tries = 0
+        limit = generation.guard.tokens if generation.guard is not None else None
+        while True:
+            member = self._placed(generation)
+            granted, first = time.perf_counter(), True
+            try:
+                async with aclosing(member.backend.chat(self._body(generation))) as events:  # a cut closes it
+                    async for event in events:
+                        if isinstance(event, Final):
+                            generation.final = event
+                            member.prompt_tokens += event.prompt_tokens
+                            member.output_tokens += event.output_tokens
+                            continue
+                        if first:
+                            member.ttft.observe(time.perf_counter() - granted)
+                            first = False
+                        self._delta(generation, event)
+                        generation.tokens += event.lines
+                        if limit is not None and generation.tokens > limit:
+                            generation.cut = "length"
+                            return
+                self.fleet.succeeded(member, generation.body.get("model"))
+                return
+            except BackendError as error:
+                self.fleet.failed(member, error)
+                if not self._may_move(generation, error, tries):
+                    raise
+                tries += 1
+                await self._move(generation, member, error)
+
+    def _may_move(self, generation: Generation, error: BackendError, tries: int) -> bool:
+        """Whether a failure is retried elsewhere: not a 4xx (the same request fails the same way) nor a first-byte
+        timeout (it already waited minutes). Before any text: once on a lone backend, else on each other one. After
+        text: only on another backend that serves the model, which goes on from that text."""
+        if not _retryable(error):
+            return False
+        others = [
+            m
+            for m in self.fleet.members
+            if m.name not in generation.backends and m.place.in_rotation and m.place.may_serve(generation.body["model"])
+        ]
+        if generation.streamed:
+            return bool(others) and tries < len(self.fleet.members)
+        return tries < max(1, len(others))
+
+    async def _move(self, generation: Generation, member: Member, error: BackendError) -> None:
+        """Give the failed slot back and wait for one elsewhere (first in line): a lone backend after a pause."""
+        if generation.streamed:
+            self.metrics.reply_failovers[error.kind] += 1
+        else:
+            self.metrics.reply_retries[error.kind] += 1
+        LOG.info(
+            "moving a reply to another backend" if generation.streamed else "retrying a reply once",
+            extra={"reply_id": generation.id, "kind": error.kind, "backend": member.name},
+        )
+        if len(self.fleet.members) == 1:
+            await asyncio.sleep(_RETRY_DELAY)  # long enough for a restarting backend, short against a TTFT
+        self.admission.reroute(generation.ticket)
+        await self.admission.wait(generation.ticket)
+        if generation.ticket.place is not None and generation.ticket.place.name != member.name:
+            member.failovers += 1
+
+    def _placed(self, generation: Generation) -> Member:
+        """The member the ticket holds a slot on, noted: affinity for the next turn, and a switch once text came."""
+        ticket = generation.ticket
+        first = not generation.backends
+        member = self.fleet.placed(
+            generation.conversation_id, ticket.place, ticket.prefer, ticket.affinity if first else None
+        )
+        if not first and generation.streamed and generation.backends[-1] != member.name:
+            switch = {"from": generation.backends[-1], "to": member.name, "at": len("".join(generation.content))}
+            generation.switches.append(switch)
+            self._emit(generation, {"type": "reply.switch", **switch})
+        if not generation.backends or generation.backends[-1] != member.name:
+            generation.backends.append(member.name)
+        member.requests += 1
+        return member
+
+    def _body(self, generation: Generation) -> dict[str, Any]:
+        if not generation.switches:
+            return generation.body
+        content, thinking = "".join(generation.content), "".join(generation.thinking)
+        return continuation(generation.body, content, thinking, generation.tokens)
+
+    def _delta(self, generation: Generation, delta: Delta) -> None:
+        now = time.perf_counter()
+        if generation.first_token is None:
+            generation.first_token = now
+        for kind, text, parts in (
+            ("thinking", delta.thinking, generation.thinking),
+            ("content", delta.content, generation.content),
+        ):
+            if not text:
+                continue
+            status = "thinking" if kind == "thinking" else "writing"
+            if generation.status != status:
+                if status == "thinking":
+                    generation.thinking_from = now
+                elif generation.thinking_from is not None and generation.thinking_until is None:
+                    generation.thinking_until = now
+                generation.status = status
+                self._emit(generation, {"type": "reply.status", "status": status})
+            parts.append(text)
+            generation.streamed = generation.dirty = True
+            self._emit(generation, {"type": "reply.delta", kind: text})
+
+    async def _checkpoints(self) -> None:
+        """The text so far goes to the database about once a second: a crash loses at most that much."""
+        while True:
+            await asyncio.sleep(self.checkpoint_interval)
+            rows = [g.checkpoint() for g in self.active.here() if g.dirty and g.status in _IN_FLIGHT]
+            if not rows:
+                continue
+            try:
+                await self.store.checkpoint(rows)
+            except Exception:  # noqa: BLE001 - the next checkpoint or the final write carries the text
+                LOG.exception("could not checkpoint replies in flight", extra={"count": len(rows)})
+
+    async def _finish(self, generation: Generation) -> None:
+        outcome = generation.outcome()
+        generation.reply = replace(generation.reply, **as_row(outcome))
+        job = self.log.job(generation.id)
+        if job is not None:  # a snapshot from now on shows the reply as stored
+            job.message = generation.reply
+        try:
+            await asyncio.shield(self.store.finish_reply(generation.id, outcome))
+        except Exception:  # noqa: BLE001 - the reply is still sent to listeners; the failure is logged
+            LOG.exception("could not store a finished reply", extra={"reply_id": generation.id})
+        self.active.remove(generation)
+        if generation.cut is not None:
+            self.metrics.reply_cuts[generation.cut] += 1
+        if generation.final is not None or generation.cut is not None:
+            self._emit(
+                generation,
+                {
+                    "type": "reply.stats",
+                    "done_reason": outcome.done_reason,
+                    "prompt_tokens": outcome.prompt_tokens,
+                    "output_tokens": outcome.output_tokens,
+                    "eval_ms": outcome.eval_ms,
+                    "ttft_ms": outcome.ttft_ms,
+                    "total_ms": outcome.total_ms,
+                },
+            )
+        if generation.error is not None:
+            self._emit(generation, {"type": "reply.error", "code": generation.error_kind, "message": generation.error})
+        self._emit(generation, {"type": "reply.done", "message": generation.reply})
+        self.log.finish(generation.id)
+        for hook in self.finished:
+            hook(generation)

@@ -1,0 +1,1 @@
+"""What the server, the simulator and the bench share: settings machinery and process plumbing."""

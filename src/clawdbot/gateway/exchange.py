@@ -1,0 +1,95 @@
+"""One proxied request as the relay tracks it (`Exchange`), the routes it counts by, and the headers that cross."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+from ..backends.fleet import Member
+from .framing import GENERATION
+
+# Request headers that describe this hop, the browser, or our own credentials: never sent to the backend.
+DROP_REQUEST = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "origin",
+        "referer",
+        "cookie",
+        "authorization",
+        "content-length",
+        "expect",
+        "x-request-id",
+    }
+)
+PASS_RESPONSE = (
+    "Content-Type",
+    "Content-Encoding",
+    "Retry-After",
+    "Cache-Control",
+    "Content-Disposition",
+    "Location",
+)
+ROUTES = frozenset(
+    {
+        *GENERATION,
+        "/api/tags",
+        "/api/show",
+        "/api/ps",
+        "/api/version",
+        "/api/pull",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/models",
+        "/v1/embeddings",
+    }
+)
+
+
+def route_label(path: str) -> str:
+    if path in ROUTES:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    return "/api/other" if path.startswith("/api/") else "/v1/other"
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    """One proxied request, from arrival to last byte: what the metrics and the access log report."""
+
+    request_id: str
+    method: str
+    route: str
+    received: float
+    queued: float = 0.0  # seconds waiting for a backend slot: the model's queue, not the gateway's overhead
+    forwarded: float = 0.0
+    headers_at: float = 0.0
+    first_write: float = 0.0
+    last_byte: float = 0.0
+    status: int = 0
+    outcome: str = "ok"
+    error_kind: str | None = None
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    stalled: bool = False
+    writing: bool = False
+    upstream: aiohttp.ClientResponse | None = None
+    deadline: float = 0.0  # when a generation has had its time (--max-reply-seconds); 0: no limit
+    overtime: bool = False
+    member: Member | None = None  # the backend it went to
+
+    def fail(self, outcome: str, kind: str | None) -> None:
+        if self.outcome == "ok":
+            self.outcome, self.error_kind = outcome, kind

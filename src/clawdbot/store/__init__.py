@@ -1,0 +1,1 @@
+"""The database: tables, queries, typed records, platform limits and migrations."""

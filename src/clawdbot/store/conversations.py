@@ -1,0 +1,353 @@
+"""Conversations and messages, kept in SQLite (the default) or PostgreSQL through SQLAlchemy Core.
+
+The tables and the queries on them; database.py runs the queries (reads alongside one group-committing writer).
+A message is a row of its own: saving one never rewrites its conversation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+
+from .database import Database
+from .records import Checkpoint, Conversation, Message, Outcome, as_row, new_id, now_ms
+
+metadata = MetaData()
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("title_set", Boolean, nullable=False),  # renamed by the user: no longer follows the first message
+    Column("model", Text, nullable=False),
+    Column("system_prompt", Text, nullable=False),
+    Column("temperature", Float),
+    Column("num_ctx", Integer),
+    Column("think", Boolean),
+    Column("pinned", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),  # milliseconds since the epoch
+    Column("updated_at", BigInteger, nullable=False),
+    Column("user_id", String(36)),  # the owner (accounts.users); null only in a database older than 0003
+    Column("num_predict", Integer),  # the most tokens a reply may write; null: the platform's default (0004)
+    Index("conversations_by_user", "user_id", "pinned", "updated_at"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("conversation_id", String(36), ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    Column("role", String(16), nullable=False),  # user | assistant
+    Column("content", Text, nullable=False),
+    Column("thinking", Text, nullable=False),
+    # user: sent. assistant: waiting, thinking, writing, then done, stopped, failed or interrupted.
+    Column("status", String(16), nullable=False),
+    Column("superseded", Boolean, nullable=False),  # not shown (nor sent): not on the path of chosen versions
+    Column("created_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger),
+    Column("model", Text),
+    Column("error", Text),
+    Column("done_reason", String(16)),
+    Column("prompt_tokens", Integer),
+    Column("output_tokens", Integer),
+    Column("ttft_ms", Integer),
+    Column("thinking_ms", Integer),
+    Column("total_ms", Integer),
+    Column("eval_ms", Integer),
+    Column("omitted_turns", Integer),
+    Column("client_id", String(64)),
+    Column("error_kind", String(32)),  # a failed reply's cause (BackendError.kind), as counted in /metrics
+    # Versions (migration 0004, versions.py): the message this one follows, and whether it is the version shown
+    # when its branch is; a reply that Continue went on from is no version (continued_by: the reply that did).
+    Column("parent_id", String(36)),
+    Column("chosen", Boolean, nullable=False),
+    Column("continued_by", String(36)),
+    Column("backend", Text),  # the backends that wrote a reply, in order (migration 0006)
+    Column("switches", JSON),  # where it moved from one to the next: [{"from", "to", "at"}]
+    Index("messages_by_conversation", "conversation_id", "created_at"),
+    Index("messages_by_client_id", "conversation_id", "client_id", unique=True),
+)
+
+# The text so far of replies being written, about once a second; see migration 0002.
+reply_checkpoints = Table(
+    "reply_checkpoints",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("content", Text, nullable=False),
+    Column("thinking", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+_ACTIVE = ("waiting", "thinking", "writing")
+
+
+class Store:
+    """The chat platform's queries. Each method is one step on the database, however many statements it runs."""
+
+    def __init__(self, url: str, *, max_pending_writes: int = 10_000) -> None:
+        self.db = Database(url, max_pending_writes=max_pending_writes)
+        self.sqlite = self.db.sqlite
+        self.read, self.write = self.db.read, self.db.write
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    async def open(self) -> None:
+        """Bring the schema to the newest migration, then start the writer."""
+        from .migrations import upgrade
+
+        await self.db.open(upgrade)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # ---- conversations -------------------------------------------------------------------------------------
+    async def create_conversation(
+        self,
+        *,
+        user_id: str,
+        model: str,
+        system_prompt: str = "",
+        temperature: float | None = None,
+        num_ctx: int | None = None,
+        think: bool | None = None,
+        title: str = "",
+        num_predict: int | None = None,
+    ) -> Conversation:
+        stamp = now_ms()
+        made = Conversation(
+            id=new_id(),
+            title=title,
+            title_set=bool(title),
+            model=model,
+            system_prompt=system_prompt,
+            temperature=temperature,
+            num_ctx=num_ctx,
+            think=think,
+            pinned=False,
+            created_at=stamp,
+            updated_at=stamp,
+            user_id=user_id,
+            num_predict=num_predict,
+        )
+
+        def query(conn: Connection) -> None:
+            conn.execute(conversations.insert().values(**as_row(made)))
+
+        await self.write(query)
+        return made
+
+    async def list_conversations(self, user_id: str, limit: int = 500) -> list[Conversation]:
+        order = (conversations.c.pinned.desc(), conversations.c.updated_at.desc())
+        query = select(conversations).where(conversations.c.user_id == user_id).order_by(*order).limit(limit)
+        return await self.read(lambda conn: [Conversation(*row) for row in conn.execute(query)])
+
+    async def get_conversation(self, conversation_id: str, user_id: str | None = None) -> Conversation | None:
+        """The conversation; with `user_id`, only if it is that user's."""
+        return await self.read(lambda conn: _conversation(conn, conversation_id, user_id))
+
+    async def conversation_and_messages(
+        self, conversation_id: str, user_id: str
+    ) -> tuple[Conversation | None, list[Message]]:
+        """The user's conversation and its shown messages, read together (one snapshot, one step); another
+        user's reads as none, and its messages are not read."""
+
+        def query(conn: Connection) -> tuple[Conversation | None, list[Message]]:
+            found = _conversation(conn, conversation_id, user_id)
+            return found, _messages(conn, conversation_id) if found else []
+
+        return await self.read(query)
+
+    async def update_conversation(self, conversation_id: str, **changes: Any) -> Conversation | None:
+        def query(conn: Connection) -> None:
+            conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**changes))
+
+        if changes:
+            await self.write(query)
+        return await self.get_conversation(conversation_id)
+
+    async def retitle(self, conversation_id: str, title: str, *, was: str) -> bool:
+        """Give a conversation a title of the gateway's making, only while it is still `was` and the user has not
+        named it: a rename or an edit of the first message since then wins."""
+
+        def query(conn: Connection) -> int:
+            untouched = (conversations.c.title_set.is_(False)) & (conversations.c.title == was)
+            where = (conversations.c.id == conversation_id) & untouched
+            return conn.execute(update(conversations).where(where).values(title=title)).rowcount
+
+        return bool(await self.write(query))
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        def query(conn: Connection) -> int:
+            mine = select(messages.c.id).where(messages.c.conversation_id == conversation_id)
+            conn.execute(delete(reply_checkpoints).where(reply_checkpoints.c.id.in_(mine)))
+            conn.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
+            return conn.execute(delete(conversations).where(conversations.c.id == conversation_id)).rowcount
+
+        return bool(await self.write(query))
+
+    # ---- messages ------------------------------------------------------------------------------------------
+    async def messages(self, conversation_id: str) -> list[Message]:
+        """The shown messages (not those replaced by Regenerate or Edit), oldest first."""
+        return await self.read(lambda conn: _messages(conn, conversation_id))
+
+    async def record_turn(
+        self,
+        conversation_id: str,
+        rows: list[Message],
+        *,
+        supersede: list[str] | None = None,
+        replaces: str | None = None,
+        continued: bool = False,
+        title: str | None = None,
+        retitle: bool = False,
+    ) -> None:
+        """Everything one turn changes, in one write: earlier messages superseded, new messages (made by
+        `new_message()`) inserted, the conversation touched and, while the user has not named it, titled (`retitle`:
+        even if it has a title already, as after an edit of its first message). The first new message becomes
+        the chosen version in place of `replaces`; `continued`: it went on from that one's text instead."""
+
+        def query(conn: Connection) -> None:
+            if supersede:
+                conn.execute(update(messages).where(messages.c.id.in_(supersede)).values(superseded=True))
+            if replaces:
+                left: dict[str, Any] = {"chosen": False, "continued_by": rows[0].id if continued else None}
+                conn.execute(update(messages).where(messages.c.id == replaces).values(**left))
+            if rows:
+                conn.execute(messages.insert(), [as_row(row) for row in rows])
+            values: dict[str, Any] = {"updated_at": now_ms()}
+            if title:
+                named: Any = conversations.c.title_set.is_(True)
+                if not retitle:  # a first message titles only a conversation that has no title yet
+                    named = named | (conversations.c.title != "")
+                values["title"] = case((named, conversations.c.title), else_=literal(title))
+            conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**values))
+
+        await self.write(query)
+
+    async def get_reply(self, reply_id: str, user_id: str) -> Message | None:
+        """A stored reply, if its conversation is this user's: ownership is part of the one lookup."""
+
+        def query(conn: Connection) -> Message | None:
+            owned = select(messages).join(conversations, conversations.c.id == messages.c.conversation_id)
+            owned = owned.where(
+                messages.c.id == reply_id, messages.c.role == "assistant", conversations.c.user_id == user_id
+            )
+            found = conn.execute(owned).first()
+            return Message(*found) if found else None
+
+        return await self.read(query)
+
+    async def by_client_id(self, conversation_id: str, client_id: str) -> tuple[Message | None, Message | None]:
+        """The user message a client sent with this id, and the reply that answered it (its chosen version)."""
+
+        def query(conn: Connection) -> tuple[Message | None, Message | None]:
+            mine = (messages.c.conversation_id == conversation_id) & (messages.c.client_id == client_id)
+            found = conn.execute(select(messages).where(mine)).first()
+            if found is None:
+                return None, None
+            sent = Message(*found)
+            answers = (messages.c.parent_id == sent.id) & messages.c.continued_by.is_(None)
+            order = (messages.c.chosen.desc(), messages.c.created_at.desc())
+            reply = conn.execute(select(messages).where(answers).order_by(*order).limit(1)).first()
+            return sent, Message(*reply) if reply else None
+
+        return await self.read(query)
+
+    async def checkpoint(self, rows: list[Checkpoint]) -> None:
+        """Save the text so far of replies in flight."""
+        stamp = now_ms()
+        saved = [{"id": r.id, "content": r.content, "thinking": r.thinking, "updated_at": stamp} for r in rows]
+        # Only a row still in flight takes a status: a late checkpoint never undoes a reply's final state.
+        # (Bound names differ from the columns': SQLAlchemy reserves those in an UPDATE's SET and WHERE.)
+        status = (
+            update(messages)
+            .where(messages.c.id == bindparam("b_id"), or_(*(messages.c.status == active for active in _ACTIVE)))
+            .values(status=bindparam("b_status"))
+        )
+
+        def query(conn: Connection) -> None:
+            conn.execute(delete(reply_checkpoints).where(reply_checkpoints.c.id.in_([r["id"] for r in saved])))
+            conn.execute(reply_checkpoints.insert(), saved)
+            conn.execute(status, [{"b_id": r.id, "b_status": r.status} for r in rows])
+
+        await self.write(query)
+
+    async def finish_reply(self, message_id: str, outcome: Outcome) -> None:
+        """Store a reply's final state; its checkpoint is no longer needed."""
+
+        def query(conn: Connection) -> None:
+            conn.execute(update(messages).where(messages.c.id == message_id).values(**as_row(outcome)))
+            conn.execute(delete(reply_checkpoints).where(reply_checkpoints.c.id == message_id))
+
+        await self.write(query)
+
+    async def interrupt_unfinished(self) -> int:
+        """Replies still marked in progress belong to a gateway that stopped: mark them interrupted, with the
+        text of their last checkpoint."""
+        saved = reply_checkpoints.c
+
+        def checkpointed(column: Any, own: Any) -> Any:
+            return func.coalesce(select(column).where(saved.id == messages.c.id).scalar_subquery(), own)
+
+        def query(conn: Connection) -> int:
+            count = conn.execute(
+                update(messages)
+                .where(messages.c.status.in_(_ACTIVE))
+                .values(
+                    status="interrupted",
+                    content=checkpointed(saved.content, messages.c.content),
+                    thinking=checkpointed(saved.thinking, messages.c.thinking),
+                    finished_at=now_ms(),
+                    error="The gateway stopped while this reply was being written; the text so far is kept.",
+                    error_kind="gateway_stopped",
+                )
+            ).rowcount
+            conn.execute(delete(reply_checkpoints))
+            return int(count)
+
+        return int(await self.write(query))
+
+
+def _conversation(conn: Connection, conversation_id: str, user_id: str | None = None) -> Conversation | None:
+    query = select(conversations).where(conversations.c.id == conversation_id)
+    if user_id is not None:
+        query = query.where(conversations.c.user_id == user_id)
+    found = conn.execute(query).first()
+    return Conversation(*found) if found else None
+
+
+def _messages(conn: Connection, conversation_id: str) -> list[Message]:
+    shown = (messages.c.conversation_id == conversation_id) & messages.c.superseded.is_(False)
+    query = select(messages).where(shown).order_by(messages.c.created_at, messages.c.id)
+    return [Message(*row) for row in conn.execute(query)]
+
+
+def default_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'clawdbot.db'}"

@@ -1,0 +1,84 @@
+"""`clawdbot serve`: run the application until a signal, and say in one line where it is and what it found.
+
+The lines it prints go to stdout, not to the log: they are for the person who started the gateway (the setup link
+is a secret that must not sit in a log collector).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from aiohttp import web
+from sqlalchemy.engine import make_url
+
+from .. import __version__
+from ..backends.fleet import Fleet, Member
+from ..common.signals import until_signalled
+from ..settings import Settings
+from ..store.conversations import default_url
+from .admin import FLEET
+from .app import StandIn, create_app
+from .authenticate import AUTH
+
+
+async def run(settings: Settings, stand_in: StandIn | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; print one line saying where, to what, and whether the backend answered."""
+    app = create_app(settings, stand_in)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=4096, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        reason = os.strerror(error.errno) if error.errno else str(error)  # uvloop's strerror repeats the address
+        print(f"clawdbot: cannot listen on {settings.host}:{settings.port}: {reason.lower()}", file=sys.stderr)
+        raise SystemExit(2) from None
+    port = runner.addresses[0][1]
+    print(startup_line(settings, port, app[FLEET]), flush=True)
+    token = await app[AUTH].setup_link_token()
+    if token is not None:  # stdout, not the log: the link is for the person who started the gateway
+        print(
+            f"clawdbot: no admin yet — create one at {page_url(settings, port)}/setup#token={token} "
+            "(or: clawdbot user add NAME --admin)",
+            flush=True,
+        )
+    try:
+        await until_signalled()
+    finally:
+        await runner.cleanup()
+
+
+def page_url(settings: Settings, port: int) -> str:
+    """Where people open the chat page: the public URL behind a proxy, else where the gateway listens."""
+    if settings.public_url:
+        return settings.public_url + "/chat"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{port}/chat"
+
+
+def startup_line(settings: Settings, port: int, fleet: Fleet) -> str:
+    database = make_url(settings.database_url or default_url(settings.data_dir))
+    where = database.database if database.get_backend_name() == "sqlite" else database.render_as_string()
+    backends = " — ".join(_health(member) for member in fleet.members)
+    return (
+        f"clawdbot {__version__} on http://{settings.host}:{port} — {backends} — chat page "
+        f"{page_url(settings, port)}, conversations in {where} — {time.strftime('%H:%M:%S')}"
+    )
+
+
+def _health(member: Member) -> str:
+    backend, status = member.backend, member.backend.status
+    kind = {"openai": "OpenAI-compatible", "ollama": "Ollama"}[member.kind]
+    if backend.simulated:
+        kind = "simulated Ollama (--demo; no real model)"
+    if status.reachable:
+        models = ", ".join(status.model_names()) or "no models pulled"
+        health = f"answering (version {status.version}; models: {models})"
+    else:
+        health = f"NOT answering — {status.error}; {backend.how_to_fix()}. /readyz reports it until it comes back"
+    slots = member.place.slots
+    named = backend.url if backend.url.endswith("://" + member.name) else f"{member.name} {backend.url}"
+    return f"backend {named} [{kind}, {slots} slot{'' if slots == 1 else 's'}] {health}"
