@@ -127,3 +127,10 @@ class BackendUnreachable(BackendError):
 class BackendTimeout(BackendError):
     status = 504
     code = "backend_timeout"
+
+
+class RedisUnavailable(ClawdbotError):
+    """The live state several gateway processes share (--redis-url) cannot be reached; what is stored is safe."""
+
+    status = 503
+    code = "redis_unavailable"

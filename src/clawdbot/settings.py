@@ -139,6 +139,24 @@ class Settings(SettingsModel):
         description="Where conversations are kept: sqlite:///PATH or postgresql://USER@HOST/DB "
         "(default: the SQLite file clawdbot.db in --data-dir).",
     )
+    redis_url: str | None = Field(
+        None,
+        description="Where the live state several gateway processes share is kept (redis://HOST:PORT/DB, "
+        "rediss://… for TLS, unix:///PATH): reply events, running replies, the fair queue and slots, rate limits, "
+        "sign-in throttles, credential revocations. Default: none, one process keeps them in its memory.",
+    )
+    redis_prefix: str = Field(
+        "clawdbot",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="First part of every Redis key and channel, so deployments can share one Redis.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Gateway processes on this machine, all on --port (SO_REUSEPORT); more than one needs "
+        "--redis-url, where they share their live state.",
+    )
     default_model: str | None = Field(
         None, description="Model of new conversations (default: the first model the backend lists)."
     )
@@ -301,6 +319,13 @@ class Settings(SettingsModel):
             raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST/DB")
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///PATH")
+        return value
+
     _check_profile = field_validator("demo_profile")(known_profile)
 
     @model_validator(mode="after")
@@ -309,6 +334,11 @@ class Settings(SettingsModel):
             raise ValueError(
                 f"--no-auth lets anyone who reaches the gateway act as its owner, so it is refused on --host "
                 f"{self.host}; bind to a loopback address (127.0.0.1 or ::1), or keep accounts on"
+            )
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(
+                f"--workers {self.workers} needs --redis-url: the processes share their running replies, queue and "
+                "limits there (one process keeps them in memory)"
             )
         if self.sso_header and not self.sso_proxies:
             raise ValueError("--sso-header needs --sso-proxies: the addresses whose header is believed")

@@ -34,6 +34,7 @@ from ..chat.state import MemoryRunningReplies, MemorySendResults
 from ..chat.titles import Titles
 from ..errors import BackendError, ClawdbotError, Conflict, NotFound, Overloaded, PayloadTooLarge, openai_error
 from ..gateway.relay import Relay
+from ..live.connection import Live
 from ..logs import LOG, AccessLog, LineWriter
 from ..logs import setup as setup_logging
 from ..metrics import Metrics
@@ -53,6 +54,8 @@ RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)
 ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
 LOG_WRITER: web.AppKey[LineWriter] = web.AppKey("log-writer", LineWriter)
 ACCESS: web.AppKey[AccessLog] = web.AppKey("access-log", AccessLog)
+# The deployment's Redis (--redis-url), or None: this process alone, its live state in memory.
+LIVE: web.AppKey[Live | None] = web.AppKey("live")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -79,7 +82,7 @@ def create_app(settings: Settings, stand_in: StandIn | None = None) -> web.Appli
     app[STAND_IN] = stand_in
     app[METRICS] = Metrics()
     app[LIMITS] = Limits(settings)  # the command line's defaults until the database is open
-    app.cleanup_ctx.extend([_logging, _backend, _chat])
+    app.cleanup_ctx.extend([_logging, _live, _backend, _chat])
     app.on_response_prepare.append(_stamp_headers)
     app[PUBLIC] = Public()
     app[PUBLIC].paths.update(["/healthz", "/readyz", "/metrics", "/openapi.json"])
@@ -110,6 +113,20 @@ async def _logging(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         writer.stop()
+
+
+async def _live(app: web.Application) -> AsyncIterator[None]:
+    """The link to Redis, when the live state is shared (--redis-url); it may come up after the gateway does."""
+    settings = app[SETTINGS]
+    live = app[LIVE] = Live(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
+    if live is None:
+        yield
+        return
+    await live.open()
+    try:
+        yield
+    finally:
+        await live.close()
 
 
 async def _backend(app: web.Application) -> AsyncIterator[None]:
@@ -236,8 +253,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     status = fleet.status
+    live = request.app[LIVE]
+    ready = status.reachable and (live is None or live.up)
     body = {
-        "status": "ready" if status.reachable else "not ready",
+        "status": "ready" if ready else "not ready",
         "backend": {  # all backends as one, as before there were several
             "url": fleet.url,
             "simulated": fleet.simulated,
@@ -251,9 +270,11 @@ async def readyz(request: web.Request) -> web.Response:
         # What a request that sets no num_ctx gets, per model: raw API and chat page alike.
         "context": request.app[LIMITS].in_effect(status.model_names(), status.loaded),
     }
+    if live is not None:
+        body["redis"] = live.report()
     if fleet.simulated:
         body["note"] = "demo mode: the model is simulated by clawdbot, not a real Ollama"
-    return json_response(body, 200 if status.reachable else 503)
+    return json_response(body, 200 if ready else 503)
 
 
 async def openapi(request: web.Request) -> web.Response:

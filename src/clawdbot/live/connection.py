@@ -1,0 +1,202 @@
+"""One process's link to the deployment's Redis: the client, key names, its own name, and one pub/sub reader.
+
+Every module of `live/` goes through a `Live`: commands on `client` (redis-py's asyncio client, hiredis parsing
+the replies), messages through `on`/`off` (any number of handlers per channel on one pub/sub connection, which the
+reader keeps subscribed to exactly the channels some handler wants, again after a reconnect) and `publish`.
+
+Redis going away is not a crash: `error` says why (on /readyz and in the log, once per outage), the reader retries
+with a growing pause, and the channels come back when Redis does. Callers that cannot do without Redis raise
+`errors.RedisUnavailable` (503) to the user; see docs/scaling.md for what still works meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import RedisUnavailable as Unavailable
+from ..logs import LOG
+
+Handler = Callable[[bytes], None]
+# Seconds between the reader's pings while no message comes: how soon an outage shows on /readyz.
+PING_EVERY = 1.0
+# Seconds `listening` waits for a subscription before telling the user Redis is unavailable.
+SUBSCRIBE_WAIT = 5.0
+
+
+class Live:
+    def __init__(self, url: str, prefix: str = "clawdbot") -> None:
+        self.url, self.prefix = url, prefix
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            socket_keepalive=True,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            max_connections=256,
+        )
+        # This process, as other processes name it (leases, messages addressed to it): unique even if a pid is
+        # reused after a crash.
+        self.node = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
+        self.error: str | None = "not connected yet"
+        self.down_since: float | None = time.time()
+        self.handlers: defaultdict[bytes, set[Handler]] = defaultdict(set)
+        self._pubsub: PubSub | None = None
+        self._subscribed: set[bytes] = set()
+        self._changed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    # ---- names -----------------------------------------------------------------------------------------------------
+    def key(self, tag: str, *parts: str) -> str:
+        """`prefix:{tag}:parts…`: keys of one tag share a Redis Cluster slot."""
+        return ":".join((self.prefix, "{" + tag + "}", *parts))
+
+    def channel(self, tag: str, *parts: str) -> bytes:
+        return self.key(tag, "ch", *parts).encode()
+
+    @property
+    def inbox(self) -> bytes:
+        """The channel of messages addressed to this process alone."""
+        return self.channel("node:" + self.node)
+
+    # ---- lifetime --------------------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Start the reader; Redis need not be up yet (/readyz says so until it is)."""
+        self.handlers.setdefault(self.inbox, set())  # always one subscription, so the reader has a connection to read
+        self._reader = asyncio.create_task(self._read())
+        await self.check()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        await self.client.aclose()
+
+    async def check(self) -> bool:
+        """Ping; record the outcome. True when Redis answered."""
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as error:
+            self.failed(error)
+            return False
+        self.recovered()
+        return True
+
+    def failed(self, error: BaseException) -> None:
+        """A command failed for want of Redis: /readyz shows it, the log says it once per outage."""
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        if self.down_since is None or self.error == "not connected yet":
+            LOG.warning("redis is unavailable", extra={"reason": reason})
+        if self.down_since is None:
+            self.down_since = time.time()
+        self.error = reason
+
+    def recovered(self) -> None:
+        if self.down_since is not None and self.error != "not connected yet":
+            LOG.info("redis is back", extra={"down_s": round(time.time() - self.down_since, 1)})
+        self.error, self.down_since = None, None
+
+    @property
+    def up(self) -> bool:
+        return self.error is None
+
+    def report(self) -> dict[str, object]:
+        """/readyz's `redis` entry. The URL's password, if any, is not shown."""
+        return {"status": "ok" if self.up else "unavailable", "error": self.error, "node": self.node}
+
+    # ---- messages --------------------------------------------------------------------------------------------------
+    def on(self, channel: bytes, handler: Handler) -> None:
+        """Call `handler` with every message on `channel` from now on (in order, on the event loop, never
+        blocking: it must only hand the message on)."""
+        self.handlers[channel].add(handler)
+        if channel not in self._subscribed:
+            self._changed.set()
+
+    def off(self, channel: bytes, handler: Handler) -> None:
+        handlers = self.handlers.get(channel)
+        if handlers is not None:
+            handlers.discard(handler)
+            if not handlers and channel != self.inbox:
+                del self.handlers[channel]
+                self._changed.set()
+
+    async def listening(self, channel: bytes) -> None:
+        """Wait until messages on `channel` reach this process (so nothing published after it is missed)."""
+        deadline = time.monotonic() + SUBSCRIBE_WAIT
+        while channel not in self._subscribed:
+            if time.monotonic() > deadline:
+                raise Unavailable("Redis is unavailable: cannot follow live events now, try again shortly")
+            self._changed.set()
+            await asyncio.sleep(0.002)
+
+    async def publish(self, channel: bytes, data: bytes) -> int:
+        """Send to every process listening on `channel`; how many connections got it."""
+        try:
+            count: int = await self.client.publish(channel, data)
+        except (RedisError, OSError) as error:
+            self.failed(error)
+            raise Unavailable("Redis is unavailable: the other gateway processes cannot be told") from error
+        return count
+
+    async def _read(self) -> None:
+        pause = 0.05
+        while True:
+            try:
+                self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                self._subscribed.clear()
+                await self._sync()
+                self.recovered()
+                pause = 0.05
+                await self._loop(self._pubsub)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as error:
+                self.failed(error)
+                if self._pubsub is not None:
+                    await asyncio.gather(self._pubsub.aclose(), return_exceptions=True)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def _loop(self, pubsub: PubSub) -> None:
+        quiet_since = time.monotonic()
+        while True:
+            if self._changed.is_set():
+                await self._sync()
+            message = await pubsub.get_message(timeout=0.05)
+            if message is not None and message["type"] == "message":
+                quiet_since = time.monotonic()
+                for handler in list(self.handlers.get(message["channel"], ())):
+                    handler(message["data"])
+            elif time.monotonic() - quiet_since > PING_EVERY:
+                await pubsub.ping()
+                quiet_since = time.monotonic()
+                self.recovered()
+
+    async def _sync(self) -> None:
+        """Subscribe to the channels some handler wants and leave the others, in one command each."""
+        assert self._pubsub is not None
+        self._changed.clear()
+        wanted = set(self.handlers)
+        new, gone = wanted - self._subscribed, self._subscribed - wanted
+        if new:
+            await self._pubsub.subscribe(*new)
+        if gone:
+            await self._pubsub.unsubscribe(*gone)
+        self._subscribed = (self._subscribed | new) - gone
