@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 GAP_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -219,3 +220,49 @@ def _histograms(name: str, doc: str, label: str, family: Family) -> HistogramMet
     for key, hist in sorted(family.children.items()):
         out.add_metric(list(key), hist.buckets(), hist.total)
     return out
+
+
+# Gauges each --workers process reports alike (its own view of the same fleet): the instance has that one value,
+# not N times it. And when the instance started: its first worker's start.
+SAME_IN_EVERY_WORKER = frozenset(
+    {"clawdbot_backend_up", "clawdbot_backend_state", "clawdbot_backend_slots", "process_max_fds"}
+)
+EARLIEST = frozenset({"process_start_time_seconds"})
+
+
+def merge(texts: list[bytes]) -> bytes:
+    """Several processes' /metrics as one instance's: counters, histograms and most gauges add up (requests,
+    streams, CPU seconds, memory); the gauges in SAME_IN_EVERY_WORKER take their largest value."""
+    shells: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text.decode()):
+            if family.name not in shells:
+                shells[family.name] = Metric(family.name, family.documentation, family.type)
+                values[family.name] = {}
+            kept = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sample.labels.items()))
+                old = kept.get(key)
+                if old is None:
+                    kept[key] = sample.value
+                elif family.name in SAME_IN_EVERY_WORKER:
+                    kept[key] = max(old, sample.value)
+                elif family.name in EARLIEST:
+                    kept[key] = min(old, sample.value)
+                else:
+                    kept[key] = old + sample.value
+    for name, shell in shells.items():
+        for (sample_name, labels), value in values[name].items():
+            shell.add_sample(sample_name, dict(labels), value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(list(shells.values())))
+    return generate_latest(registry)
+
+
+class _Merged:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)

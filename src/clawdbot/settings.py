@@ -335,6 +335,11 @@ class Settings(SettingsModel):
                 f"--no-auth lets anyone who reaches the gateway act as its owner, so it is refused on --host "
                 f"{self.host}; bind to a loopback address (127.0.0.1 or ::1), or keep accounts on"
             )
+        if self.workers > 1 and self.demo:
+            raise ValueError(
+                "--demo runs its simulator inside the gateway process; with --workers, run `clawdbot simulate` "
+                "and give its address as --ollama-url"
+            )
         if self.workers > 1 and not self.redis_url:
             raise ValueError(
                 f"--workers {self.workers} needs --redis-url: the processes share their running replies, queue and "

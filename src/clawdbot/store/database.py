@@ -44,6 +44,10 @@ def driver_url(url: str) -> str:
     return url
 
 
+# The PostgreSQL advisory lock the migrations run under (any number the application uses for nothing else).
+MIGRATION_LOCK = 0x636C6177
+
+
 class Database:
     def __init__(self, url: str, *, max_pending_writes: int = 10_000, readers: int = 4) -> None:
         self.url = driver_url(url)
@@ -76,7 +80,12 @@ class Database:
         """Run `prepare` (the migrations) in a transaction of its own, then start the writer."""
 
         def migrate(conn: Connection) -> None:
+            # Replicas and --workers start together: one migrates while the others wait, then find nothing to do.
+            if self.sqlite:
+                conn = conn.execution_options(begin="BEGIN IMMEDIATE")  # the write lock before the version is read
             with conn.begin():
+                if not self.sqlite:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
                 prepare(conn)
 
         await self._on_writer(migrate)
@@ -138,6 +147,9 @@ class Database:
                     if self._sync is not None:
                         if connection is None:
                             connection = await loop.run_in_executor(self._writer_thread, self._sync.connect)
+                            # The write lock at BEGIN: another process (--workers) writing between this transaction's
+                            # first read and its first write would otherwise fail it at once, whatever busy_timeout.
+                            connection.execution_options(begin="BEGIN IMMEDIATE")
                         assert isinstance(connection, Connection)
                         results = await loop.run_in_executor(self._writer_thread, _commit, connection, queries)
                     else:
@@ -214,7 +226,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN")
+    conn.exec_driver_sql(conn.get_execution_options().get("begin", "BEGIN"))
 
 
 def _lower(value: object) -> object:

@@ -37,7 +37,7 @@ from ..gateway.relay import Relay
 from ..live.connection import Live
 from ..logs import LOG, AccessLog, LineWriter
 from ..logs import setup as setup_logging
-from ..metrics import Metrics
+from ..metrics import Metrics, merge
 from ..settings import Settings
 from ..store.conversations import Store, default_url
 from ..store.limits import Limits
@@ -48,6 +48,7 @@ from .chatapi import CHAT
 from .http import SETTINGS
 from .http import json as json_response  # one JSON responder, lone surrogates included
 from .urls import conflict_details
+from .workers import Worker
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)
@@ -56,6 +57,7 @@ LOG_WRITER: web.AppKey[LineWriter] = web.AppKey("log-writer", LineWriter)
 ACCESS: web.AppKey[AccessLog] = web.AppKey("access-log", AccessLog)
 # The deployment's Redis (--redis-url), or None: this process alone, its live state in memory.
 LIVE: web.AppKey[Live | None] = web.AppKey("live")
+_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -70,9 +72,11 @@ class StandIn:
 
 
 STAND_IN: web.AppKey[StandIn | None] = web.AppKey("stand-in", StandIn)
+# This process's place among --workers siblings, or None: the only process on its port.
+WORKER: web.AppKey[Worker | None] = web.AppKey("worker")
 
 
-def create_app(settings: Settings, stand_in: StandIn | None = None) -> web.Application:
+def create_app(settings: Settings, stand_in: StandIn | None = None, worker: Worker | None = None) -> web.Application:
     app = web.Application(
         middlewares=[request_ids, access_log, json_errors, authenticate],
         client_max_size=settings.max_request_bytes,
@@ -80,6 +84,7 @@ def create_app(settings: Settings, stand_in: StandIn | None = None) -> web.Appli
     )
     app[SETTINGS] = settings
     app[STAND_IN] = stand_in
+    app[WORKER] = worker
     app[METRICS] = Metrics()
     app[LIMITS] = Limits(settings)  # the command line's defaults until the database is open
     app.cleanup_ctx.extend([_logging, _live, _backend, _chat])
@@ -283,8 +288,23 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """The instance's figures: this process's, plus its --workers siblings' added in."""
     body = request.app[METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    worker = request.app[WORKER]
+    if worker is not None:
+        body = merge([body, *await worker.sibling_metrics()])
+    return web.Response(body=body, headers={"Content-Type": _METRICS_TYPE})
+
+
+def own_metrics_app(app: web.Application) -> web.Application:
+    """What a worker serves its siblings on its Unix socket: its own figures, nothing else."""
+
+    async def own(request: web.Request) -> web.Response:
+        return web.Response(body=app[METRICS].render(), headers={"Content-Type": _METRICS_TYPE})
+
+    served = web.Application()
+    served.router.add_get("/metrics", own)
+    return served
 
 
 @web.middleware

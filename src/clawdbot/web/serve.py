@@ -6,6 +6,7 @@ is a secret that must not sit in a log collector).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -19,35 +20,53 @@ from ..common.signals import until_signalled
 from ..settings import Settings
 from ..store.conversations import default_url
 from .admin import FLEET
-from .app import StandIn, create_app
+from .app import StandIn, create_app, own_metrics_app
 from .authenticate import AUTH
+from .workers import Supervisor, Worker
 
 
 async def run(settings: Settings, stand_in: StandIn | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; print one line saying where, to what, and whether the backend answered."""
-    app = create_app(settings, stand_in)
+    """Serve until SIGINT/SIGTERM; print one line saying where, to what, and whether the backend answered. With
+    --workers above 1 this process supervises that many workers instead (workers.py)."""
+    if settings.workers > 1:
+        await Supervisor(settings, sys.argv[1:] if sys.argv[1:2] != ["serve"] else sys.argv[2:]).run()
+        return
+    worker = Worker.from_env()
+    app = create_app(settings, stand_in, worker)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=4096, reuse_address=True)
+    site = web.TCPSite(
+        runner, settings.host, settings.port, backlog=4096, reuse_address=True, reuse_port=worker is not None
+    )
+    own = web.AppRunner(own_metrics_app(app), access_log=None)
+    await own.setup()
     try:
         await site.start()
+        if worker is not None:  # its own figures, for the sibling asked for the instance's /metrics
+            await web.UnixSite(own, str(worker.socket)).start()
     except OSError as error:
+        await own.cleanup()
         await runner.cleanup()
         reason = os.strerror(error.errno) if error.errno else str(error)  # uvloop's strerror repeats the address
         print(f"clawdbot: cannot listen on {settings.host}:{settings.port}: {reason.lower()}", file=sys.stderr)
         raise SystemExit(2) from None
     port = runner.addresses[0][1]
     print(startup_line(settings, port, app[FLEET]), flush=True)
-    token = await app[AUTH].setup_link_token()
+    token = await app[AUTH].setup_link_token() if worker is None or worker.index == 0 else None
     if token is not None:  # stdout, not the log: the link is for the person who started the gateway
         print(
             f"clawdbot: no admin yet — create one at {page_url(settings, port)}/setup#token={token} "
             "(or: clawdbot user add NAME --admin)",
             flush=True,
         )
+    signalled = asyncio.ensure_future(until_signalled())
+    waits = [signalled, *([asyncio.ensure_future(worker.orphaned())] if worker is not None else [])]
     try:
-        await until_signalled()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for wait in waits:
+            wait.cancel()
+        await own.cleanup()
         await runner.cleanup()
 
 
