@@ -55,6 +55,9 @@ class Live:
         self.node = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
         self.error: str | None = "not connected yet"
         self.down_since: float | None = time.time()
+        # Outages seen so far: one that came and went between two looks at `up` still shows here (messages may
+        # have been missed in it).
+        self.outages = 0
         self.handlers: defaultdict[bytes, set[Handler]] = defaultdict(set)
         self._pubsub: PubSub | None = None
         self._subscribed: set[bytes] = set()
@@ -106,6 +109,7 @@ class Live:
             LOG.warning("redis is unavailable", extra={"reason": reason})
         if self.down_since is None:
             self.down_since = time.time()
+            self.outages += 1
         self.error = reason
 
     def recovered(self) -> None:
@@ -136,6 +140,10 @@ class Live:
             if not handlers and channel != self.inbox:
                 del self.handlers[channel]
                 self._changed.set()
+
+    def subscribed(self, channel: bytes) -> bool:
+        """Whether messages on `channel` reach this process now."""
+        return channel in self._subscribed
 
     async def listening(self, channel: bytes) -> None:
         """Wait until messages on `channel` reach this process (so nothing published after it is missed)."""
