@@ -55,9 +55,10 @@ class Live:
         self.node = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
         self.error: str | None = "not connected yet"
         self.down_since: float | None = time.time()
-        # Outages seen so far: one that came and went between two looks at `up` still shows here (messages may
-        # have been missed in it).
-        self.outages = 0
+        # Times messages may have been missed so far: outages (one that came and went between two looks at `up`
+        # still shows here), and reconnects redis-py made by itself (it subscribes again, but what was published
+        # meanwhile is lost).
+        self.gaps = 0
         self.handlers: defaultdict[bytes, set[Handler]] = defaultdict(set)
         self._pubsub: PubSub | None = None
         self._subscribed: set[bytes] = set()
@@ -109,7 +110,7 @@ class Live:
             LOG.warning("redis is unavailable", extra={"reason": reason})
         if self.down_since is None:
             self.down_since = time.time()
-            self.outages += 1
+            self.gaps += 1
         self.error = reason
 
     def recovered(self) -> None:
@@ -170,6 +171,8 @@ class Live:
                 self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 self._subscribed.clear()
                 await self._sync()
+                if self._pubsub.connection is not None:
+                    self._pubsub.connection.register_connect_callback(self._reconnected)
                 self.recovered()
                 pause = 0.05
                 await self._loop(self._pubsub)
@@ -181,6 +184,10 @@ class Live:
                     await asyncio.gather(self._pubsub.aclose(), return_exceptions=True)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
+
+    async def _reconnected(self, connection: object) -> None:
+        self.gaps += 1
+        LOG.info("redis: the pub/sub connection was made again; messages sent meanwhile are lost")
 
     async def _loop(self, pubsub: PubSub) -> None:
         quiet_since = time.monotonic()

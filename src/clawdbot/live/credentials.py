@@ -3,16 +3,17 @@ session or a trusted name, and a change to a user (a revoked key, an ended sessi
 reaches every one of them before the request that made it is answered.
 
 `forget` drops the answers kept here and tells this process's listeners (which close the user's open WebSockets and
-event streams), then publishes the change on one channel of the deployment. Every process, this one included, does
-the same on receipt and acknowledges on the sender's own channel; the sender waits for as many acknowledgements as
-PUBLISH says processes got the message (a few milliseconds; at most ACK_WAIT), so a request to any process right
-after the change was answered sees it.
+event streams), then, in one script, appends the change to a short stream and publishes it on one channel of the
+deployment. Every process, this one included, does the same on receipt and acknowledges on the sender's own
+channel; the sender waits for as many acknowledgements as PUBLISH says processes got the message (milliseconds; at
+most ACK_WAIT), so a request to any process right after the change was answered sees it.
 
-A process that may have missed a message keeps nothing: while Redis is down or the channel not yet (again)
-subscribed, every request is looked up in the database, and the cache starts empty after each outage. A change
-made while Redis is down takes effect here at once, everywhere else within the cache's few seconds (they keep
-nothing either once they see the outage), and is published again when Redis is back, so that the other processes'
-open connections close then. Messages carry user ids, key ids and session ids (digests), never a secret.
+A process that may have missed a message keeps nothing: while Redis is down or the channel not (yet, again)
+subscribed, every request is looked up in the database, and after each outage the cache starts empty once the
+process has read the stream's changes it missed (closing the connections they end). A change made while Redis is
+down takes effect here at once, elsewhere within the cache's few seconds (the others keep nothing either once they
+see the outage), and is published when Redis is back. Messages carry user ids, key ids and session ids (digests),
+never a secret.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import secrets
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 import orjson
+from redis.exceptions import RedisError
 
 from ..auth.state import Changed, Ended, Lookup, MemoryCredentialCache
 from ..errors import RedisUnavailable
@@ -34,10 +36,18 @@ from .connection import Live
 
 # Seconds `forget` waits for the other processes to acknowledge a change before it returns anyway.
 ACK_WAIT = 3.0
-# Changes kept to publish once Redis is back; beyond that the oldest go (their cache entries expire meanwhile).
-PENDING = 1000
-# Seconds between tries to publish them.
-RETRY_EVERY = 0.5
+# Changes kept in the stream for processes coming back from an outage, and kept here to publish once Redis is back.
+KEPT = 1000
+# Seconds between looks at whether an outage ended (only then is Redis asked anything).
+WATCH_EVERY = 0.2
+
+# KEYS[1]: the stream; ARGV: the notice, the stream's length, the channel. The entry's id and how many got it.
+_PUBLISH = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', ARGV[1])
+return {id, redis.call('PUBLISH', ARGV[3], id .. ' ' .. ARGV[1])}
+"""
+# A stream's entries as the client (bytes in and out) gives them: (id, fields).
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 class RedisCredentialCache:
@@ -46,14 +56,17 @@ class RedisCredentialCache:
         self.memory = MemoryCredentialCache(size)
         self.changed: list[Changed] = self.memory.changed
         self.channel = live.channel("auth", "changed")
+        self.stream = live.key("auth", "changes")
         self.acks = live.channel("node:" + live.node, "auth-acks")
-        self._outages = live.outages
+        self._script = live.client.register_script(_PUBLISH)
+        self._synced = -1  # live.gaps when this process last read what it missed (-1: never)
+        self._last: tuple[int, int] | None = None  # the newest change applied here (a stream id)
         self._waiting: dict[str, _Acks] = {}
-        self._pending: deque[bytes] = deque(maxlen=PENDING)
-        self._retrying: asyncio.Task[None] | None = None
+        self._pending: deque[bytes] = deque(maxlen=KEPT)
         self._tasks: set[asyncio.Task[Any]] = set()
         live.on(self.channel, self._received)
         live.on(self.acks, self._acknowledged)
+        self._watching = asyncio.create_task(self._watch())
 
     async def get(self, key: str, lookup: Lookup) -> Actor | None:
         if not self._trusted():
@@ -64,9 +77,8 @@ class RedisCredentialCache:
     def _trusted(self) -> bool:
         """Whether every change since the cache was last emptied has reached this process; empties it if not."""
         live = self.live
-        if live.up and live.subscribed(self.channel) and live.outages == self._outages:
+        if live.up and live.subscribed(self.channel) and live.gaps == self._synced:
             return True
-        self._outages = live.outages
         if self.memory.kept:
             self.memory.clear()
         return False
@@ -83,7 +95,7 @@ class RedisCredentialCache:
         acks = self._waiting[notice_id] = _Acks()
         try:
             await self.live.listening(self.acks)
-            acks.expected = await self.live.publish(self.channel, notice)
+            acks.expected = await self._publish(notice)
             acks.check()
             await asyncio.wait_for(acks.done.wait(), ACK_WAIT)
         except RedisUnavailable:
@@ -96,20 +108,36 @@ class RedisCredentialCache:
         finally:
             del self._waiting[notice_id]
 
+    async def _publish(self, notice: bytes) -> int:
+        """Append to the stream and publish, at once; how many processes got it."""
+        try:
+            _, count = await self._script(keys=[self.stream], args=[notice, KEPT, self.channel])
+        except (RedisError, OSError) as error:
+            self.live.failed(error)
+            raise RedisUnavailable("Redis is unavailable: the other gateway processes cannot be told") from error
+        return int(count)
+
     def _received(self, data: bytes) -> None:
+        entry, _, notice = data.partition(b" ")
+        self._apply(entry, notice, acknowledge=True)
+
+    def _apply(self, entry: bytes, data: bytes, *, acknowledge: bool) -> None:
         try:
             notice = orjson.loads(data)
             sender, notice_id, user_id = str(notice["from"]), str(notice["id"]), str(notice["user"])
             ended = Ended(**notice["ended"]) if notice["ended"] is not None else None
+            number = _number(entry)
         except (ValueError, TypeError, KeyError):
             LOG.warning("ignored a malformed credential change from redis")
             return
-        if sender == self.live.node:  # done before it was sent
-            self._acknowledged(notice_id.encode())
+        self._last = max(self._last or number, number)
+        if sender == self.live.node:  # applied before it was sent
+            if acknowledge:
+                self._acknowledged(notice_id.encode())
             return
         self.memory.drop(user_id, ended)
-        reply = self.live.channel("node:" + sender, "auth-acks")
-        self._spawn(self.live.publish(reply, notice_id.encode()))
+        if acknowledge:
+            self._spawn(self.live.publish(self.live.channel("node:" + sender, "auth-acks"), notice_id.encode()))
 
     def _acknowledged(self, data: bytes) -> None:
         acks = self._waiting.get(data.decode(errors="replace"))
@@ -118,31 +146,56 @@ class RedisCredentialCache:
             acks.check()
 
     def _keep(self, notice: bytes) -> None:
-        """Publish `notice` once Redis is back (the processes that missed it close the user's connections then)."""
         if not self._pending:
             LOG.warning("redis is unavailable: a credential change reaches the other gateway processes later")
         self._pending.append(notice)
-        if self._retrying is None or self._retrying.done():
-            self._retrying = self._spawn(self._retry())
 
-    async def _retry(self) -> None:
-        while self._pending:
-            await asyncio.sleep(RETRY_EVERY)
-            if not self.live.up or not self.live.subscribed(self.channel):
+    async def _watch(self) -> None:
+        """After an outage (and at start), read the changes missed meanwhile, then publish those made here."""
+        live = self.live
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            if not live.up or not live.subscribed(self.channel):
                 continue
             try:
+                if live.gaps != self._synced:
+                    gaps = live.gaps
+                    await self._catch_up()
+                    self._synced = gaps
                 while self._pending:
-                    await self.live.publish(self.channel, self._pending[0])
+                    await self._publish(self._pending[0])
                     self._pending.popleft()
+                    if not self._pending:
+                        LOG.info("credential changes made while redis was unavailable are published")
             except RedisUnavailable:
                 continue
-            LOG.info("credential changes made while redis was unavailable are published")
+            except (RedisError, OSError) as error:
+                live.failed(error)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    async def _catch_up(self) -> None:
+        """Apply what the stream holds after the last change applied here (subscribed already: nothing falls
+        between the two)."""
+        client = self.live.client
+        if self._last is None:  # starting: nothing is cached or open yet, so nothing was missed
+            newest = cast(_Entries, await client.xrevrange(self.stream, count=1))
+            self._last = _number(newest[0][0]) if newest else (0, 0)
+            return
+        missed = 0
+        while True:
+            after = "({}-{}".format(*self._last)
+            entries = cast(_Entries, await client.xrange(self.stream, min=after, max="+", count=100))
+            for entry, fields in entries:
+                self._apply(entry, fields.get(b"n", b""), acknowledge=False)
+            missed += len(entries)
+            if len(entries) < 100:
+                break
+        if missed:
+            LOG.info("applied credential changes missed while redis was unavailable", extra={"count": missed})
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._done)
-        return task
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -154,9 +207,17 @@ class RedisCredentialCache:
     async def close(self) -> None:
         self.live.off(self.channel, self._received)
         self.live.off(self.acks, self._acknowledged)
+        self._watching.cancel()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(self._watching, *self._tasks, return_exceptions=True)
+
+
+def _number(entry: bytes | str) -> tuple[int, int]:
+    """A stream id (`ms-seq`) as something ordered."""
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq)
 
 
 class _Acks:
