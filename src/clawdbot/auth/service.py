@@ -19,7 +19,7 @@ from ..settings import Settings
 from ..store.records import Session, User
 from .accounts import Accounts, actor, digest
 from .passwords import Passwords
-from .state import CredentialCache, Throttle
+from .state import CredentialCache, Ended, Throttle
 
 _CACHE_S = 5.0  # how long a key's or a session's lookup is reused; a revocation here clears it at once
 
@@ -47,14 +47,17 @@ class Auth:
         self.sign_ins: dict[str, int] = {"ok": 0, "bad_credentials": 0, "throttled": 0, "disabled": 0}
         self.refused: dict[str, int] = {}
         self.cache = cache
+        cache.changed.append(self._changed)
         self._touched: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
-        # Told when a user's open connections must end: (user id, which of them, the close code and reason).
-        self.closing: list[Callable[[str, Callable[[Actor], bool], tuple[int, bytes]], None]] = []
+        # Told when a user's open connections in this process must end: (user id, which of them, the close code and
+        # reason); whichever process made the change.
+        self.closing: list[Callable[[str, Ended, tuple[int, bytes]], None]] = []
 
     async def close(self) -> None:
         """Before the database closes: let the last key-use notes finish."""
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.cache.close()
 
     async def setup_link_token(self) -> str | None:
         """With accounts on and no admin yet, a new one-time setup token (only its digest is kept)."""
@@ -67,8 +70,7 @@ class Auth:
     async def sign_in(self, name: str, password: str, address: str) -> tuple[str, Session, User]:
         """Check a name and password; the new session's token, the session and the user. Failures are throttled per
         account and per address, before the password is even looked at."""
-        now = time.monotonic()
-        wait = max(self.by_account.wait(name, now), self.by_address.wait(address, now))
+        wait = max(await self.by_account.wait(name), await self.by_address.wait(address))
         if wait > 0:
             self.sign_ins["throttled"] += 1
             raise Overloaded(
@@ -80,8 +82,8 @@ class Auth:
         user = await self.accounts.user_by_name(name)
         if not await self.passwords.check(user.password_hash if user else None, password) or user is None:
             self.sign_ins["bad_credentials"] += 1
-            self.by_account.failed(name, now)
-            self.by_address.failed(address, now)
+            await self.by_account.failed(name)
+            await self.by_address.failed(address)
             LOG.warning("failed sign-in", extra={"account": name if user else None, "address": address})
             wrong = Unauthenticated("wrong name or password")
             wrong.code = "bad_credentials"
@@ -90,8 +92,8 @@ class Auth:
             self.sign_ins["disabled"] += 1
             raise disabled()
         self.sign_ins["ok"] += 1
-        self.by_account.succeeded(name)
-        self.by_address.succeeded(address)
+        await self.by_account.succeeded(name)
+        await self.by_address.succeeded(address)
         token, session = await self.accounts.start_session(user.id, self.settings.session_hours * 3600)
         return token, session, user
 
@@ -154,11 +156,13 @@ class Auth:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def forget(self, user_id: str, ended: Callable[[Actor], bool] | None = None) -> None:
-        """A user changed: drop what was cached. Their open connections that `ended` names (signed out, disabled,
-        revoked) close with 1008; without `ended`, all of them close with 1012 and reconnect as the user is now
-        (new limits apply to sockets too)."""
-        self.cache.forget(user_id)
+    async def forget(self, user_id: str, ended: Ended | None = None) -> None:
+        """A user changed: drop what was cached, in every gateway process. Their open connections that `ended` names
+        (signed out, disabled, revoked) close with 1008; without `ended`, all of them close with 1012 and reconnect
+        as the user is now (new limits apply to sockets too)."""
+        await self.cache.forget(user_id, ended)
+
+    def _changed(self, user_id: str, ended: Ended | None) -> None:
         why = (1008, b"signed out") if ended is not None else (1012, b"your account changed; reconnect")
         for listener in self.closing:
-            listener(user_id, ended or (lambda _: True), why)
+            listener(user_id, ended or Ended(), why)

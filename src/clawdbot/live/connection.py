@@ -55,6 +55,10 @@ class Live:
         self.node = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
         self.error: str | None = "not connected yet"
         self.down_since: float | None = time.time()
+        # Times messages may have been missed so far: outages (one that came and went between two looks at `up`
+        # still shows here), and reconnects redis-py made by itself (it subscribes again, but what was published
+        # meanwhile is lost).
+        self.gaps = 0
         self.handlers: defaultdict[bytes, set[Handler]] = defaultdict(set)
         self._pubsub: PubSub | None = None
         self._subscribed: set[bytes] = set()
@@ -106,6 +110,7 @@ class Live:
             LOG.warning("redis is unavailable", extra={"reason": reason})
         if self.down_since is None:
             self.down_since = time.time()
+            self.gaps += 1
         self.error = reason
 
     def recovered(self) -> None:
@@ -137,6 +142,10 @@ class Live:
                 del self.handlers[channel]
                 self._changed.set()
 
+    def subscribed(self, channel: bytes) -> bool:
+        """Whether messages on `channel` reach this process now."""
+        return channel in self._subscribed
+
     async def listening(self, channel: bytes) -> None:
         """Wait until messages on `channel` reach this process (so nothing published after it is missed)."""
         deadline = time.monotonic() + SUBSCRIBE_WAIT
@@ -162,6 +171,8 @@ class Live:
                 self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 self._subscribed.clear()
                 await self._sync()
+                if self._pubsub.connection is not None:
+                    self._pubsub.connection.register_connect_callback(self._reconnected)
                 self.recovered()
                 pause = 0.05
                 await self._loop(self._pubsub)
@@ -173,6 +184,10 @@ class Live:
                     await asyncio.gather(self._pubsub.aclose(), return_exceptions=True)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
+
+    async def _reconnected(self, connection: object) -> None:
+        self.gaps += 1
+        LOG.info("redis: the pub/sub connection was made again; messages sent meanwhile are lost")
 
     async def _loop(self, pubsub: PubSub) -> None:
         quiet_since = time.monotonic()

@@ -35,6 +35,8 @@ from ..chat.titles import Titles
 from ..errors import BackendError, ClawdbotError, Conflict, NotFound, Overloaded, PayloadTooLarge, openai_error
 from ..gateway.relay import Relay
 from ..live.connection import Live
+from ..live.credentials import RedisCredentialCache
+from ..live.signins import RedisThrottle
 from ..logs import LOG, AccessLog, LineWriter
 from ..logs import setup as setup_logging
 from ..metrics import Metrics, merge
@@ -185,12 +187,13 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     limits = app[LIMITS]
     await limits.open(store.db)
     accounts = app[authapi.ACCOUNTS] = Accounts(store.db)
+    live = app[LIVE]
     auth = app[AUTH] = Auth(
         accounts,
         settings,
-        cache=MemoryCredentialCache(),
-        by_account=MemoryThrottle(5),
-        by_address=MemoryThrottle(20),
+        cache=RedisCredentialCache(live) if live else MemoryCredentialCache(),
+        by_account=RedisThrottle(live, "account", 5) if live else MemoryThrottle(5),
+        by_address=RedisThrottle(live, "address", 20) if live else MemoryThrottle(20),
     )
     app[GATE] = Gate(auth, settings)
     app[METRICS].labelled["clawdbot_sign_ins"] = (

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..auth.accounts import NAME, PASSWORD_CHARS, Accounts, unclaimed
 from ..auth.service import disabled
+from ..auth.state import Ended
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..identity import Actor
 from .authenticate import AUTH, GATE, PUBLIC, SESSION_COOKIE, current
@@ -106,7 +107,7 @@ async def sign_out(request: web.Request) -> web.Response:
     actor = current(request)
     if actor.session is not None:
         await request.app[ACCOUNTS].end_sessions(actor.id, only=actor.session)
-        request.app[AUTH].forget(actor.id, lambda open_: open_.session == actor.session)
+        await request.app[AUTH].forget(actor.id, Ended(session=actor.session))
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
@@ -139,7 +140,7 @@ async def change_password(request: web.Request) -> web.Response:
         raise Forbidden("the current password is wrong", "bad_credentials")
     await accounts.update_user(actor.id, password_hash=await auth.passwords.hash(given.new))
     await accounts.end_sessions(actor.id, keep=actor.session)  # whoever knew the old password is signed out
-    auth.forget(actor.id, lambda open_: open_.via == "session" and open_.session != actor.session)
+    await auth.forget(actor.id, Ended(via="session", but_session=actor.session))
     return web.Response(status=204)
 
 
@@ -177,7 +178,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     if not await request.app[ACCOUNTS].revoke_key(actor.id, key_id):
         raise NotFound(f"you have no key {key_id}")
-    request.app[AUTH].forget(actor.id, lambda open_: open_.key == key_id)
+    await request.app[AUTH].forget(actor.id, Ended(key=key_id))
     return web.Response(status=204)
 
 
@@ -228,12 +229,12 @@ async def change_user(request: web.Request) -> web.Response:
         return json({"user": public_user(found)})
     user = await accounts.update_user(user_id, **change)
     if change.get("disabled"):
-        auth.forget(user_id, lambda _: True)
+        await auth.forget(user_id, Ended())
     elif "password_hash" in change:
         await accounts.end_sessions(user_id)
-        auth.forget(user_id, lambda open_: open_.via == "session")
+        await auth.forget(user_id, Ended(via="session"))
     else:
-        auth.forget(user_id)  # new limits, role or models: their sockets reconnect with them
+        await auth.forget(user_id)  # new limits, role or models: their sockets reconnect with them
     return json({"user": public_user(user) if user else {"models": None}})  # gone meanwhile: as it always was
 
 

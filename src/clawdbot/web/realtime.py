@@ -17,6 +17,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from .. import __version__
+from ..auth.state import Ended
 from ..chat.eventlog import GenerationLog
 from ..chat.service import Chat
 from ..errors import BadRequest, ClawdbotError, Conflict, Overloaded
@@ -139,9 +140,9 @@ async def close_at_expiry(outbox: Outbox, expires_at: int) -> None:
 async def _close_on_sign_out(app: web.Application) -> None:
     outboxes: set[Outbox] = app[OUTBOXES]
 
-    def close(user_id: str, which: Callable[[Actor], bool], why: tuple[int, bytes]) -> None:
+    def close(user_id: str, ended: Ended, why: tuple[int, bytes]) -> None:
         for outbox in list(outboxes):
-            if outbox.actor.id == user_id and which(outbox.actor):
+            if outbox.actor.id == user_id and ended.matches(outbox.actor):
                 outbox.close(why)
 
     app[AUTH].closing.append(close)
