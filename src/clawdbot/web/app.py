@@ -8,16 +8,12 @@ hands it over as a `StandIn`: the server itself never imports the simulator.
 from __future__ import annotations
 
 import asyncio
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from .. import __version__
 from ..auth.accounts import Accounts
@@ -32,7 +28,6 @@ from ..chat.generations import Generations
 from ..chat.service import Chat
 from ..chat.state import MemoryRunningReplies, MemorySendResults
 from ..chat.titles import Titles
-from ..errors import BackendError, ClawdbotError, Conflict, NotFound, Overloaded, PayloadTooLarge, openai_error
 from ..gateway.relay import Relay
 from ..live.connection import Live
 from ..live.credentials import RedisCredentialCache
@@ -49,18 +44,16 @@ from .authenticate import AUTH, GATE, PUBLIC, Gate, Public, authenticate, curren
 from .chatapi import CHAT
 from .http import SETTINGS
 from .http import json as json_response  # one JSON responder, lone surrogates included
-from .urls import conflict_details
+from .middleware import ACCESS, access_log, json_errors, request_ids, stamp_headers
 from .workers import Worker
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)
 ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
 LOG_WRITER: web.AppKey[LineWriter] = web.AppKey("log-writer", LineWriter)
-ACCESS: web.AppKey[AccessLog] = web.AppKey("access-log", AccessLog)
 # The deployment's Redis (--redis-url), or None: this process alone, its live state in memory.
 LIVE: web.AppKey[Live | None] = web.AppKey("live")
 _METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -90,7 +83,7 @@ def create_app(settings: Settings, stand_in: StandIn | None = None, worker: Work
     app[METRICS] = Metrics()
     app[LIMITS] = Limits(settings)  # the command line's defaults until the database is open
     app.cleanup_ctx.extend([_logging, _live, _backend, _chat])
-    app.on_response_prepare.append(_stamp_headers)
+    app.on_response_prepare.append(stamp_headers)
     app[PUBLIC] = Public()
     app[PUBLIC].paths.update(["/healthz", "/readyz", "/metrics", "/openapi.json"])
     app.router.add_get("/healthz", healthz)
@@ -308,120 +301,3 @@ def own_metrics_app(app: web.Application) -> web.Application:
     served = web.Application()
     served.router.add_get("/metrics", own)
     return served
-
-
-@web.middleware
-async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Accept the caller's X-Request-ID when it is sane, or make one; it is returned and logged."""
-    given = request.headers.get("X-Request-ID", "")
-    request["request_id"] = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-    return await handler(request)
-
-
-@web.middleware
-async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One line for every request the relay does not log itself (the chat API, its WebSocket, the page, health)."""
-    path = request.path
-    if path.startswith(("/api/", "/v1/")):
-        return await handler(request)
-    received, status = time.perf_counter(), 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as answer:  # a redirect (/ → /chat) or an error aiohttp renders: its own status
-        status = answer.status
-        raise
-    except asyncio.CancelledError:
-        status = 499  # the client left first (every WebSocket and event stream ends so): nginx's code for it
-        raise
-    finally:
-        route = request.match_info.route.resource
-        request.app[ACCESS].write(
-            {
-                "request_id": request.get("request_id"),
-                "method": request.method,
-                "route": route.canonical if route is not None else None,
-                "status": status,
-                "duration_ms": round((time.perf_counter() - received) * 1000, 2),
-            }
-        )
-
-
-# On every response the gateway sends, pages or not.
-_SECURITY = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
-}
-
-
-async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
-    headers = response.headers
-    headers["X-Request-ID"] = request.get("request_id", "")
-    headers.pop("Server", None)
-    # Whatever a response holds (a backend's bytes too), no browser may run it, frame it, or sniff it into HTML.
-    headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'; sandbox")
-    headers.update(_SECURITY)
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every error as JSON: OpenAI's shape under /v1, Ollama's {"error": …} elsewhere. No tracebacks."""
-    try:
-        return await handler(request)
-    except ClawdbotError as error:
-        if isinstance(error, BackendError):
-            LOG.warning(
-                "backend failure",
-                extra={
-                    "request_id": request.get("request_id"),
-                    "kind": error.kind,
-                    "backend": error.backend,
-                    "reason": error.message,
-                },
-            )
-        return _error(request, error)
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].max_request_bytes
-        return _error(
-            request,
-            PayloadTooLarge(f"request body is larger than the {limit}-byte limit (--max-request-bytes)"),
-        )
-    except web.HTTPNotFound:
-        return _error(request, NotFound(f"no route for {request.method} {request.path}"))
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        generic = ClawdbotError(error.reason)
-        generic.status, generic.code = error.status, error.reason.lower().replace(" ", "_")
-        return _error(request, generic)
-    except Exception as error:  # noqa: BLE001 - a bug: logged by type and place (not its text: it may quote input)
-        frame = error.__traceback__
-        while frame is not None and frame.tb_next is not None:
-            frame = frame.tb_next
-        where = f"{frame.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.tb_lineno}" if frame else "?"
-        found = {"request_id": request.get("request_id"), "error": type(error).__name__, "at": where}
-        LOG.error("unexpected error", extra=found)
-        return _error(request, ClawdbotError(f"internal error; the log has request id {request.get('request_id')}"))
-
-
-def _error(request: web.Request, error: ClawdbotError) -> web.Response:
-    body: dict[str, object]
-    if request.path.startswith("/v1/"):
-        body = openai_error(error.message, status=error.status, code=error.code)
-    else:
-        body = {"error": error.message, "code": error.code}
-        if isinstance(error, BackendError):
-            body["backend"] = error.backend
-        if isinstance(error, Conflict):
-            body.update(conflict_details(error))
-        if isinstance(error, Overloaded):
-            body["retry_after"] = error.retry_after
-    response = json_response(body, error.status)
-    if isinstance(error, Overloaded):
-        response.headers["Retry-After"] = str(error.retry_after)
-    return response
