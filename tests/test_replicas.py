@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import httpx
 import pytest
 
 from conftest import Server, access_log, start_simulator, wait_for
 from deploy_support import DEPLOY, Proxy, new_conversation, receive, send_turn, start_nginx, stored, words, ws_url
 from deploy_support import script as sim_script
-from live_support import deployment, start_replicas
+from live_support import deployment, start_replica, start_replicas
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,29 @@ async def test_a_dead_replica_is_passed_over(nginx: Proxy, replicas: list[Server
             turn = await send_turn(ws, conversation_id, "after the crash")
         assert turn.final["status"] == "done"
         assert (await stored(session, nginx, conversation_id))[-1]["content"] == words(5)
+
+
+def setup_token(server: Server) -> str:
+    assert server.proc.stdout is not None
+    found = re.search(r"/chat/setup#token=(\S+)", server.proc.stdout.readline())
+    assert found
+    return found.group(1)
+
+
+def test_a_setup_link_one_replica_printed_works_on_another(simulator: Server) -> None:
+    with deployment() as (database, prefix):
+        first = start_replica(simulator.url, database, prefix, "--auth")
+        second = start_replica(simulator.url, database, prefix, "--auth")
+        try:
+            printed_by_first, printed_by_second = setup_token(first), setup_token(second)
+            body = {"token": printed_by_first, "name": "root", "password": "correct horse battery"}
+            made = httpx.post(f"{second.url}/chat/api/setup", json=body, headers={"Origin": second.url})
+            assert made.status_code == 201, made.text
+            again = httpx.post(f"{first.url}/chat/api/setup", json=body, headers={"Origin": first.url})
+            assert (again.status_code, again.json()["code"]) == (403, "setup_closed")  # used up, wherever
+            other = {**body, "token": printed_by_second, "name": "root2"}
+            late = httpx.post(f"{first.url}/chat/api/setup", json=other, headers={"Origin": first.url})
+            assert (late.status_code, late.json()["code"]) == (403, "setup_closed")  # an admin exists now
+        finally:
+            first.stop()
+            second.stop()

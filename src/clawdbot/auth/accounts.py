@@ -61,6 +61,15 @@ api_keys = Table(
     Column("last_used_at", BigInteger),
 )
 
+# One-time setup links' digests: in the database, so that any replica or worker takes the one another printed.
+setup_tokens = Table(
+    "setup_tokens",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+SETUP_TOKEN_DAYS = 7  # a link older than this no longer works (each start prints a new one)
+
 KEY_PREFIX = "cbk_"
 # What a name and a password must be, wherever one is given (the page's API and `clawdbot user add`).
 NAME = r"^[A-Za-z0-9._@-]{1,64}$"
@@ -241,6 +250,22 @@ class Accounts:
     async def keys(self, user_id: str) -> list[ApiKey]:
         query = select(api_keys).where(api_keys.c.user_id == user_id).order_by(api_keys.c.created_at)
         return await self.read(lambda conn: [ApiKey(*row) for row in conn.execute(query)])
+
+    async def add_setup_token(self, token_digest: str) -> None:
+        """Keep a setup link's digest (and forget links past SETUP_TOKEN_DAYS)."""
+        now = now_ms()
+
+        def query(conn: Connection) -> None:
+            conn.execute(delete(setup_tokens).where(setup_tokens.c.created_at < now - SETUP_TOKEN_DAYS * 86_400_000))
+            conn.execute(setup_tokens.insert().values(digest=token_digest, created_at=now))
+
+        await self.write(query)
+
+    async def take_setup_token(self, token_digest: str) -> bool:
+        """Use a setup link up: True for the one request that finds it (whichever process printed it)."""
+        horizon = now_ms() - SETUP_TOKEN_DAYS * 86_400_000
+        mine = (setup_tokens.c.digest == token_digest) & (setup_tokens.c.created_at >= horizon)
+        return await self.write(lambda conn: bool(conn.execute(delete(setup_tokens).where(mine)).rowcount))
 
     async def revoke_key(self, user_id: str, key_id: str) -> bool:
         """Delete one of the user's keys; False if the user has no such key."""

@@ -41,7 +41,6 @@ class Auth:
         self.accounts, self.settings = accounts, settings
         self.enabled = settings.accounts
         self.passwords = Passwords()
-        self.setup_digest: str | None = None
         self.by_account, self.by_address = by_account, by_address  # failed sign-ins per account, per address
         # For /metrics: sign-ins by outcome, and requests refused by why (brute force and probing show here).
         self.sign_ins: dict[str, int] = {"ok": 0, "bad_credentials": 0, "throttled": 0, "disabled": 0}
@@ -64,7 +63,7 @@ class Auth:
         if not self.enabled or await self.accounts.has_admin():
             return None
         token = secrets.token_urlsafe(32)
-        self.setup_digest = digest(token)
+        await self.accounts.add_setup_token(digest(token))
         return token
 
     async def sign_in(self, name: str, password: str, address: str) -> tuple[str, Session, User]:
@@ -97,13 +96,16 @@ class Auth:
         token, session = await self.accounts.start_session(user.id, self.settings.session_hours * 3600)
         return token, session, user
 
-    def take_setup_token(self, token: str) -> None:
-        """Use up the setup token: it works once."""
-        if self.setup_digest is None:
-            raise Forbidden("this gateway is already set up; sign in", "setup_closed")
-        if not secrets.compare_digest(digest(token), self.setup_digest):
+    async def take_setup_token(self, token: str) -> None:
+        """Use up a setup token: it works once, on whichever process serves the request."""
+        if not await self.accounts.take_setup_token(digest(token)):
+            if await self.accounts.has_admin():
+                raise Forbidden("this gateway is already set up; sign in", "setup_closed")
             raise Forbidden("the setup link is not valid; use the one clawdbot printed at its last start", "bad_token")
-        self.setup_digest = None
+
+    async def give_back_setup_token(self, token: str) -> None:
+        """The setup failed after the token was taken: it works again."""
+        await self.accounts.add_setup_token(digest(token))
 
     async def by_key(self, secret: str) -> Actor:
         key_hash = digest(secret)

@@ -3,6 +3,7 @@ user management (docs/accounts.md)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -117,14 +118,13 @@ async def setup(request: web.Request) -> web.Response:
     """The first admin, from the one-time link printed at startup; signed in at once."""
     auth, accounts = request.app[AUTH], request.app[ACCOUNTS]
     given = await parse(request, Setup)
-    saved = auth.setup_digest
-    auth.take_setup_token(given.token)  # used up now, so two requests with it cannot both make an admin
+    await auth.take_setup_token(given.token)  # used up now, so two requests with it cannot both make an admin
     try:
         if await accounts.has_admin():
             raise Forbidden("an admin exists already; sign in", "setup_closed")
         user = await accounts.create_user(given.name.lower(), await auth.passwords.hash(given.password), role="admin")
     except BaseException:
-        auth.setup_digest = saved
+        await asyncio.shield(auth.give_back_setup_token(given.token))
         raise
     token, session = await accounts.start_session(user.id, auth.settings.session_hours * 3600)
     response = json({"user": public_user(user), "csrf_token": session.csrf_token}, 201)
