@@ -10,6 +10,7 @@ three seconds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -18,13 +19,18 @@ from typing import Any
 
 import aiohttp
 import httpx
+import orjson
 import pytest
 import pytest_asyncio
 import redis
 
 from chat_support import ChatApi, Socket, chat_api, connect, done_of, wait_until
+from clawdbot.chat.eventlog import Job
+from clawdbot.live.connection import Live
+from clawdbot.live.eventlog import RedisLog
+from clawdbot.store.records import new_message
 from conftest import Server, script, start_gateway, start_simulator
-from live_support import REDIS_URL, deployment, keys, redis_or_skip, start_replica
+from live_support import REDIS_URL, deployment, keys, redis_or_skip, redis_prefix, start_replica
 from test_chat_realtime import EventStream, deltas, seqs, squeezed
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "judge"]
@@ -389,3 +395,80 @@ async def test_without_redis_replies_stream_here_and_redis_catches_up_when_it_is
     finally:
         flaky.stop()
         cut.close()
+
+
+# ---- past the caps ------------------------------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_past_the_caps_redis_keeps_a_folded_base_and_any_process_replays_and_follows_the_whole_reply() -> None:
+    """Two processes' logs on one Redis, without gateways: the writer's caps fold old events (in a burst before they
+    were sent, and bit by bit), the stream is trimmed to the folded base, and the other process still replays the
+    whole reply (a snapshot, then the events), follows it without gap or repeat, and reads its state for a
+    takeover."""
+    with redis_prefix() as prefix:
+        lives = [Live(REDIS_URL, prefix), Live(REDIS_URL, prefix)]
+        for live in lives:
+            await live.open()
+        writer, reader = (RedisLog(live, max_events=16, tick=0.001) for live in lives)
+        message = new_message("c1", "assistant", status="waiting")
+        reply_id = message.id
+        writer.register(Job(reply_id, "c1", "someone", message))
+        writer.append(reply_id, {"type": "reply.start", "conversation_id": "c1", "id": reply_id, "message": message})
+        pieces = [f"{i} " for i in range(300)]
+
+        def write(some: list[str]) -> None:
+            for piece in some:
+                writer.append(
+                    reply_id, {"type": "reply.delta", "conversation_id": "c1", "id": reply_id, "content": piece}
+                )
+
+        write(pieces[:100])  # in one go: most are folded before they reach Redis
+        await writer.mirror.flush()
+        for start in range(100, 200, 5):  # bit by bit
+            write(pieces[start : start + 5])
+            await asyncio.sleep(0.003)
+        await writer.mirror.flush()
+        client = redis_or_skip()
+        stream, registry = f"{prefix}:{{{reply_id}}}:log", f"{prefix}:{{{reply_id}}}:job"
+        try:
+            base = int(client.hget(registry, "base_seq") or 0)
+            assert 100 < base <= 201 - 16
+            assert client.xlen(stream) <= 16 + 16 + 100  # the base moves along; trimming is approximate
+        finally:
+            client.close()
+
+        events = [orjson.loads(data) for data in await reader.replay(reply_id, 1) or []]
+        assert (events[0]["type"], events[0]["seq"]) == ("reply.snapshot", base)
+        assert [e["seq"] for e in events[1:]] == list(range(base + 1, 202))
+        assert events[0]["content"] + deltas(events[1:], "content") == "".join(pieces[:200])
+
+        follower = Collected(until=301)
+        assert await reader.follow(reply_id, 190, follower)
+        write(pieces[200:])
+        writer.finish(reply_id)
+        await writer.mirror.flush()
+        async with asyncio.timeout(5):
+            await follower.complete.wait()
+        assert [e["seq"] for e in follower.events] == list(range(190, 302))
+        assert deltas(follower.events, "content") == "".join(pieces[188:])
+        reader.unfollow(reply_id, follower)
+        assert not reader.handlers  # nobody here listens: the channel is left
+
+        state = await reader.state(reply_id)
+        assert state is not None
+        assert (state["seq"], state["content"], state["finished"]) == (301, "".join(pieces), True)
+        assert (state["node"], state["owner"], state["message"].id) == (lives[0].node, "someone", reply_id)
+        assert await reader.state("0190b0c0-0000-7000-8000-000000000000") is None
+        for log, live in zip((writer, reader), lives, strict=True):
+            await log.close()
+            await live.close()
+
+
+class Collected:
+    def __init__(self, until: int) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.until, self.complete = until, asyncio.Event()
+
+    def push(self, data: bytes) -> None:
+        self.events.append(orjson.loads(data))
+        if self.events[-1].get("seq", 0) >= self.until:
+            self.complete.set()

@@ -26,7 +26,9 @@ from dataclasses import asdict, dataclass, field
 
 import orjson
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from ..chat.eventlog import Job
@@ -34,6 +36,7 @@ from ..logs import LOG
 from ..store.records import Message
 from .connection import Live
 
+_GONE = (RedisConnectionError, RedisTimeoutError, OSError)  # Redis could not be reached: try again
 # Seconds a reply's keys live while it runs and its writer no longer refreshes them (the writer died).
 ORPHAN_TTL = 3600
 
@@ -174,18 +177,20 @@ class Mirror:
             try:
                 await self.flush()
                 pause = 0.05
-            except (RedisError, OSError) as error:
+            except _GONE as error:
                 self.counts.failures += 1
                 self.live.failed(error)
                 self.wake.set()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
-            except Exception:  # noqa: BLE001 - a bug here must not end mirroring for good
+            except Exception:  # noqa: BLE001 - a refused batch (a bug) must not end mirroring, nor be retried as is
+                self.counts.failures += 1
                 LOG.exception("could not mirror reply events to redis")
                 await asyncio.sleep(1.0)
 
     async def flush(self) -> None:
-        """Send everything pending in one transaction; on failure all of it stays pending."""
+        """Send everything pending in one transaction. If Redis cannot be reached all of it stays pending; if it
+        refuses the batch, the replies' next flush sends their events again from where their stream is."""
         dirty, self.dirty = self.dirty, set()
         frames, self.frames = self.frames, deque()
         pipe = self.live.client.pipeline(transaction=True)
@@ -204,7 +209,7 @@ class Mirror:
             return
         try:
             results = await pipe.execute(raise_on_error=False)
-        except BaseException:
+        except (*_GONE, asyncio.CancelledError):
             self.dirty |= dirty
             frames.extend(self.frames)
             self.frames = frames

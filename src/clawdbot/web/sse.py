@@ -40,9 +40,12 @@ async def events(request: web.Request) -> web.StreamResponse:
             return await snapshot_of(chat, conversation_id)
         return await log.replay(reply_id, start) or []
 
-    response, outbox = await _event_stream(request, actor, reply_stream=False)
+    # The hello goes out once the subscription is in place (with several processes that is a round trip to
+    # Redis): a client that acts on the hello misses nothing of what it starts.
+    response, outbox = await _event_stream(request, actor, reply_stream=False, sending=False)
     try:
         await log.subscribe(conversation_id, outbox, before)
+        _send(outbox, request, actor)
         await outbox.closing.wait()  # otherwise runs until the client leaves and the handler is cancelled
     finally:
         log.unsubscribe(conversation_id, outbox)
@@ -118,7 +121,10 @@ def _start(request: web.Request) -> int:
     return start
 
 
-async def _event_stream(request: web.Request, actor: Actor, *, reply_stream: bool) -> tuple[web.StreamResponse, Outbox]:
+async def _event_stream(
+    request: web.Request, actor: Actor, *, reply_stream: bool, sending: bool = True
+) -> tuple[web.StreamResponse, Outbox]:
+    """The response, begun, and its outbox with the hello first (sent from now on, or from `_send`)."""
     settings = request.app[CHAT].settings
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -130,11 +136,19 @@ async def _event_stream(request: web.Request, actor: Actor, *, reply_stream: boo
 
     outbox = Outbox(send, actor)
     outbox.event({"type": "hello", "version": __version__, "heartbeat": settings.heartbeat})
-    outbox.tasks = [asyncio.create_task(outbox.drain()), asyncio.create_task(outbox.beat(settings.heartbeat))]
+    request.app[OUTBOXES].add(outbox)
+    if sending:
+        _send(outbox, request, actor)
+    return response, outbox
+
+
+def _send(outbox: Outbox, request: web.Request, actor: Actor) -> None:
+    outbox.tasks = [
+        asyncio.create_task(outbox.drain()),
+        asyncio.create_task(outbox.beat(request.app[CHAT].settings.heartbeat)),
+    ]
     if actor.expires_at is not None:
         outbox.tasks.append(asyncio.create_task(close_at_expiry(outbox, actor.expires_at)))
-    request.app[OUTBOXES].add(outbox)
-    return response, outbox
 
 
 def _sse(data: bytes, reply_stream: bool) -> bytes:
