@@ -9,10 +9,12 @@ subscribers get the events of every reply in it plus the conversation's own (a n
 position, other versions), each serialised once.
 
 `GenerationLog` is the whole interface the rest of the gateway uses, registry and subscriptions included.
-`MemoryLog` keeps it in this process. A later issue runs several gateway replicas on Redis Streams behind the same
-interface: one stream per reply (XADD with its seq as the entry id, XRANGE to replay, XREAD to follow), a hash per
-reply for the registry, a channel per conversation for its subscribers, so a client can resume on a replica other
-than the one generating.
+`MemoryLog` keeps it in this process; `live/eventlog.py` mirrors it to Redis (a stream and a hash per reply, a
+channel per conversation), so a client can resume on a gateway process other than the one generating. What may
+have to ask Redis is async: finding a reply, replaying it, following it, subscribing.
+
+Subscribing can bring a listener up to date first (`before`: a replay, a snapshot) with nothing missed and nothing
+out of order: live events wait while those are read, and then only the newer ones of that reply pass.
 
 Bounds (docs/chat-protocol.md): a reply's log keeps at most `max_events` events and `max_bytes` bytes of them.
 Beyond that its oldest events are folded into a base (the text so far), and a resume from before the base gets a
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, defaultdict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,7 +69,7 @@ class Job:
         for seq, event, _ in self.events:
             if seq > upto:
                 break
-            status = _fold(event, content, thinking, status)
+            status = fold(event, content, thinking, status)
         return {
             "type": "reply.snapshot",
             "conversation_id": self.conversation_id,
@@ -80,7 +83,17 @@ class Job:
         }
 
 
-def _fold(event: dict[str, Any], content: list[str], thinking: list[str], status: str) -> str:
+def replayed(job: Job, start: int) -> list[bytes]:
+    """The job's events from seq `start` on, a snapshot of the base first if `start` is at or before it."""
+    start = max(start, 1)
+    out: list[bytes] = []
+    if start <= job.base_seq:
+        out.append(orjson.dumps(job.snapshot(job.base_seq)))
+    out.extend(data for seq, _, data in job.events if seq >= start)
+    return out
+
+
+def fold(event: dict[str, Any], content: list[str], thinking: list[str], status: str) -> str:
     kind = event["type"]
     if kind == "reply.delta":
         if "content" in event:
@@ -98,11 +111,54 @@ def _fold(event: dict[str, Any], content: list[str], thinking: list[str], status
     return status
 
 
+# What a subscriber gets before the live events: one reply's events (a replay) or its snapshot, read once the
+# subscription is in place.
+Before = Callable[[], Awaitable[list[bytes]]]
+
+
+class Catching:
+    """A subscriber being brought up to date (`held`: the live events that came meanwhile) and, per reply, the last
+    seq it has, below which a live event is a repeat (one that was already in the replay or the snapshot)."""
+
+    __slots__ = ("floors", "held")
+
+    def __init__(self) -> None:
+        self.held: list[tuple[str | None, int, bytes]] | None = []
+        self.floors: dict[str, int] = {}
+
+    def offer(self, listener: Listener, data: bytes, job_id: str | None, seq: int) -> None:
+        if self.held is not None:
+            self.held.append((job_id, seq, data))
+        elif not (seq and job_id is not None and seq <= self.floors.get(job_id, 0)):
+            listener.push(data)
+
+    def caught_up(self, listener: Listener, first: list[bytes]) -> None:
+        """Push what `before` read, then what was held that is newer."""
+        for data in first:
+            listener.push(data)
+        if first:
+            last = orjson.loads(first[-1])
+            if isinstance(last.get("id"), str) and isinstance(last.get("seq"), int):
+                self.floors[last["id"]] = max(self.floors.get(last["id"], 0), last["seq"])
+        held, self.held = self.held or [], None
+        for job_id, seq, data in held:
+            self.offer(listener, data, job_id, seq)
+
+
+async def bring_up(catching: Catching, listener: Listener, before: Before) -> None:
+    try:
+        first = await before()
+    except BaseException:
+        catching.caught_up(listener, [])  # what was held still goes out, in order
+        raise
+    catching.caught_up(listener, first)
+
+
 class GenerationLog(Protocol):
     def register(self, job: Job) -> None:
-        """Add a reply to the registry, with an empty log."""
+        """Add a reply to the registry, with an empty log (or, going on from `job.seq`, numbering after it)."""
 
-    def job(self, job_id: str) -> Job | None:
+    async def job(self, job_id: str) -> Job | None:
         """The reply if it is running or finished only moments ago, else None (the database has it)."""
 
     def append(self, job_id: str, event: dict[str, Any]) -> bytes:
@@ -113,10 +169,10 @@ class GenerationLog(Protocol):
         """Where the reply waits for a slot (None: it has one); its conversation's subscribers are told each new
         position as a `reply.queue` event, which is not numbered or kept."""
 
-    def replay(self, job_id: str, start: int) -> list[bytes] | None:
+    async def replay(self, job_id: str, start: int) -> list[bytes] | None:
         """The events from seq `start` on, a snapshot first where the caps folded some away; None if unknown."""
 
-    def follow(self, job_id: str, start: int, listener: Listener) -> bool:
+    async def follow(self, job_id: str, start: int, listener: Listener) -> bool:
         """Replay from `start`, then push each new event as it comes, with nothing missed in between."""
 
     def unfollow(self, job_id: str, listener: Listener) -> None: ...
@@ -124,8 +180,10 @@ class GenerationLog(Protocol):
     def finish(self, job_id: str) -> None:
         """No more events will come; the log is kept a while for clients that resume just after the end."""
 
-    def subscribe(self, conversation_id: str, listener: Listener) -> None:
-        """Push the conversation's events to `listener` from now on: its replies' and its own."""
+    async def subscribe(self, conversation_id: str, listener: Listener, before: Before | None = None) -> None:
+        """Push the conversation's events to `listener` from now on: its replies' and its own. With `before`, what
+        it returns (one reply's replay or snapshot, read after the subscription is in place) goes first, and of
+        that reply only newer events follow. Subscribing twice is once (the second may bring `before`)."""
 
     def unsubscribe(self, conversation_id: str, listener: Listener) -> None: ...
 
@@ -147,12 +205,17 @@ class MemoryLog:
         self.retain, self.max_finished = retain, max_finished
         self.jobs: dict[str, Job] = {}
         self.finished: OrderedDict[str, Job] = OrderedDict()  # oldest first, for forgetting
-        self.listeners: defaultdict[str, set[Listener]] = defaultdict(set)  # by conversation
+        # By conversation; a listener's Catching while it is being brought up to date, or has been (else None).
+        self.listeners: defaultdict[str, dict[Listener, Catching | None]] = defaultdict(dict)
 
     def register(self, job: Job) -> None:
         self.jobs[job.id] = job
 
-    def job(self, job_id: str) -> Job | None:
+    async def job(self, job_id: str) -> Job | None:
+        return self.here(job_id)
+
+    def here(self, job_id: str) -> Job | None:
+        """The reply, if this process has it."""
         self._forget_old()
         return self.jobs.get(job_id)
 
@@ -168,11 +231,11 @@ class MemoryLog:
         while len(job.events) > self.max_events or (job.size > self.max_bytes and len(job.events) > 1):
             seq, old, raw = job.events.popleft()
             job.size -= len(raw)
-            job.base_status = _fold(old, job.base_content, job.base_thinking, job.base_status)
+            job.base_status = fold(old, job.base_content, job.base_thinking, job.base_status)
             job.base_seq = seq
         for listener in list(job.followers):
             listener.push(data)
-        self._push(job.conversation_id, data)
+        self._push(job.conversation_id, data, job_id, job.seq)
         return data
 
     def queued(self, job_id: str, position: int | None) -> None:
@@ -190,24 +253,18 @@ class MemoryLog:
             }
             self.publish(conversation_id, event)
 
-    def replay(self, job_id: str, start: int) -> list[bytes] | None:
-        job = self.job(job_id)
-        if job is None:
-            return None
-        start = max(start, 1)
-        out: list[bytes] = []
-        if start <= job.base_seq:
-            out.append(orjson.dumps(job.snapshot(job.base_seq)))
-        out.extend(data for seq, _, data in job.events if seq >= start)
-        return out
+    async def replay(self, job_id: str, start: int) -> list[bytes] | None:
+        job = self.here(job_id)
+        return None if job is None else replayed(job, start)
 
-    def follow(self, job_id: str, start: int, listener: Listener) -> bool:
-        replayed = self.replay(job_id, start)
-        if replayed is None:
+    async def follow(self, job_id: str, start: int, listener: Listener) -> bool:
+        job = self.here(job_id)
+        if job is None:
             return False
-        for data in replayed:
+        replayed_now = replayed(job, start)  # and added as a follower in the same step: nothing in between
+        for data in replayed_now:
             listener.push(data)
-        self.jobs[job_id].followers.add(listener)
+        job.followers.add(listener)
         return True
 
     def unfollow(self, job_id: str, listener: Listener) -> None:
@@ -223,13 +280,25 @@ class MemoryLog:
         self.finished[job_id] = job
         self._forget_old()
 
-    def subscribe(self, conversation_id: str, listener: Listener) -> None:
-        self.listeners[conversation_id].add(listener)
+    async def subscribe(self, conversation_id: str, listener: Listener, before: Before | None = None) -> None:
+        listeners = self.listeners[conversation_id]
+        if before is None:
+            listeners.setdefault(listener, None)
+            await self._listening(conversation_id)
+            return
+        catching = listeners.get(listener) or Catching()
+        catching.held = []
+        listeners[listener] = catching
+        await self._listening(conversation_id)
+        await bring_up(catching, listener, before)
+
+    async def _listening(self, conversation_id: str) -> None:
+        """Once this returns, events of the conversation from anywhere reach its listeners (here: at once)."""
 
     def unsubscribe(self, conversation_id: str, listener: Listener) -> None:
         listeners = self.listeners.get(conversation_id)
         if listeners is not None:
-            listeners.discard(listener)
+            listeners.pop(listener, None)
             if not listeners:
                 del self.listeners[conversation_id]
 
@@ -237,11 +306,14 @@ class MemoryLog:
         if self.listeners.get(conversation_id):
             self._push(conversation_id, orjson.dumps(event))
 
-    def _push(self, conversation_id: str, data: bytes) -> None:
+    def _push(self, conversation_id: str, data: bytes, job_id: str | None = None, seq: int = 0) -> None:
         listeners = self.listeners.get(conversation_id)
         if listeners:
-            for listener in list(listeners):
-                listener.push(data)
+            for listener, catching in list(listeners.items()):
+                if catching is None:
+                    listener.push(data)
+                else:
+                    catching.offer(listener, data, job_id, seq)
 
     def _forget_old(self) -> None:
         horizon = time.monotonic() - self.retain

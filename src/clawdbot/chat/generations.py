@@ -186,10 +186,10 @@ class Generations:
         """The reply being written in the conversation, if one is."""
         return self.active.get(conversation_id)
 
-    def snapshot(self, conversation_id: str) -> dict[str, Any] | None:
+    async def snapshot(self, conversation_id: str) -> dict[str, Any] | None:
         """The reply being written in the conversation, as far as it got, for a client that arrives now."""
         generation = self.active.get(conversation_id)
-        job = self.log.job(generation.id) if generation is not None else None
+        job = await self.log.job(generation.id) if generation is not None else None
         return job.snapshot() if job is not None else None
 
     def stop(self, conversation_id: str) -> Generation | None:
@@ -381,7 +381,7 @@ class Generations:
     async def _finish(self, generation: Generation) -> None:
         outcome = generation.outcome()
         generation.reply = replace(generation.reply, **as_row(outcome))
-        job = self.log.job(generation.id)
+        job = await self.log.job(generation.id)
         if job is not None:  # a snapshot from now on shows the reply as stored
             job.message = generation.reply
         try:

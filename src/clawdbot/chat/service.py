@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..backends.admission import Admission
 from ..backends.fleet import Fleet
-from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RedisUnavailable
 from ..identity import Actor
 from ..settings import Settings
 from ..store.conversations import Store
@@ -28,6 +28,7 @@ from .results import ContextUse, ReplyState, Shown, TurnResult, View
 from .state import SendResults
 from .turns import Turn, Turns
 
+_IN_FLIGHT = ("waiting", "thinking", "writing")
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -65,9 +66,9 @@ class Chat:
     def default_model(self, actor: Actor) -> str:
         return catalog.default_model(self.fleet, self.settings, actor)
 
-    def snapshot(self, conversation_id: str) -> dict[str, Any] | None:
+    async def snapshot(self, conversation_id: str) -> dict[str, Any] | None:
         """The reply being written in the conversation, as far as it got, for a client that arrives now."""
-        return self.generations.snapshot(conversation_id)
+        return await self.generations.snapshot(conversation_id)
 
     async def conversation(self, conversation_id: str, owner: str) -> Conversation:
         found, _ = await self._history(conversation_id, owner, messages=False)
@@ -80,15 +81,22 @@ class Chat:
             return found
         raise NotFound(f"no reply {reply_id}: nothing is being written or was stored under that id")
 
-    def job(self, reply_id: str, owner: str) -> Job | None:
-        """A reply in the event log, if it is this user's: another's is as absent as an unknown one."""
-        job = self.log.job(reply_id)
+    async def job(self, reply_id: str, owner: str) -> Job | None:
+        """A reply in the event log, if it is this user's: another's is as absent as an unknown one. Where the log
+        cannot be read (Redis is down) a reply that has ended is left to its stored row; one in flight is a 503."""
+        try:
+            job = await self.log.job(reply_id)
+        except RedisUnavailable:
+            row = await self.store.get_reply(reply_id, owner) if _ID.fullmatch(reply_id) else None
+            if row is not None and row.status in _IN_FLIGHT:
+                raise
+            return None
         return job if job is not None and job.owner == owner else None
 
     async def generation(self, reply_id: str, owner: str) -> ReplyState:
         """Where a reply stands: live from the event log while it runs (and briefly after), else its stored row.
         web/ adds the URL of its events."""
-        job = self.job(reply_id, owner)
+        job = await self.job(reply_id, owner)
         if job is not None:
             live = not job.finished
             return ReplyState(job.id, job.conversation_id, live, job.seq, job.queue_position, snapshot=job.snapshot())
@@ -105,7 +113,7 @@ class Chat:
         """A conversation with its shown messages (and the versions of those that have several), the reply in
         flight if any, and how full its context is."""
         conversation, history = await self._history(conversation_id, owner)
-        active = self.snapshot(conversation_id)
+        active = await self.snapshot(conversation_id)
         last_reply = next((m for m in reversed(history) if m.role == "assistant"), None)
         return View(
             conversation=conversation,

@@ -31,6 +31,7 @@ from ..chat.titles import Titles
 from ..gateway.relay import Relay
 from ..live.connection import Live
 from ..live.credentials import RedisCredentialCache
+from ..live.eventlog import RedisLog
 from ..live.signins import RedisThrottle
 from ..logs import LOG, AccessLog, LineWriter
 from ..logs import setup as setup_logging
@@ -202,7 +203,9 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     interrupted = await store.interrupt_unfinished()
     if interrupted:
         LOG.warning("replies left unfinished by a previous run are marked interrupted", extra={"count": interrupted})
-    log = MemoryLog(max_events=settings.reply_log_events, max_bytes=settings.reply_log_bytes)
+    caps = {"max_events": settings.reply_log_events, "max_bytes": settings.reply_log_bytes}
+    live = app[LIVE]
+    log = MemoryLog(**caps) if live is None else RedisLog(live, metrics=app[METRICS], **caps)
     app[METRICS].gauges["clawdbot_reply_log_bytes"] = (
         "Bytes of reply events kept for resuming clients, all replies together.",
         log.held_bytes,
@@ -230,6 +233,8 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         await titles.close()
         await chat.finish_turns()
         await generations.shutdown()
+        if isinstance(log, RedisLog):  # after the last replies' final events
+            await log.close()
         await app[AUTH].close()
         await store.close()
 

@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from .. import __version__
 from ..auth.state import Ended
-from ..chat.eventlog import GenerationLog
+from ..chat.eventlog import Before, GenerationLog
 from ..chat.service import Chat
 from ..errors import BadRequest, ClawdbotError, Conflict, Overloaded
 from ..identity import Actor
@@ -179,10 +179,7 @@ async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], r
                 subscribed.discard(conversation_id)
             elif conversation_id not in subscribed:  # listen first, so no event of what the command starts is missed
                 await chat.conversation(conversation_id, actor.id)
-                _listen(log, outbox, subscribed, conversation_id)
-                snapshot = chat.snapshot(conversation_id)
-                if snapshot is not None:
-                    outbox.event(snapshot)
+                await _listen(log, outbox, subscribed, conversation_id, lambda: snapshot_of(chat, conversation_id))
             result = await _run(chat, kind, conversation_id, command, actor)
         outbox.event({"type": "ack", "ref": reference, "command": kind, **result})
     except orjson.JSONDecodeError:
@@ -205,10 +202,23 @@ async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], r
         )
 
 
-def _listen(log: GenerationLog, outbox: Outbox, subscribed: set[str], conversation_id: str) -> None:
-    if conversation_id not in subscribed:
-        log.subscribe(conversation_id, outbox)
-        subscribed.add(conversation_id)
+async def _listen(
+    log: GenerationLog, outbox: Outbox, subscribed: set[str], conversation_id: str, before: Before | None = None
+) -> None:
+    """Subscribe the socket to the conversation (if it is not yet), `before` first (a snapshot, a replay)."""
+    if conversation_id not in subscribed or before is not None:
+        subscribed.add(conversation_id)  # first: the socket's end unsubscribes it even if this fails
+        await log.subscribe(conversation_id, outbox, before)
+
+
+async def snapshot_of(chat: Chat, conversation_id: str) -> list[bytes]:
+    """The reply being written in the conversation, as a `reply.snapshot` event, if one is."""
+    snapshot = await chat.snapshot(conversation_id)
+    return [] if snapshot is None else [orjson.dumps(snapshot)]
+
+
+async def _replay(log: GenerationLog, reply_id: str, start: int) -> list[bytes]:
+    return await log.replay(reply_id, start) or []
 
 
 async def _resume(
@@ -219,15 +229,14 @@ async def _resume(
     reply_id, start = command.get("reply_id"), command.get("from", 1)
     if not isinstance(reply_id, str) or not isinstance(start, int) or isinstance(start, bool) or start < 0:
         raise BadRequest("resume needs reply_id (a string) and from (a sequence number, 1 for all)")
-    job = chat.job(reply_id, owner)
+    job = await chat.job(reply_id, owner)
     if job is not None:
-        # Subscribing and replaying in one step of the event loop: the live events start right after the replay.
-        _listen(log, outbox, subscribed, job.conversation_id)
-        for data in log.replay(reply_id, start) or []:
-            outbox.push(data)
+        # The replay is read once the subscription is in place: the live events of the reply follow it at once,
+        # those it holds already are not sent twice.
+        await _listen(log, outbox, subscribed, job.conversation_id, lambda: _replay(log, reply_id, start))
         return {"reply_id": reply_id, "conversation_id": job.conversation_id, "seq": job.seq, "live": not job.finished}
     row = await chat.reply(reply_id, owner)
-    _listen(log, outbox, subscribed, row.conversation_id)
+    await _listen(log, outbox, subscribed, row.conversation_id)
     outbox.event(stored_reply(row))
     return {"reply_id": reply_id, "conversation_id": row.conversation_id, "seq": None, "live": False}
 

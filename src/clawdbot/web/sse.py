@@ -16,7 +16,7 @@ from ..errors import BadRequest
 from ..identity import Actor
 from .authenticate import current
 from .chatapi import CHAT
-from .realtime import EVENTS, OUTBOXES, Outbox, close_at_expiry, stored_reply
+from .realtime import EVENTS, OUTBOXES, Outbox, close_at_expiry, snapshot_of, stored_reply
 
 
 def routes(app: web.Application) -> None:
@@ -32,20 +32,20 @@ async def events(request: web.Request) -> web.StreamResponse:
     await chat.conversation(conversation_id, actor.id)
     resume = _last_event(request)
     reply_id, _, seq = resume.partition(":")
-    replay: list[bytes] | None = None
-    job = log.job(reply_id) if reply_id else None
-    if job is not None and job.conversation_id == conversation_id and seq.isdigit():
-        replay = log.replay(reply_id, int(seq) + 1)
-    response, outbox = await _event_stream(request, actor, reply_stream=False)
-    if replay is not None:
-        for data in replay:
-            outbox.push(data)
-    else:
-        snapshot = chat.snapshot(conversation_id)
-        if snapshot is not None:
-            outbox.event(snapshot)
-    log.subscribe(conversation_id, outbox)
+    job = await chat.job(reply_id, actor.id) if reply_id else None
+    start = int(seq) + 1 if job is not None and job.conversation_id == conversation_id and seq.isdigit() else None
+
+    async def before() -> list[bytes]:  # the rest of the reply it had, or a snapshot of the one being written
+        if start is None:
+            return await snapshot_of(chat, conversation_id)
+        return await log.replay(reply_id, start) or []
+
+    # The hello goes out once the subscription is in place (with several processes that is a round trip to
+    # Redis): a client that acts on the hello misses nothing of what it starts.
+    response, outbox = await _event_stream(request, actor, reply_stream=False, sending=False)
     try:
+        await log.subscribe(conversation_id, outbox, before)
+        _send(outbox, request, actor)
         await outbox.closing.wait()  # otherwise runs until the client leaves and the handler is cancelled
     finally:
         log.unsubscribe(conversation_id, outbox)
@@ -60,13 +60,13 @@ async def generation_events(request: web.Request) -> web.StreamResponse:
     reply_id = request.match_info["id"]
     start = _start(request)
     # NotFound if there is none, or it is another user's
-    job = chat.job(reply_id, actor.id)
+    job = await chat.job(reply_id, actor.id)
     row = None if job is not None else await chat.reply(reply_id, actor.id)
     response, outbox = await _event_stream(request, actor, reply_stream=True)
     ended = asyncio.Event()
     finished = _Finisher(outbox, ended)
     try:
-        if row is not None or not log.follow(reply_id, start, finished):  # ended while the stream opened
+        if row is not None or not await log.follow(reply_id, start, finished):  # ended while the stream opened
             outbox.event(stored_reply(row or await chat.reply(reply_id, actor.id)))
             ended.set()
         elif not ended.is_set() and job is not None and job.finished:
@@ -121,7 +121,10 @@ def _start(request: web.Request) -> int:
     return start
 
 
-async def _event_stream(request: web.Request, actor: Actor, *, reply_stream: bool) -> tuple[web.StreamResponse, Outbox]:
+async def _event_stream(
+    request: web.Request, actor: Actor, *, reply_stream: bool, sending: bool = True
+) -> tuple[web.StreamResponse, Outbox]:
+    """The response, begun, and its outbox with the hello first (sent from now on, or from `_send`)."""
     settings = request.app[CHAT].settings
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -133,11 +136,19 @@ async def _event_stream(request: web.Request, actor: Actor, *, reply_stream: boo
 
     outbox = Outbox(send, actor)
     outbox.event({"type": "hello", "version": __version__, "heartbeat": settings.heartbeat})
-    outbox.tasks = [asyncio.create_task(outbox.drain()), asyncio.create_task(outbox.beat(settings.heartbeat))]
+    request.app[OUTBOXES].add(outbox)
+    if sending:
+        _send(outbox, request, actor)
+    return response, outbox
+
+
+def _send(outbox: Outbox, request: web.Request, actor: Actor) -> None:
+    outbox.tasks = [
+        asyncio.create_task(outbox.drain()),
+        asyncio.create_task(outbox.beat(request.app[CHAT].settings.heartbeat)),
+    ]
     if actor.expires_at is not None:
         outbox.tasks.append(asyncio.create_task(close_at_expiry(outbox, actor.expires_at)))
-    request.app[OUTBOXES].add(outbox)
-    return response, outbox
 
 
 def _sse(data: bytes, reply_stream: bool) -> bytes:

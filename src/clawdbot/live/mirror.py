@@ -1,0 +1,309 @@
+"""The writer's side of the reply logs on Redis: this process's replies copied to Redis in batches, off the hot path.
+
+`append` only notes that a reply has new events and queues them for its conversation's channel; a task of its own
+then sends everything pending in one transaction (MULTI … EXEC, one round trip) each tick: the new events of every
+reply (XADD, the seq as the entry id), each reply's registry hash (seq, status, queue position, the message as
+stored, its writer), the trimming of what the caps folded away, the expiry of finished replies, and the events for
+other processes, one PUBLISH per conversation with all of that conversation's events of the tick in order.
+
+What is mirrored is read from the reply's log in memory, so nothing is lost while the round trip runs, while
+Redis is down or while the channel queue is full: the next flush sends whatever the stream lacks (and if the caps
+folded some of it away meanwhile, the folded base instead). Only live delivery to other processes can miss
+events: the channel queue holds `max_frames` events and drops past that (counted, logged once per episode); a
+client there sees the gap in seq and resumes from the stream. After an outage the queued events still go out,
+late but in order (a receiver drops what it has).
+
+Redis Cluster: one flush touches the keys of several replies, so its transaction needs them on one node (as on a
+single Redis); each reply's keys share a hash tag all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+import orjson
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
+
+from ..chat.eventlog import Job
+from ..logs import LOG
+from ..store.records import Message
+from .connection import Live
+
+_GONE = (RedisConnectionError, RedisTimeoutError, OSError)  # Redis could not be reached: try again
+# Seconds a reply's keys live while it runs and its writer no longer refreshes them (the writer died).
+ORPHAN_TTL = 3600
+
+
+def keys(live: Live, job_id: str) -> tuple[str, str]:
+    """The reply's stream and registry hash: one hash tag, the reply's id."""
+    return live.key(job_id, "log"), live.key(job_id, "job")
+
+
+def channel(live: Live, conversation_id: str) -> bytes:
+    """Where the conversation's events go to the other processes."""
+    return live.channel(conversation_id, "log")
+
+
+def entry_id(seq: int) -> str:
+    return f"{seq}-0"
+
+
+def message_json(message: Message) -> bytes:
+    return orjson.dumps(message)
+
+
+@dataclass(slots=True, eq=False)
+class Mirrored:
+    """How far a reply's keys are behind its log in memory."""
+
+    job: Job
+    channel: bytes
+    rid: bytes
+    seq: int  # the last seq the stream has
+    base_seq: int  # the base the hash has (the stream may have been trimmed up to it)
+    message: Message | None = None  # as the hash has it
+    queue: int | None = None
+    status: str = ""
+    registered: bool = False
+    refreshed: float | None = None  # when the keys' expiry was last set
+
+
+@dataclass(slots=True)
+class Counts:
+    round_trips: int = 0
+    events: int = 0  # stream entries added
+    frames: int = 0  # events handed to the channels
+    frames_dropped: int = 0
+    failures: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(slots=True, frozen=True)
+class _Sent:
+    """A reply's state as one flush sent it: the mirror's once the flush has gone through."""
+
+    mirrored: Mirrored
+    seq: int
+    base_seq: int
+    message: Message
+    queue: int | None
+    status: str
+    finished: bool
+    refreshed: float | None
+
+
+@dataclass(slots=True)
+class _Batch:
+    sent: list[_Sent] = field(default_factory=list)
+    events: int = 0
+
+
+class Mirror:
+    def __init__(self, live: Live, *, retain: float, tick: float = 0.02, max_frames: int = 20_000) -> None:
+        self.live, self.retain, self.tick, self.max_frames = live, retain, tick, max_frames
+        self.node = live.node.encode()
+        self.jobs: dict[str, Mirrored] = {}  # this process's replies until their last state is in Redis
+        self.dirty: set[str] = set()
+        self.frames: deque[tuple[bytes, bytes, int, bytes]] = deque()  # (channel, reply id or b"-", seq, event)
+        self.counts = Counts()
+        self.wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._dropping = False
+
+    async def close(self) -> None:
+        """Stop, sending what is pending once more (replies stored at shutdown end with reply.done)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            async with asyncio.timeout(3):
+                await self.flush()
+        except (RedisError, OSError, TimeoutError) as error:
+            LOG.warning("reply events not sent to redis at shutdown", extra={"reason": type(error).__name__})
+
+    # ---- from the log (never waits) ----------------------------------------------------------------------------
+    def register(self, job: Job) -> None:
+        # A reply taken over from another process goes on from the seq it had: the stream has those events.
+        self.jobs[job.id] = Mirrored(
+            job, channel(self.live, job.conversation_id), job.id.encode(), seq=job.seq, base_seq=job.base_seq
+        )
+        self.touch(job.id)
+
+    def appended(self, job_id: str, seq: int, data: bytes) -> None:
+        mirrored = self.jobs.get(job_id)
+        if mirrored is not None:
+            self.dirty.add(job_id)
+            self.send(mirrored.channel, mirrored.rid, seq, data)
+
+    def touch(self, job_id: str) -> None:
+        """The reply's registry changed (queue position, finished)."""
+        if job_id in self.jobs:
+            self.dirty.add(job_id)
+            self._wake()
+
+    def send(self, to: bytes, rid: bytes, seq: int, data: bytes) -> None:
+        """Queue an event for the other processes listening on `to`."""
+        if len(self.frames) >= self.max_frames:
+            self.counts.frames_dropped += 1
+            if not self._dropping:
+                self._dropping = True
+                LOG.warning("redis is behind: live events to other gateway processes are dropped (they resume)")
+            return
+        self._dropping = False
+        self.frames.append((to, rid, seq, data))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._task is None:  # started by the first event, on the loop that serves
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self.wake.set()
+
+    # ---- the writer task -----------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        pause = 0.05
+        while True:
+            await self.wake.wait()
+            await asyncio.sleep(self.tick)  # what comes meanwhile goes in the same round trip
+            self.wake.clear()
+            try:
+                await self.flush()
+                pause = 0.05
+            except _GONE as error:
+                self.counts.failures += 1
+                self.live.failed(error)
+                self.wake.set()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+            except Exception:  # noqa: BLE001 - a refused batch (a bug) must not end mirroring, nor be retried as is
+                self.counts.failures += 1
+                LOG.exception("could not mirror reply events to redis")
+                await asyncio.sleep(1.0)
+
+    async def flush(self) -> None:
+        """Send everything pending in one transaction. If Redis cannot be reached all of it stays pending; if it
+        refuses the batch, the replies' next flush sends their events again from where their stream is."""
+        dirty, self.dirty = self.dirty, set()
+        frames, self.frames = self.frames, deque()
+        pipe = self.live.client.pipeline(transaction=True)
+        batch = _Batch()
+        now = time.monotonic()
+        for job_id in dirty:
+            mirrored = self.jobs.get(job_id)
+            if mirrored is not None:
+                self._mirror(pipe, mirrored, now, batch)
+        grouped: dict[bytes, list[bytes]] = {}
+        for to, rid, seq, data in frames:
+            grouped.setdefault(to, [self.node]).append(b"%b %d %b" % (rid, seq, data))
+        for to, pieces in grouped.items():
+            pipe.publish(to, b"\n".join(pieces))
+        if not len(pipe):
+            return
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except (*_GONE, asyncio.CancelledError):
+            self.dirty |= dirty
+            frames.extend(self.frames)
+            self.frames = frames
+            while len(self.frames) > self.max_frames:
+                self.frames.pop()
+                self.counts.frames_dropped += 1
+            raise
+        self.counts.round_trips += 1
+        self.counts.events += batch.events
+        self.counts.frames += len(frames)
+        for result in results:
+            # A retried flush whose first try got through adds nothing twice: XADD refuses a seq it has.
+            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+                LOG.warning("redis refused a reply log command", extra={"reason": str(result)})
+        for sent in batch.sent:
+            mirrored = sent.mirrored
+            mirrored.seq, mirrored.base_seq, mirrored.message = sent.seq, sent.base_seq, sent.message
+            mirrored.queue, mirrored.status, mirrored.registered = sent.queue, sent.status, True
+            mirrored.refreshed = sent.refreshed
+            if sent.finished:
+                self.jobs.pop(mirrored.job.id, None)
+
+    def _mirror(self, pipe: Pipeline, mirrored: Mirrored, now: float, batch: _Batch) -> None:
+        """Queue one reply's new events and registry changes on the transaction."""
+        job = mirrored.job
+        if job.finished and now - job.finished_at > self.retain:  # its keys would be gone at once
+            self.jobs.pop(job.id, None)
+            return
+        stream, registry = keys(self.live, job.id)
+        fields: dict[FieldT, EncodableT] = {}
+        if not mirrored.registered:
+            fields.update(conversation=job.conversation_id, owner=job.owner, node=self.live.node)
+        # The local log folded events: move the base in Redis along when the stream lacks them (they were folded
+        # before they were sent) or holds a quarter more than the log, so it stays bounded without a rewrite of
+        # the base at every event.
+        base_seq = mirrored.base_seq
+        if job.base_seq > base_seq and (
+            job.base_seq > mirrored.seq or job.base_seq - base_seq >= max(16, len(job.events) // 4)
+        ):
+            base_seq = job.base_seq
+            fields.update(
+                base_seq=base_seq,
+                base_content="".join(job.base_content),
+                base_thinking="".join(job.base_thinking),
+                base_status=job.base_status,
+            )
+        status = mirrored.status or job.base_status
+        fresh = []
+        after = max(mirrored.seq, job.base_seq)
+        for seq, event, data in reversed(job.events):
+            if seq <= after:
+                break
+            fresh.append((seq, event, data))
+        for seq, event, data in reversed(fresh):
+            pipe.xadd(stream, {b"d": data}, id=entry_id(seq))
+            status = _status(event, status)
+        batch.events += len(fresh)
+        if base_seq > mirrored.base_seq:
+            pipe.xtrim(stream, minid=entry_id(base_seq + 1), approximate=True)
+        if job.message is not mirrored.message:
+            fields["message"] = message_json(job.message)
+        if job.queue_position != mirrored.queue or not mirrored.registered:
+            fields["queue"] = "" if job.queue_position is None else job.queue_position
+        if status != mirrored.status:
+            fields["status"] = status
+        if job.finished:
+            fields["finished"] = 1
+        if job.seq != mirrored.seq or not mirrored.registered:
+            fields["seq"] = job.seq
+        if fields:
+            pipe.hset(registry, mapping=fields)
+        refreshed = mirrored.refreshed
+        if job.finished:
+            pipe.expire(stream, round(self.retain))
+            pipe.expire(registry, round(self.retain))
+        elif fresh and (
+            refreshed is None or now - refreshed > ORPHAN_TTL / 3
+        ):  # the stream exists once it has an entry
+            pipe.expire(stream, ORPHAN_TTL)
+            pipe.expire(registry, ORPHAN_TTL)
+            refreshed = now
+        elif not mirrored.registered:
+            pipe.expire(registry, ORPHAN_TTL)
+        batch.sent.append(
+            _Sent(mirrored, job.seq, base_seq, job.message, job.queue_position, status, job.finished, refreshed)
+        )
+
+
+def _status(event: dict[str, object], status: str) -> str:
+    """The reply's status after an event (the registry's copy of what a snapshot shows)."""
+    kind = event["type"]
+    if kind == "reply.status":
+        return str(event["status"])
+    if kind in ("reply.start", "reply.done"):
+        message = event["message"]
+        return message.status if isinstance(message, Message) else status
+    return status
