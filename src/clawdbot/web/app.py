@@ -34,6 +34,7 @@ from ..chat.state import MemoryRunningReplies, MemorySendResults
 from ..chat.titles import Titles
 from ..errors import BackendError, ClawdbotError, Conflict, NotFound, Overloaded, PayloadTooLarge, openai_error
 from ..gateway.relay import Relay
+from ..live.chat import SharedChat
 from ..live.connection import Live
 from ..logs import LOG, AccessLog, LineWriter
 from ..logs import setup as setup_logging
@@ -198,8 +199,10 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         "code",
         lambda: auth.refused,
     )
-    interrupted = await store.interrupt_unfinished()
-    if interrupted:
+    # Several processes on one database (Redis): only replies whose writer is gone are ended, by the sweep.
+    live = app[LIVE]
+    shared = SharedChat(live, store) if live is not None else None
+    if shared is None and (interrupted := await store.interrupt_unfinished()):
         LOG.warning("replies left unfinished by a previous run are marked interrupted", extra={"count": interrupted})
     log = MemoryLog(max_events=settings.reply_log_events, max_bytes=settings.reply_log_bytes)
     app[METRICS].gauges["clawdbot_reply_log_bytes"] = (
@@ -213,13 +216,16 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         app[FLEET],
         log,
         admission,
-        MemoryRunningReplies(),
+        shared.running if shared is not None else MemoryRunningReplies(),
         app[METRICS],
         checkpoint_interval=settings.checkpoint_interval,
     )
+    results = shared.results if shared is not None else MemorySendResults()
     chat = app[CHAT] = Chat(
-        store, generations, app[FLEET], settings, limits, log=log, admission=admission, results=MemorySendResults()
+        store, generations, app[FLEET], settings, limits, log=log, admission=admission, results=results
     )
+    if shared is not None:
+        shared.open()
     titles = Titles(store, generations, app[FLEET], limits, admission, log, app[METRICS])
     watching = asyncio.create_task(limits.watch(settings.health_interval))
     try:
@@ -229,6 +235,8 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         await titles.close()
         await chat.finish_turns()
         await generations.shutdown()
+        if shared is not None:
+            await shared.close()
         await app[AUTH].close()
         await store.close()
 
