@@ -8,9 +8,12 @@ Every test runs real gateway processes on one PostgreSQL database and one Redis 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
+import asyncpg
+import httpx
 import pytest
 
 from chat_support import ChatApi, chat_api, sim_runner, wait_until
@@ -75,6 +78,41 @@ def test_a_send_on_another_replica_gets_409_and_a_retried_one_gets_the_first_ans
     assert [m["id"] for m in shown] == [sent["message"]["id"], reply_id]  # one message, one reply
     free = b.send(conversation, "and now?")  # the conversation is free everywhere once the reply is stored
     ended(b, conversation, free["reply"]["id"], timeout=10)
+
+
+@pytest.mark.asyncio
+async def test_a_send_retried_on_another_replica_while_the_first_is_starting_waits_for_its_answer(
+    replicas: list[Server], shared: tuple[str, str]
+) -> None:
+    a, b = (f"{server.url}/chat/api/conversations" for server in replicas)
+    async with httpx.AsyncClient(timeout=30) as http:
+        conversation = (await http.post(a, json={})).json()["conversation"]["id"]
+        send = {"content": "slow to start", "client_id": "starting"}
+        # The first send's write waits for this lock: its turn stays starting on A meanwhile.
+        database = await asyncpg.connect(shared[0])
+        try:
+            locked = database.transaction()
+            await locked.start()
+            await database.execute("SELECT id FROM conversations WHERE id = $1 FOR UPDATE", conversation)
+            first = asyncio.create_task(http.post(f"{a}/{conversation}/messages", json=send))
+            await asyncio.to_thread(
+                wait_until, lambda: f"{shared[1]}:{{{conversation}}}:turn" in keys(shared[1]), "the turn to start"
+            )
+            other = await http.post(f"{b}/{conversation}/messages", json={"content": "me too"})
+            assert other.status_code == 409, other.text  # a turn is starting there: no reply to name yet
+            assert "reply_id" not in other.json()
+            retried = asyncio.create_task(http.post(f"{b}/{conversation}/messages", json=send))
+            await asyncio.sleep(1)
+            assert not retried.done()  # it waits for the first one's answer
+            await locked.commit()
+        finally:
+            await database.close()
+        answered, again = await first, await retried
+    assert answered.status_code == 202, answered.text
+    assert again.status_code == 200, again.text
+    assert again.json()["duplicate"] is True
+    assert again.json()["message"]["id"] == answered.json()["message"]["id"]
+    assert again.json()["reply"]["id"] == answered.json()["reply"]["id"]
 
 
 def test_stop_on_another_replica_stops_the_writer(apis: tuple[ChatApi, ChatApi], simulator: Server) -> None:
