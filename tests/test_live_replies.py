@@ -171,7 +171,7 @@ def test_a_replica_restarting_does_not_interrupt_another_ones_reply(
         restarted.stop()
 
 
-def test_kill_9_of_the_writer_leaves_its_reply_to_the_sweep(
+def test_kill_9_of_the_writer_leaves_its_reply_to_the_sweep_and_a_stop_need_not_wait_for_it(
     apis: tuple[ChatApi, ChatApi], simulator: Server, shared: tuple[str, str]
 ) -> None:
     _, b = apis
@@ -179,14 +179,26 @@ def test_kill_9_of_the_writer_leaves_its_reply_to_the_sweep(
     doomed = start_replica(simulator.url, *shared)
     with chat_api(doomed.url) as c:
         conversation, sent = start_writing(c, simulator, 30, "crash")
+        stopped, to_stop = start_writing(c, simulator, 30, "crash-and-stop")
         reply_id = sent["reply"]["id"]
     time.sleep(1.5)  # more checkpointed text
     doomed.kill()
     killed_at = time.monotonic()
     assert reply_row(b, conversation, reply_id)["status"] == "writing"  # nobody ended it for the dead writer
+
+    # A Stop does not wait for the sweep: once the writer is known gone (its lease ran out while it never heard),
+    # the reply is stored as stopped, with its checkpointed text.
+    stopping = b.http.post(f"/conversations/{stopped}/stop")
+    assert stopping.json() == {"stopping": to_stop["reply"]["id"]}
+    row = reply_row(b, stopped, to_stop["reply"]["id"])
+    assert (row["status"], row["error_kind"]) == ("stopped", None)
+    assert row["content"]
+    assert long.startswith(row["content"])
+
     row = ended(b, conversation, reply_id, timeout=25)
     assert (row["status"], row["error_kind"]) == ("interrupted", "gateway_stopped")
     assert row["content"]
     assert long.startswith(row["content"])
     assert time.monotonic() - killed_at > 4  # not before its lease ran out
     assert b.send(conversation, "go on")["reply"]["id"]  # the conversation is free again
+    assert reply_row(b, stopped, to_stop["reply"]["id"])["status"] == "stopped"  # the sweep left it so

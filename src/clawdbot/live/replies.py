@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from ..chat.state import Running
 from ..errors import RedisUnavailable
 from ..logs import LOG
 from ..store.conversations import Store
@@ -39,7 +40,7 @@ from .leases import LEASE_MS, Leases
 if TYPE_CHECKING:
     from ..chat.generations import Generation
     from ..chat.results import TurnResult
-    from ..chat.state import Answer, Running
+    from ..chat.state import Answer
 
 STOP = b"reply.stop "  # on a writer's inbox, followed by the reply's id
 # Seconds between tries to reach a writer that does not listen (its pub/sub reconnecting, or it died): until its
@@ -99,8 +100,6 @@ class RedisRunningReplies:
         )
 
     async def get(self, conversation_id: str) -> Running | None:
-        from ..chat.state import Running
-
         generation = self.by_conversation.get(conversation_id)
         if generation is not None:
             return Running(generation.id, conversation_id, generation.client_id, generation, self.live.node)
