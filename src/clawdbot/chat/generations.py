@@ -29,7 +29,7 @@ from ..store.conversations import Store
 from ..store.records import Checkpoint, Message, Outcome, as_row, now_ms
 from .context import continuation
 from .eventlog import GenerationLog, Job
-from .state import RunningReplies
+from .state import Running, RunningReplies
 
 _IN_FLIGHT = ("waiting", "thinking", "writing")  # a checkpoint never writes a final status: _finish does
 _RETRY_DELAY = 0.5  # before the one unseen retry: long enough for a restarting backend, short against a TTFT
@@ -155,10 +155,11 @@ class Generations:
         self.admission, self.metrics = admission, metrics
         self.checkpoint_interval = checkpoint_interval
         self.active = active  # by conversation: one reply at a time in each
+        active.on_stop(self._cancel)  # a Stop or Delete that reached another process first
         self._checkpointer: asyncio.Task[None] | None = None
         self.finished: list[Callable[[Generation], None]] = []  # told of every reply once it is stored
 
-    def start(
+    async def start(
         self,
         reply: Message,
         body: dict[str, Any],
@@ -173,7 +174,7 @@ class Generations:
             generation.content.append(reply.content)
         if reply.thinking:
             generation.thinking.append(reply.thinking)
-        self.active.add(generation)
+        await self.active.add(generation)
         self.log.register(Job(generation.id, generation.conversation_id, owner, reply))
         self.admission.watch(ticket, lambda position: self._queued(generation, position))
         self._emit(generation, {"type": "reply.start", "message": reply})  # the reply as it started
@@ -182,21 +183,28 @@ class Generations:
             self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoints())
         return generation
 
-    def running(self, conversation_id: str) -> Generation | None:
-        """The reply being written in the conversation, if one is."""
-        return self.active.get(conversation_id)
+    async def running(self, conversation_id: str) -> Running | None:
+        """The reply being written in the conversation, if one is (by any process)."""
+        return await self.active.get(conversation_id)
 
     async def snapshot(self, conversation_id: str) -> dict[str, Any] | None:
-        """The reply being written in the conversation, as far as it got, for a client that arrives now."""
-        generation = self.active.get(conversation_id)
-        job = await self.log.job(generation.id) if generation is not None else None
+        """The reply being written in the conversation (by any process), as far as it got, for a client that
+        arrives now."""
+        running = await self.active.get(conversation_id)
+        job = await self.log.job(running.id) if running is not None else None
         return job.snapshot() if job is not None else None
 
-    def stop(self, conversation_id: str) -> Generation | None:
-        generation = self.active.get(conversation_id)
-        if generation is not None and generation.task is not None:
+    async def stop(self, conversation_id: str) -> str | None:
+        """Stop the conversation's reply, here or in another process (stored as stopped); its id, None if none."""
+        generation = self.active.local(conversation_id)
+        if generation is None:
+            return await self.active.stop_elsewhere(conversation_id)
+        self._cancel(generation)
+        return generation.id
+
+    def _cancel(self, generation: Generation) -> None:
+        if generation.task is not None:
             generation.task.cancel()  # closes the backend request; _run stores the partial reply as stopped
-        return generation
 
     async def shutdown(self) -> None:
         """Store what every reply in flight has so far, marked interrupted, before the process exits."""
@@ -388,7 +396,7 @@ class Generations:
             await asyncio.shield(self.store.finish_reply(generation.id, outcome))
         except Exception:  # noqa: BLE001 - the reply is still sent to listeners; the failure is logged
             LOG.exception("could not store a finished reply", extra={"reply_id": generation.id})
-        self.active.remove(generation)
+        await self.active.remove(generation)
         if generation.cut is not None:
             self.metrics.reply_cuts[generation.cut] += 1
         if generation.final is not None or generation.cut is not None:

@@ -156,7 +156,7 @@ class Chat:
 
     async def switch(self, conversation_id: str, message_id: str, *, actor: Actor) -> Shown:
         """Show another version of a message (versions.show); other tabs get it as a `version.shown` event."""
-        with await self._reserve(conversation_id, actor.id):
+        async with await self._reserve(conversation_id, actor.id):
             await self.conversation(conversation_id, actor.id)
             shown = await versions.show(self.store, conversation_id, message_id)
         if shown is None:
@@ -181,7 +181,7 @@ class Chat:
         if client_id is not None and (earlier := await self.turns.sent_before(conversation_id, client_id)) is not None:
             await self.conversation(conversation_id, actor.id)  # someone else's send is not found, not repeated
             return earlier
-        with await self._reserve(conversation_id, actor.id, client_id) as turn:
+        async with await self._reserve(conversation_id, actor.id, client_id) as turn:
             conversation, history = await self._history(conversation_id, actor.id)
             if client_id is not None and (earlier := _answered(history, client_id)) is not None:
                 return earlier  # stored between the check above and this read
@@ -202,7 +202,7 @@ class Chat:
             return turn.done(TurnResult(user_message, reply))
 
     async def _regenerate(self, conversation_id: str, actor: Actor) -> TurnResult:
-        with await self._reserve(conversation_id, actor.id):
+        async with await self._reserve(conversation_id, actor.id):
             conversation, history = await self._history(conversation_id, actor.id)
             if not any(m.role == "user" for m in history):
                 raise BadRequest("there is no message to answer again")
@@ -211,7 +211,7 @@ class Chat:
         return await self._versioned(TurnResult(None, reply), reply)
 
     async def _continue(self, conversation_id: str, actor: Actor) -> TurnResult:
-        with await self._reserve(conversation_id, actor.id):
+        async with await self._reserve(conversation_id, actor.id):
             conversation, history = await self._history(conversation_id, actor.id)
             last = history[-1] if history else None
             if last is None or last.role != "assistant" or not ended_early(last):
@@ -220,7 +220,7 @@ class Chat:
         return await self._versioned(TurnResult(None, reply), reply)
 
     async def _edit(self, conversation_id: str, content: str, message_id: str | None, actor: Actor) -> TurnResult:
-        with await self._reserve(conversation_id, actor.id):
+        async with await self._reserve(conversation_id, actor.id):
             conversation, history = await self._history(conversation_id, actor.id)
             if not any(m.role == "user" for m in history):
                 raise BadRequest("there is no message to edit")
@@ -242,8 +242,7 @@ class Chat:
     async def stop(self, conversation_id: str, owner: str) -> str | None:
         """Stop the reply being written in the conversation; its id, None if none was."""
         await self.conversation(conversation_id, owner)
-        generation = self.generations.stop(conversation_id)
-        return generation.id if generation else None
+        return await self.generations.stop(conversation_id)
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _checked(self, content: str) -> str:
@@ -260,7 +259,7 @@ class Chat:
         """The conversation, marked as starting a reply; its Conflict (which says where the running reply is)
         only for its owner. Ownership of a conversation that is free is checked by the turn's own read."""
         try:
-            return self.turns.begin(conversation_id, client_id)
+            return await self.turns.begin(conversation_id, client_id)
         except Conflict:
             await self.conversation(conversation_id, owner)
             raise
@@ -359,7 +358,7 @@ class Chat:
         )
         prompt = next((m for m in new if m.role == "user"), None)
         guard = Guard(self.limits.max_num_predict, self.limits.max_reply_seconds)
-        self.generations.start(reply, body, ticket, prompt=prompt, owner=actor.id, guard=guard)
+        await self.generations.start(reply, body, ticket, prompt=prompt, owner=actor.id, guard=guard)
         return reply
 
 

@@ -1,6 +1,7 @@
 """One turn at a time in each conversation: a send, edit, regenerate, continue or version switch holds its
-conversation from "may I start?" until its reply's generation exists, and a turn runs to its end even when the
-client that asked goes away. Ownership is the caller's (service.py) to check."""
+conversation (in every gateway process, where several share the state) from "may I start?" until its reply's
+generation exists, and a turn runs to its end even when the client that asked goes away. Ownership is the caller's
+(service.py) to check."""
 
 from __future__ import annotations
 
@@ -33,23 +34,31 @@ class Turns:
         self.results = results
         self._running: set[asyncio.Task[TurnResult]] = set()  # turns whose client left: they still finish
 
-    def begin(self, conversation_id: str, client_id: str | None = None) -> Turn:
-        """The conversation, for a `with` block; Busy (a Conflict) while it has a reply in flight or another turn
-        is starting there."""
-        running = self.generations.running(conversation_id)
-        if running is not None or self.results.starting(conversation_id):
-            raise Busy(conversation_id, running.id if running is not None else None)
-        return Turn(self.results, conversation_id, client_id)
+    async def begin(self, conversation_id: str, client_id: str | None = None) -> Turn:
+        """The conversation, taken for an `async with` block; Busy (a Conflict) while it has a reply in flight or
+        another turn is starting there."""
+        running = await self.generations.running(conversation_id)
+        turn = Turn(self.results, conversation_id, client_id)
+        if running is None and await self.results.begin(conversation_id, client_id, turn.answer):
+            return turn
+        if running is None:  # refused by a check only the shared state can make: the running reply, if any now
+            running = await self.generations.running(conversation_id)
+        raise Busy(conversation_id, running.id if running is not None else None)
 
     async def sent_before(self, conversation_id: str, client_id: str) -> TurnResult | None:
         """The answer already given to a send with this client id, if it is starting or running now."""
-        starting = self.results.answer(conversation_id, client_id)
+        starting = await self.results.answer(conversation_id, client_id)
         if starting is not None:
-            return replace(await asyncio.shield(starting), duplicate=True)
-        running = self.generations.running(conversation_id)
-        if running is not None and running.prompt is not None and running.client_id == client_id:
-            return TurnResult(running.prompt, running.reply, duplicate=True)
-        return None  # a send that finished is found in the history the turn reads anyway
+            return replace(starting, duplicate=True)
+        running = await self.generations.running(conversation_id)
+        if running is None or running.client_id != client_id:
+            return None  # a send that finished is found in the history the turn reads anyway
+        generation = running.generation
+        if generation is not None and generation.prompt is not None:
+            return TurnResult(generation.prompt, generation.reply, duplicate=True)
+        # Another process writes it: the turn's write was committed before its reply started.
+        message, reply = await self.generations.store.by_client_id(conversation_id, client_id)
+        return TurnResult(message, reply, duplicate=True) if message is not None else None
 
     async def to_the_end(self, turn: Coroutine[Any, Any, TurnResult]) -> TurnResult:
         """Run a turn to its end even if the client that asked goes away (aiohttp cancels its handler): a turn
@@ -65,8 +74,8 @@ class Turns:
 
 
 class Turn:
-    """Marks a conversation as starting a reply for the length of a `with` block, so two sends cannot race; a
-    retry of the same send (same client id) waits for this one's answer instead."""
+    """A conversation taken for a starting turn (Turns.begin) until the end of an `async with` block, so two sends
+    cannot race; a retry of the same send (same client id) waits for this one's answer instead."""
 
     def __init__(self, results: SendResults, conversation_id: str, client_id: str | None):
         self.results, self.conversation_id = results, conversation_id
@@ -74,21 +83,22 @@ class Turn:
         self.answer.add_done_callback(lambda answer: answer.cancelled() or answer.exception())  # no retry waited
         self.client_id = client_id
 
-    def __enter__(self) -> Turn:
-        self.results.begin(self.conversation_id, self.client_id, self.answer)
+    async def __aenter__(self) -> Turn:
         return self
 
     def done(self, result: TurnResult) -> TurnResult:
         self.answer.set_result(result)
         return result
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, *rest: object) -> None:
-        self.results.end(self.conversation_id)
-        if not self.answer.done():
-            if isinstance(error, Exception):
-                self.answer.set_exception(error)
-            else:
-                self.answer.cancel()
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, *rest: object) -> None:
+        try:
+            await self.results.end(self.conversation_id)
+        finally:
+            if not self.answer.done():
+                if isinstance(error, Exception):
+                    self.answer.set_exception(error)
+                else:
+                    self.answer.cancel()
 
 
 def _settled(task: asyncio.Task[Any]) -> None:

@@ -6,6 +6,7 @@ A message is a row of its own: saving one never rewrites its conversation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from .database import Database
-from .records import Checkpoint, Conversation, Message, Outcome, as_row, new_id, now_ms
+from .records import Checkpoint, Conversation, Message, Outcome, Unfinished, as_row, new_id, now_ms
 
 metadata = MetaData()
 
@@ -206,6 +207,7 @@ class Store:
     async def delete_conversation(self, conversation_id: str) -> bool:
         def query(conn: Connection) -> int:
             mine = select(messages.c.id).where(messages.c.conversation_id == conversation_id)
+            conn.execute(mine.with_for_update())  # rows before their checkpoints, as every writer locks them
             conn.execute(delete(reply_checkpoints).where(reply_checkpoints.c.id.in_(mine)))
             conn.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
             return conn.execute(delete(conversations).where(conversations.c.id == conversation_id)).rowcount
@@ -293,9 +295,11 @@ class Store:
         )
 
         def query(conn: Connection) -> None:
+            # The message rows first, then their checkpoints: the order in which every writer locks them, so that
+            # two gateway processes on one PostgreSQL database never deadlock (a Delete while a reply is stored).
+            conn.execute(status, [{"b_id": r.id, "b_status": r.status} for r in rows])
             conn.execute(delete(reply_checkpoints).where(reply_checkpoints.c.id.in_([r["id"] for r in saved])))
             conn.execute(reply_checkpoints.insert(), saved)
-            conn.execute(status, [{"b_id": r.id, "b_status": r.status} for r in rows])
 
         await self.write(query)
 
@@ -310,29 +314,74 @@ class Store:
 
     async def interrupt_unfinished(self) -> int:
         """Replies still marked in progress belong to a gateway that stopped: mark them interrupted, with the
-        text of their last checkpoint."""
-        saved = reply_checkpoints.c
-
-        def checkpointed(column: Any, own: Any) -> Any:
-            return func.coalesce(select(column).where(saved.id == messages.c.id).scalar_subquery(), own)
+        text of their last checkpoint. (Only for a gateway alone on its database: where several processes share
+        it, `end_unfinished` ends the replies whose writer is gone, and no other.)"""
 
         def query(conn: Connection) -> int:
-            count = conn.execute(
-                update(messages)
-                .where(messages.c.status.in_(_ACTIVE))
-                .values(
-                    status="interrupted",
-                    content=checkpointed(saved.content, messages.c.content),
-                    thinking=checkpointed(saved.thinking, messages.c.thinking),
-                    finished_at=now_ms(),
-                    error="The gateway stopped while this reply was being written; the text so far is kept.",
-                    error_kind="gateway_stopped",
-                )
-            ).rowcount
+            count = conn.execute(update(messages).where(messages.c.status.in_(_ACTIVE)).values(**_ended("interrupted")))
             conn.execute(delete(reply_checkpoints))
-            return int(count)
+            return int(count.rowcount)
 
         return int(await self.write(query))
+
+    async def unfinished(
+        self, ids: Sequence[str] | None = None, *, conversation_id: str | None = None
+    ) -> list[Unfinished]:
+        """Replies still marked in progress: all of them, those of `ids`, or those of one conversation."""
+        active_at = func.coalesce(
+            select(reply_checkpoints.c.updated_at).where(reply_checkpoints.c.id == messages.c.id).scalar_subquery(),
+            messages.c.created_at,
+        )
+        query = select(messages.c.id, messages.c.conversation_id, active_at).where(messages.c.status.in_(_ACTIVE))
+        if ids is not None:
+            query = query.where(messages.c.id.in_(list(ids)))
+        if conversation_id is not None:
+            query = query.where(messages.c.conversation_id == conversation_id)
+
+        def run(conn: Connection) -> list[Unfinished]:
+            return [Unfinished(*row) for row in conn.execute(query)]
+
+        if ids is not None and not ids:
+            return []
+        return list(await self.read(run))
+
+    async def end_unfinished(self, ids: Sequence[str], status: str) -> list[str]:
+        """End those of the replies `ids` still marked in progress, with the text of their last checkpoint:
+        `interrupted` (their writer is gone) or `stopped` (a Stop found their writer gone). The ids of those it
+        ended; one its writer ended meanwhile keeps its own outcome."""
+
+        def query(conn: Connection) -> list[str]:
+            still = messages.c.id.in_(list(ids)) & messages.c.status.in_(_ACTIVE)
+            found = [row[0] for row in conn.execute(select(messages.c.id).where(still).with_for_update())]
+            if found:
+                ended = messages.c.id.in_(found)
+                conn.execute(update(messages).where(ended).values(**_ended(status)))
+                conn.execute(delete(reply_checkpoints).where(reply_checkpoints.c.id.in_(found)))
+            return found
+
+        return list(await self.write(query)) if ids else []
+
+
+def _ended(status: str) -> dict[str, Any]:
+    """The columns of a reply ended for its writer, which is gone: its last checkpoint's text, and why."""
+    saved = reply_checkpoints.c
+
+    def checkpointed(column: Any, own: Any) -> Any:
+        return func.coalesce(select(column).where(saved.id == messages.c.id).scalar_subquery(), own)
+
+    why: dict[str, Any] = {"error": None, "error_kind": None}
+    if status == "interrupted":
+        why = {
+            "error": "The gateway stopped while this reply was being written; the text so far is kept.",
+            "error_kind": "gateway_stopped",
+        }
+    return {
+        "status": status,
+        "content": checkpointed(saved.content, messages.c.content),
+        "thinking": checkpointed(saved.thinking, messages.c.thinking),
+        "finished_at": now_ms(),
+        **why,
+    }
 
 
 def _conversation(conn: Connection, conversation_id: str, user_id: str | None = None) -> Conversation | None:

@@ -115,6 +115,15 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Unfinished:
+    """A reply the database has as still being written: whether anyone still writes it is for the caller to say."""
+
+    id: str
+    conversation_id: str
+    active_at: int  # its last checkpoint, else when it started (milliseconds since the epoch)
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How a reply ended: the columns Store.finish_reply writes, which its Message takes too. Every one is written,
     None included: the reply's row was stored with None in each that the reply had not reached yet."""

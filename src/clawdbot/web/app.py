@@ -29,6 +29,7 @@ from ..chat.service import Chat
 from ..chat.state import MemoryRunningReplies, MemorySendResults
 from ..chat.titles import Titles
 from ..gateway.relay import Relay
+from ..live.chat import SharedChat
 from ..live.connection import Live
 from ..live.credentials import RedisCredentialCache
 from ..live.eventlog import RedisLog
@@ -200,11 +201,12 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         "code",
         lambda: auth.refused,
     )
-    interrupted = await store.interrupt_unfinished()
-    if interrupted:
+    # Several processes on one database (Redis): only replies whose writer is gone are ended, by the sweep.
+    live = app[LIVE]
+    shared = SharedChat(live, store) if live is not None else None
+    if shared is None and (interrupted := await store.interrupt_unfinished()):
         LOG.warning("replies left unfinished by a previous run are marked interrupted", extra={"count": interrupted})
     caps = {"max_events": settings.reply_log_events, "max_bytes": settings.reply_log_bytes}
-    live = app[LIVE]
     log = MemoryLog(**caps) if live is None else RedisLog(live, metrics=app[METRICS], **caps)
     app[METRICS].gauges["clawdbot_reply_log_bytes"] = (
         "Bytes of reply events kept for resuming clients, all replies together.",
@@ -217,13 +219,16 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         app[FLEET],
         log,
         admission,
-        MemoryRunningReplies(),
+        shared.running if shared is not None else MemoryRunningReplies(),
         app[METRICS],
         checkpoint_interval=settings.checkpoint_interval,
     )
+    results = shared.results if shared is not None else MemorySendResults()
     chat = app[CHAT] = Chat(
-        store, generations, app[FLEET], settings, limits, log=log, admission=admission, results=MemorySendResults()
+        store, generations, app[FLEET], settings, limits, log=log, admission=admission, results=results
     )
+    if shared is not None:
+        shared.open()
     titles = Titles(store, generations, app[FLEET], limits, admission, log, app[METRICS])
     watching = asyncio.create_task(limits.watch(settings.health_interval))
     try:
@@ -235,6 +240,8 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         await generations.shutdown()
         if isinstance(log, RedisLog):  # after the last replies' final events
             await log.close()
+        if shared is not None:
+            await shared.close()
         await app[AUTH].close()
         await store.close()
 
