@@ -369,15 +369,19 @@ async def test_without_redis_replies_stream_here_and_redis_catches_up_when_it_is
     try:
         with chat_api(flaky.url) as api:
             conversation = api.create()["id"]
-        script(simulator, {"match": "no redis", "reply": ANSWER, "thinking": THOUGHT})
+        # Twice as long as the others (about 5.5 s): it must outlast the outage's detection (/readyz, ~1 s).
+        script(simulator, {"match": "no redis", "reply": f"{ANSWER} {ANSWER}", "thinking": THOUGHT})
         tab = await connect(session, flaky.url)
         await tab.command("subscribe", conversation_id=conversation)
-        cut.cut()
-        wait_until(lambda: httpx.get(f"{flaky.url}/readyz").json()["redis"]["status"] == "unavailable", "/readyz")
+        # A new turn needs Redis (the 409 across processes): the reply starts, then Redis goes away mid-reply.
         writer = await sending(session, flaky, conversation, "no redis")
         reply_id = writer.reply_id  # type: ignore[attr-defined]
-        await writer.until(lambda e: e["type"] == "reply.delta" and e["seq"] >= 8)
-        await tab.until(lambda e: e["type"] == "reply.delta" and e["seq"] >= 8)  # the other tab here too
+        await writer.until(lambda e: e["type"] == "reply.delta" and e["seq"] >= 4)
+        cut.cut()
+        wait_until(lambda: httpx.get(f"{flaky.url}/readyz").json()["redis"]["status"] == "unavailable", "/readyz")
+        cut_at = max(e.get("seq", 0) for e in writer.seen)
+        await writer.until(lambda e: e["type"] == "reply.delta" and e["seq"] >= cut_at + 8)
+        await tab.until(lambda e: e["type"] == "reply.delta" and e["seq"] >= cut_at + 8)  # the other tab here too
         cut.restore()
         await writer.until(done_of(reply_id), within=20)
         await tab.until(done_of(reply_id))
