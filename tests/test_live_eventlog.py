@@ -85,11 +85,11 @@ def reply_events(events: list[dict[str, Any]], reply_id: str) -> list[dict[str, 
     return [e for e in events if e["type"].startswith("reply.") and e.get("id") == reply_id and "seq" in e]
 
 
-def whole(events: list[dict[str, Any]]) -> None:
+def whole(events: list[dict[str, Any]], answer: str = ANSWER) -> None:
     """A reply's events from seq 1 to its end: each once, in order."""
     assert seqs(events) == list(range(1, len(events) + 1))
     assert deltas(events, "thinking") == THOUGHT
-    assert deltas(events, "content") == ANSWER
+    assert deltas(events, "content") == answer
 
 
 async def sending(session: aiohttp.ClientSession, server: Server, conversation_id: str, content: str) -> Socket:
@@ -370,7 +370,8 @@ async def test_without_redis_replies_stream_here_and_redis_catches_up_when_it_is
         with chat_api(flaky.url) as api:
             conversation = api.create()["id"]
         # Twice as long as the others (about 5.5 s): it must outlast the outage's detection (/readyz, ~1 s).
-        script(simulator, {"match": "no redis", "reply": f"{ANSWER} {ANSWER}", "thinking": THOUGHT})
+        long_answer = f"{ANSWER} {ANSWER}"
+        script(simulator, {"match": "no redis", "reply": long_answer, "thinking": THOUGHT})
         tab = await connect(session, flaky.url)
         await tab.command("subscribe", conversation_id=conversation)
         # A new turn needs Redis (the 409 across processes): the reply starts, then Redis goes away mid-reply.
@@ -385,8 +386,8 @@ async def test_without_redis_replies_stream_here_and_redis_catches_up_when_it_is
         cut.restore()
         await writer.until(done_of(reply_id), within=20)
         await tab.until(done_of(reply_id))
-        whole(reply_events(writer.seen, reply_id))
-        whole(reply_events(tab.seen, reply_id))
+        whole(reply_events(writer.seen, reply_id), long_answer)
+        whole(reply_events(tab.seen, reply_id), long_answer)
         client = redis_or_skip()
         stream = f"{prefix}:{{{reply_id}}}:log"
         last = reply_events(writer.seen, reply_id)[-1]["seq"]
