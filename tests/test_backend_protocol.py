@@ -16,7 +16,8 @@ from clawdbot.backends.admission import MemoryAdmission
 from clawdbot.backends.base import Backend, BackendStatus, Delta, Final
 from clawdbot.backends.fleet import Fleet
 from clawdbot.chat.eventlog import MemoryLog
-from clawdbot.chat.generations import Generation, Generations
+from clawdbot.chat.generation import Generation
+from clawdbot.chat.generations import Generations
 from clawdbot.chat.service import Chat
 from clawdbot.chat.state import MemoryRunningReplies, MemorySendResults
 from clawdbot.errors import BackendError

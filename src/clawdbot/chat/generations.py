@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from ..backends.admission import Admission, Ticket
@@ -26,112 +26,14 @@ from ..errors import BackendError
 from ..logs import LOG
 from ..metrics import Metrics
 from ..store.conversations import Store
-from ..store.records import Checkpoint, Message, Outcome, as_row, now_ms
+from ..store.records import Message, as_row
 from .context import continuation
 from .eventlog import GenerationLog, Job
+from .generation import Generation, Guard
 from .state import Running, RunningReplies
 
 _IN_FLIGHT = ("waiting", "thinking", "writing")  # a checkpoint never writes a final status: _finish does
 _RETRY_DELAY = 0.5  # before the one unseen retry: long enough for a restarting backend, short against a TTFT
-_ENDED_EARLY = ("interrupted", "failed", "stopped")
-# The done_reason of a reply cut off before the model ended it: Ollama's, at num_predict (or a full context), and
-# the gateway's own at its limits (Guard).
-CUT_OFF = ("length", "time_limit")
-
-
-def ended_early(reply: Message) -> bool:
-    """Whether Continue may go on from this reply: it ended before the model had said all it would."""
-    return reply.status in _ENDED_EARLY or (reply.status == "done" and reply.done_reason in CUT_OFF)
-
-
-@dataclass(frozen=True, slots=True)
-class Guard:
-    """Where the gateway cuts a reply off whatever the backend does: past `tokens` streamed (Ollama sends a line per
-    token, or fewer) or `seconds` after it got a slot. The reply is kept as done, with done_reason length or
-    time_limit, and the backend request is closed, which frees its slot."""
-
-    tokens: int
-    seconds: float
-
-
-@dataclass(slots=True, eq=False)
-class Generation:
-    reply: Message  # as it started, then as it was stored
-    body: dict[str, Any]
-    ticket: Ticket
-    prompt: Message | None = None  # the user message this answers (none for Regenerate)
-    status: str = "waiting"
-    content: list[str] = field(default_factory=list)
-    thinking: list[str] = field(default_factory=list)
-    streamed: bool = False  # text reached listeners: from here on, no silent retry
-    dirty: bool = False  # text or status changed since the last checkpoint
-    started: float = field(default_factory=time.perf_counter)
-    first_token: float | None = None
-    thinking_from: float | None = None
-    thinking_until: float | None = None
-    final: Final | None = None
-    error: str | None = None
-    error_kind: str | None = None
-    ending: str = "stopped"  # what a cancellation means: Stop, or the gateway shutting down ("interrupted")
-    task: asyncio.Task[None] | None = None
-    guard: Guard | None = None
-    tokens: int = 0  # lines of text streamed, as the guard counts them
-    cut: str | None = None  # the done_reason when the guard cut the reply off
-    backends: list[str] = field(default_factory=list)  # where it ran, in order (several after a failover)
-    switches: list[dict[str, Any]] = field(default_factory=list)  # each failover: from, to, at (characters)
-
-    @property
-    def id(self) -> str:
-        return self.reply.id
-
-    @property
-    def conversation_id(self) -> str:
-        return self.reply.conversation_id
-
-    @property
-    def client_id(self) -> str | None:
-        """The client's id for the message this answers: a retried send finds its reply by it."""
-        return self.prompt.client_id if self.prompt is not None else None
-
-    def checkpoint(self) -> Checkpoint:
-        content, thinking = "".join(self.content), "".join(self.thinking)
-        self.content[:], self.thinking[:] = [content], [thinking]  # joined once, not again next second
-        self.dirty = False
-        return Checkpoint(self.id, self.status, content, thinking)
-
-    def outcome(self) -> Outcome:
-        """How the finished reply is stored."""
-        now = time.perf_counter()
-        final = self.final
-        thinking_until = self.thinking_until or (now if self.thinking_from else None)
-        ended = Outcome(
-            status=self.status,
-            content="".join(self.content),
-            thinking="".join(self.thinking),
-            finished_at=now_ms(),
-            error=self.error,
-            error_kind=self.error_kind,
-            ttft_ms=_ms(self.first_token - self.started) if self.first_token else None,
-            thinking_ms=_ms(thinking_until - self.thinking_from) if self.thinking_from and thinking_until else None,
-            total_ms=_ms(now - self.started),
-            backend=",".join(self.backends) or None,
-            switches=self.switches or None,
-        )
-        if final is not None:
-            return replace(
-                ended,
-                done_reason=final.done_reason,
-                prompt_tokens=final.prompt_tokens,
-                output_tokens=final.output_tokens,
-                eval_ms=_ms(final.eval_ns / 1e9),
-            )
-        if self.cut is not None:  # the backend never sent its counts: the guard's own count stands in
-            return replace(ended, done_reason=self.cut, output_tokens=self.tokens)
-        return ended
-
-
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
 
 
 def _retryable(error: BackendError) -> bool:

@@ -23,7 +23,8 @@ from ..store.limits import Limits
 from ..store.records import Conversation, Message, new_message
 from . import catalog, context, versions
 from .eventlog import GenerationLog, Job
-from .generations import Generations, Guard, ended_early
+from .generation import Guard, ended_early
+from .generations import Generations
 from .results import ContextUse, ReplyState, Shown, TurnResult, View
 from .state import SendResults
 from .turns import Turn, Turns

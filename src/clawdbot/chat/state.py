@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from .results import TurnResult
 
 if TYPE_CHECKING:
-    from .generations import Generation
+    from .generation import Generation
 
 Answer = asyncio.Future[TurnResult]
 

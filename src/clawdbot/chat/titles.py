@@ -25,7 +25,8 @@ from ..metrics import Metrics
 from ..store.conversations import Store
 from ..store.limits import Limits
 from .eventlog import GenerationLog
-from .generations import Generation, Generations
+from .generation import Generation
+from .generations import Generations
 from .service import title_from
 
 _QUEUE = "\x00titles"  # the admission's user for this work: no real user's id

@@ -38,7 +38,7 @@ from .connection import Live
 from .leases import LEASE_MS, Leases
 
 if TYPE_CHECKING:
-    from ..chat.generations import Generation
+    from ..chat.generation import Generation
     from ..chat.results import TurnResult
     from ..chat.state import Answer
 
