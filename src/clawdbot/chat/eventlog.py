@@ -220,6 +220,12 @@ class MemoryLog:
         return self.jobs.get(job_id)
 
     def append(self, job_id: str, event: dict[str, Any]) -> bytes:
+        job, data = self._keep(job_id, event)
+        self._deliver(job, data)
+        return data
+
+    def _keep(self, job_id: str, event: dict[str, Any]) -> tuple[Job, bytes]:
+        """Number the event and keep it in the reply's log (folding the oldest past the caps)."""
         job = self.jobs[job_id]
         job.seq += 1
         event["seq"] = job.seq
@@ -233,10 +239,13 @@ class MemoryLog:
             job.size -= len(raw)
             job.base_status = fold(old, job.base_content, job.base_thinking, job.base_status)
             job.base_seq = seq
+        return job, data
+
+    def _deliver(self, job: Job, data: bytes, seq: int | None = None) -> None:
+        """Hand an event of the reply to its followers and its conversation's subscribers."""
         for listener in list(job.followers):
             listener.push(data)
-        self._push(job.conversation_id, data, job_id, job.seq)
-        return data
+        self._push(job.conversation_id, data, job.id, job.seq if seq is None else seq)
 
     def queued(self, job_id: str, position: int | None) -> None:
         job = self.jobs.get(job_id)

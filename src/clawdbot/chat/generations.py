@@ -78,12 +78,25 @@ class Generations:
             generation.thinking.append(reply.thinking)
         await self.active.add(generation)
         self.log.register(Job(generation.id, generation.conversation_id, owner, reply))
-        self.admission.watch(ticket, lambda position: self._queued(generation, position))
         self._emit(generation, {"type": "reply.start", "message": reply})  # the reply as it started
+        self._launch(generation)
+        return generation
+
+    async def adopt(self, generation: Generation, owner: str, seq: int) -> None:
+        """Go on with a reply whose writer (another process) died: the same reply, its log numbered on from `seq`
+        (the shared log has its events up to there), from the text `generation` holds."""
+        await self.active.add(generation)
+        content, thinking, status = "".join(generation.content), "".join(generation.thinking), generation.status
+        job = Job(generation.id, generation.conversation_id, owner, generation.reply, status=status, seq=seq)
+        job.base_seq, job.base_content, job.base_thinking, job.base_status = seq, [content], [thinking], status
+        self.log.register(job)
+        self._launch(generation)
+
+    def _launch(self, generation: Generation) -> None:
+        self.admission.watch(generation.ticket, lambda position: self._queued(generation, position))
         generation.task = asyncio.get_running_loop().create_task(self._run(generation))
         if self._checkpointer is None:
             self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoints())
-        return generation
 
     async def running(self, conversation_id: str) -> Running | None:
         """The reply being written in the conversation, if one is (by any process)."""

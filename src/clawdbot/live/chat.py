@@ -7,8 +7,13 @@ replies in flight were stored at shutdown.
 
 from __future__ import annotations
 
+from ..chat.service import Chat
+from ..chat.takeover import take_over
+from ..logs import LOG
 from ..store.conversations import Store
+from ..store.records import Unfinished
 from .connection import Live
+from .eventlog import RedisLog
 from .leases import Leases
 from .replies import RedisRunningReplies, RedisSendResults
 from .sweep import Sweeper
@@ -20,6 +25,27 @@ class SharedChat:
         self.running = RedisRunningReplies(live, self.leases, store)
         self.results = RedisSendResults(live, self.leases)
         self.sweeper = Sweeper(live, self.leases, store)
+
+    def take_over_orphans(self, chat: Chat, log: RedisLog) -> None:
+        """Orphaned replies go on in this process from their last event (chat/takeover.py) instead of ending as
+        interrupted; those that cannot (Redis lost their log, the queue is full) are still interrupted."""
+        interrupt = self.sweeper.interrupt
+
+        async def orphaned(found: list[Unfinished]) -> None:
+            left = []
+            for reply in found:
+                try:
+                    state = await log.state(reply.id)
+                    taken = state is not None and not state["finished"]
+                    if not (taken and await take_over(chat, reply.id, reply.conversation_id, state or {})):
+                        left.append(reply)
+                except Exception:  # noqa: BLE001 - a reply that cannot be taken over is still ended, with its text
+                    LOG.exception("taking over a reply failed", extra={"reply_id": reply.id})
+                    left.append(reply)
+            if left:
+                await interrupt(left)
+
+        self.sweeper.orphaned = orphaned
 
     def open(self) -> None:
         self.leases.open()

@@ -54,7 +54,7 @@ class RedisLog(MemoryLog):
         max_bytes: int = 1 << 20,
         retain: float = 60.0,
         max_finished: int = 2_000,
-        tick: float = 0.02,
+        tick: float = 0.0,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(max_events=max_events, max_bytes=max_bytes, retain=retain, max_finished=max_finished)
@@ -85,8 +85,13 @@ class RedisLog(MemoryLog):
         self.mirror.register(job)
 
     def append(self, job_id: str, event: dict[str, Any]) -> bytes:
-        data = super().append(job_id, event)
-        self.mirror.appended(job_id, event["seq"], data)
+        """Keep the event; clients here get it once it is in Redis (the flush in flight, or the next one), so a
+        process that takes the reply over after this one died goes on from exactly the last event any client saw.
+        While Redis is away they get it at once."""
+        job, data = self._keep(job_id, event)
+        deliver = partial(self._deliver, job, data, job.seq)
+        if not self.mirror.appended(job_id, job.seq, data, deliver):
+            deliver()
         return data
 
     def queued(self, job_id: str, position: int | None) -> None:

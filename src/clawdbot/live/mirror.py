@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import orjson
@@ -114,6 +115,8 @@ class Mirror:
         self.jobs: dict[str, Mirrored] = {}  # this process's replies until their last state is in Redis
         self.dirty: set[str] = set()
         self.frames: deque[tuple[bytes, bytes, int, bytes]] = deque()  # (channel, reply id or b"-", seq, event)
+        self.held: deque[Callable[[], None]] = deque()  # deliveries to clients here, waiting for their flush
+        self.flying = 0  # deliveries waiting for the flush on its way now
         self.counts = Counts()
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -138,11 +141,22 @@ class Mirror:
         )
         self.touch(job.id)
 
-    def appended(self, job_id: str, seq: int, data: bytes) -> None:
+    def appended(self, job_id: str, seq: int, data: bytes, deliver: Callable[[], None] | None = None) -> bool:
+        """A new event of the reply; `deliver` (its delivery to clients here) is called once the event is in
+        Redis, or when Redis could not take it. False when the event is not this mirror's to hold (the caller
+        delivers it now)."""
         mirrored = self.jobs.get(job_id)
-        if mirrored is not None:
-            self.dirty.add(job_id)
-            self.send(mirrored.channel, mirrored.rid, seq, data)
+        if mirrored is None:
+            return False
+        self.dirty.add(job_id)
+        self.send(mirrored.channel, mirrored.rid, seq, data)
+        if deliver is None or not (self.live.up or self.held or self.flying):  # Redis away: at once, unless that
+            # would overtake events still held
+            return False
+        if len(self.held) >= self.max_frames:  # Redis far behind: clients here are not held up with it
+            self.held.popleft()()
+        self.held.append(deliver)
+        return True
 
     def touch(self, job_id: str) -> None:
         """The reply's registry changed (queue position, finished)."""
@@ -172,7 +186,9 @@ class Mirror:
         pause = 0.05
         while True:
             await self.wake.wait()
-            await asyncio.sleep(self.tick)  # what comes meanwhile goes in the same round trip
+            if self.tick:
+                await asyncio.sleep(self.tick)  # what comes meanwhile goes in the same round trip
+            # Else at once: what comes while this flush is on its way goes in the next one (group commit).
             self.wake.clear()
             try:
                 await self.flush()
@@ -193,6 +209,16 @@ class Mirror:
         refuses the batch, the replies' next flush sends their events again from where their stream is."""
         dirty, self.dirty = self.dirty, set()
         frames, self.frames = self.frames, deque()
+        held, self.held = self.held, deque()
+        self.flying = len(held)
+        try:
+            await self._flush(dirty, frames)
+        finally:  # in Redis now, or Redis could not take them: clients here wait no longer either way
+            self.flying = 0
+            for deliver in held:
+                deliver()
+
+    async def _flush(self, dirty: set[str], frames: deque[tuple[bytes, bytes, int, bytes]]) -> None:
         pipe = self.live.client.pipeline(transaction=True)
         batch = _Batch()
         now = time.monotonic()

@@ -228,6 +228,8 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         store, generations, app[FLEET], settings, limits, log=log, admission=admission, results=results
     )
     if shared is not None:
+        assert isinstance(log, RedisLog)
+        shared.take_over_orphans(chat, log)
         shared.open()
     titles = Titles(store, generations, app[FLEET], limits, admission, log, app[METRICS])
     watching = asyncio.create_task(limits.watch(settings.health_interval))
