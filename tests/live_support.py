@@ -51,9 +51,7 @@ def deployment() -> Iterator[tuple[str, str]]:
 
 def start_replica(sim_url: str, database: str, prefix: str, *args: str) -> Server:
     """One gateway process of a deployment: the shared database and Redis, its own port."""
-    return start_gateway(
-        sim_url, "--database-url", database, "--redis-url", REDIS_URL, "--redis-prefix", prefix, *args
-    )
+    return start_gateway(sim_url, "--database-url", database, "--redis-url", REDIS_URL, "--redis-prefix", prefix, *args)
 
 
 def start_replicas(count: int, sim_url: str, database: str, prefix: str, *args: str) -> list[Server]:

@@ -34,6 +34,7 @@ from ..chat.state import MemoryRunningReplies, MemorySendResults
 from ..chat.titles import Titles
 from ..errors import BackendError, ClawdbotError, Conflict, NotFound, Overloaded, PayloadTooLarge, openai_error
 from ..gateway.relay import Relay
+from ..live.admission import RedisAdmission
 from ..live.connection import Live
 from ..logs import LOG, AccessLog, LineWriter
 from ..logs import setup as setup_logging
@@ -136,12 +137,16 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
     if stand_in is not None:  # the first chat need not wait for a model load
         preload = asyncio.create_task(stand_in.preload(settings.num_ctx))
     fleet = app[FLEET] = build_fleet(settings, *((stand_in.url, stand_in.slots) if stand_in else ()))
-    admission = MemoryAdmission(
-        fleet.places,
-        max_queue=settings.max_queue,
-        max_queue_per_user=settings.max_queue_per_user,
-        policy=settings.routing,
-    )
+    live = app[LIVE]
+    queue, per_user = settings.max_queue, settings.max_queue_per_user
+    admission: MemoryAdmission | RedisAdmission
+    if live is None:
+        admission = MemoryAdmission(fleet.places, max_queue=queue, max_queue_per_user=per_user, policy=settings.routing)
+    else:  # the slots and the queue of the whole deployment
+        admission = RedisAdmission(
+            live, fleet.places, max_queue=queue, max_queue_per_user=per_user, policy=settings.routing
+        )
+        await admission.open()
     app[ADMISSION] = admission
     admission.register(metrics)
     fleet.wake = admission.wake
@@ -168,6 +173,8 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         for task in [*tasks, *([preload] if preload else [])]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if isinstance(admission, RedisAdmission):
+            await admission.close()
         await fleet.close()
 
 
