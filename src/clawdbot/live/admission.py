@@ -34,10 +34,11 @@ from ..logs import LOG
 from ..metrics import Metrics
 from .connection import Live
 from .scripted import Args, Run, Sender
-from .tickets import Mine, candidates, record, refusal, retry_after
+from .tickets import Mine, candidates, read_queue, record, refusal, retry_after
 
 LEASE_S = 5.0  # a ticket whose process stopped renewing it this long is taken back
 RENEW_S = 1.0
+CALLS = 32  # script runs awaited at once (the client's connections are bounded)
 POSITIONS_S = 0.2  # queue positions are read again at most this often, however often the queue changes
 _SCRIPT = resources.files(__package__).joinpath("admission.lua").read_text(encoding="utf-8")
 _KEYS = [  # admission.lua's KEYS, in order, under one hash tag: its runs touch them all
@@ -78,6 +79,7 @@ class RedisAdmission:
         self._positions: asyncio.TimerHandle | None = None
         self._reading = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._calls = asyncio.Semaphore(CALLS)  # a burst of requests waits here, not for a connection that fails
 
     # ---- lifetime ----------------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -265,8 +267,7 @@ class RedisAdmission:
             ticket.place.running -= 1
 
     def _taken_back(self, mine: Mine) -> None:
-        """Background work's slot, given to a request: its work is told to stop (a ticket not started yet finds
-        itself not running)."""
+        """Background work's slot, given to a request: its work is told to stop (or finds itself not running)."""
         ticket = mine.ticket
         if ticket.running:
             self._free_here(ticket)
@@ -332,33 +333,26 @@ class RedisAdmission:
 
     async def _positions_now(self) -> None:
         """The deployment's queue length and waiting per place, and this process's watched tickets' positions."""
-        queue, by_place = self.keys[1], self.keys[7]
         waiting = [m for m in self.mine.values() if m.member and m.ticket.moved and not m.ticket.running]
         try:
-            pipe = self.live.client.pipeline(transaction=False)
-            pipe.zcard(queue)
-            pipe.hgetall(by_place)
-            for mine in waiting:
-                pipe.zrank(queue, mine.member or "")
-            replies = await pipe.execute()
+            read = await read_queue(self.live, self.keys[1], self.keys[7], [m.member or "" for m in waiting])
         except (RedisError, OSError) as error:
             self.live.failed(error)
             return
         finally:
             self._reading = False
-        self.queued_all = int(replies[0])
-        self.waiting = {_text(name): int(count) for name, count in replies[1].items()}
-        for mine, rank in zip(waiting, replies[2:], strict=True):
+        self.queued_all, self.waiting, ranks = read
+        for mine, rank in zip(waiting, ranks, strict=True):
             ticket = mine.ticket
-            if rank is None or ticket.running or ticket.moved is None or ticket.position == rank + 1:
-                continue
-            ticket.position = rank + 1
-            ticket.moved(rank + 1)
+            if rank is not None and not ticket.running and ticket.moved is not None and ticket.position != rank + 1:
+                ticket.position = rank + 1
+                ticket.moved(rank + 1)
 
     # ---- script runs ----------------------------------------------------------------------------------------------
     async def _call(self, args: Args, rate_key: str | None = None) -> Any:
         keys = [*self.keys, rate_key] if rate_key else self.keys
-        return await self.script(keys=keys, args=self._framed(args))
+        async with self._calls:
+            return await self.script(keys=keys, args=self._framed(args))
 
     def _framed(self, args: Args) -> Args:
         return [args[0], self.queue_channel.decode(), int(LEASE_S * 1000), *args[1:]]

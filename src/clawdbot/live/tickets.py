@@ -1,5 +1,6 @@
-"""What a process tells the shared admission script (admission.lua) about one of its tickets, and how it words the
-script's refusals: the ticket's record and its candidate places, in this process's view of the backends."""
+"""What a process tells the shared admission script (admission.lua) about one of its tickets (its record and its
+candidate places, in this process's view of the backends), how it words the script's refusals, and what it reads
+back of the queue."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..backends.admission import Ticket
 from ..backends.routing import Place, serving
 from ..errors import Overloaded
 from ..modelnames import model_key
+from .connection import Live
 
 
 @dataclass(slots=True, eq=False)
@@ -94,3 +96,17 @@ def refusal(kind: str, value: int, *, per_minute: int, per_user: int, retry: int
             code="too_many_waiting",
         )
     return Overloaded(f"the model is busy and {value} replies are waiting; retry in {retry} s", retry_after=retry)
+
+
+async def read_queue(
+    live: Live, queue: str, by_place: str, members: list[str]
+) -> tuple[int, dict[str, int], list[Any]]:
+    """In one round trip: the queue's length, generations waiting per place, and each member's rank (None: gone)."""
+    pipe = live.client.pipeline(transaction=False)
+    pipe.zcard(queue)
+    pipe.hgetall(by_place)
+    for member in members:
+        pipe.zrank(queue, member)
+    replies = await pipe.execute()
+    waiting = {name.decode(): int(count) for name, count in replies[1].items()}
+    return int(replies[0]), waiting, replies[2:]
