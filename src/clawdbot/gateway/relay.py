@@ -104,12 +104,7 @@ class Relay:
             ex.status = error.status
             ex.fail("backend_error", error.kind)
             raise
-        except (
-            web.HTTPException,
-            Overloaded,
-            Forbidden,
-            RedisUnavailable,
-        ) as error:  # refused before forwarding (a body too big…)
+        except (web.HTTPException, Overloaded, Forbidden, RedisUnavailable) as error:  # refused before forwarding
             ex.status = error.status
             ex.fail("rejected", None)
             raise
