@@ -23,9 +23,9 @@ LONG = " ".join(f"w{i}" for i in range(60))  # 1.5 s at 40 tokens a second
 @pytest.mark.asyncio
 async def test_a_greedy_user_does_not_hold_up_others_round_robin() -> None:
     admission = MemoryAdmission(1, max_queue=100, max_queue_per_user=100)
-    running = admission.enter("greedy")
-    greedy = [admission.enter("greedy") for _ in range(50)]
-    light = [admission.enter(f"light{i}") for i in range(3)]
+    running = await admission.enter("greedy")
+    greedy = [await admission.enter("greedy") for _ in range(50)]
+    light = [await admission.enter(f"light{i}") for i in range(3)]
     served: list[Ticket] = []
     admission.release(running)
     for _ in range(8):
@@ -40,13 +40,13 @@ async def test_a_greedy_user_does_not_hold_up_others_round_robin() -> None:
 @pytest.mark.asyncio
 async def test_queue_positions_follow_the_order_of_service_and_are_told_as_they_change() -> None:
     admission = MemoryAdmission(1, max_queue=100, max_queue_per_user=100)
-    running = admission.enter("a")
+    running = await admission.enter("a")
     told: dict[str, list[int]] = {}
 
-    def enter(user: str, name: str) -> Ticket:
-        return admission.enter(user, lambda position: told.setdefault(name, []).append(position))
+    async def enter(user: str, name: str) -> Ticket:
+        return await admission.enter(user, lambda position: told.setdefault(name, []).append(position))
 
-    a1, a2, b1 = enter("a", "a1"), enter("a", "a2"), enter("b", "b1")
+    a1, a2, b1 = await enter("a", "a1"), await enter("a", "a2"), await enter("b", "b1")
     await asyncio.sleep(0)  # positions are told once per loop turn, however many changed
     assert [t.position for t in admission.order()] == [1, 2, 3]
     assert admission.order() == [a1, b1, a2]
@@ -60,8 +60,8 @@ async def test_queue_positions_follow_the_order_of_service_and_are_told_as_they_
 @pytest.mark.asyncio
 async def test_a_waiter_that_is_cancelled_leaves_the_queue_and_never_holds_a_slot() -> None:
     admission = MemoryAdmission(1, max_queue=10, max_queue_per_user=10)
-    running = admission.enter("a")
-    waiting = admission.enter("b")
+    running = await admission.enter("a")
+    waiting = await admission.enter("b")
     task = asyncio.create_task(admission.wait(waiting))
     await asyncio.sleep(0)
     task.cancel()
@@ -78,14 +78,14 @@ async def test_a_waiter_that_is_cancelled_leaves_the_queue_and_never_holds_a_slo
 async def test_a_full_queue_refuses_at_once_with_advice_on_when_to_retry() -> None:
     admission = MemoryAdmission(2, max_queue=3, max_queue_per_user=2)
     for user in ("a", "b"):
-        admission.enter(user)
-    admission.enter("a"), admission.enter("a")
+        await admission.enter(user)
+    await admission.enter("a"), await admission.enter("a")
     with pytest.raises(Overloaded) as per_user:
-        admission.enter("a")
+        await admission.enter("a")
     assert (per_user.value.status, per_user.value.code) == (429, "too_many_waiting")
-    admission.enter("b")
+    await admission.enter("b")
     with pytest.raises(Overloaded) as everyone:
-        admission.enter("c")
+        await admission.enter("c")
     assert (everyone.value.status, everyone.value.code) == (503, "overloaded")
     assert everyone.value.retry_after >= 1
     assert admission.rejected == {"user_queue_full": 1, "queue_full": 1, "rate_limited": 0}
@@ -95,9 +95,9 @@ async def test_a_full_queue_refuses_at_once_with_advice_on_when_to_retry() -> No
 @pytest.mark.asyncio
 async def test_a_free_slot_goes_to_a_new_user_while_the_queue_holds_only_a_capped_users_requests() -> None:
     admission = MemoryAdmission(2, max_queue=2, max_queue_per_user=5)
-    capped = [admission.enter("a", max_running=1) for _ in range(3)]  # one runs, two wait: the queue is full
+    capped = [await admission.enter("a", max_running=1) for _ in range(3)]  # one runs, two wait: the queue is full
     assert [t.running for t in capped] == [True, False, False]
-    other = admission.enter("b")  # a slot is free and b has no cap: it runs, nothing is refused
+    other = await admission.enter("b")  # a slot is free and b has no cap: it runs, nothing is refused
     assert other.running
     assert admission.queued == 2
     assert admission.rejected["queue_full"] == 0

@@ -28,7 +28,7 @@ def admission(*pool: Place) -> MemoryAdmission:
 async def test_slots_are_counted_per_backend_and_the_queue_is_one() -> None:
     a, b = places(2, 1)
     gate = admission(a, b)
-    tickets = [gate.enter(f"u{i}") for i in range(4)]
+    tickets = [await gate.enter(f"u{i}") for i in range(4)]
     assert [t.running for t in tickets] == [True, True, True, False]
     assert (a.running, b.running, gate.queued) == (2, 1, 1)
     on_b = next(t for t in tickets if t.place is b)
@@ -86,9 +86,9 @@ async def test_a_queued_request_for_a_busy_model_lets_another_model_by() -> None
     a, b = places(1, 1)
     a.models, b.models = frozenset({"x:latest"}), frozenset({"y:latest"})
     gate = admission(a, b)
-    first = gate.enter("ana", model="x")
-    blocked = gate.enter("bo", model="x")
-    other = gate.enter("cy", model="y")
+    first = await gate.enter("ana", model="x")
+    blocked = await gate.enter("bo", model="x")
+    other = await gate.enter("cy", model="y")
     assert (first.running, blocked.running, other.running) == (True, False, True)
     assert gate.waiting_for() == {"a": 1}
 
@@ -97,15 +97,15 @@ async def test_a_queued_request_for_a_busy_model_lets_another_model_by() -> None
 async def test_reroute_moves_a_failed_generation_to_another_backend_first_in_line() -> None:
     a, b = places(1, 1)
     gate = admission(a, b)
-    failed = gate.enter("ana")
-    busy = gate.enter("bo")
-    waiting = gate.enter("cy")
+    failed = await gate.enter("ana")
+    busy = await gate.enter("bo")
+    waiting = await gate.enter("cy")
     assert (failed.place, busy.place, waiting.running) == (a, b, False)
     gate.reroute(failed)  # a failed it: a's slot goes to cy, the failed one waits for b, ahead of everyone
     assert waiting.running
     assert waiting.place is a
     assert not failed.running
-    later = gate.enter("dee")
+    later = await gate.enter("dee")
     gate.release(busy)
     assert failed.running
     assert failed.place is b
@@ -117,7 +117,7 @@ async def test_reroute_moves_a_failed_generation_to_another_backend_first_in_lin
 async def test_reroute_on_a_lone_backend_tries_it_again() -> None:
     (a,) = places(1)
     gate = admission(a)
-    ticket = gate.enter("ana")
+    ticket = await gate.enter("ana")
     gate.reroute(ticket)
     assert ticket.running
     assert ticket.place is a
@@ -129,7 +129,7 @@ async def test_a_barred_backend_is_never_chosen_not_even_when_the_others_are_out
     a, b = places(1, 1)  # b speaks another API than the request's (an /api/* generation and an OpenAI server)
     a.up = False
     gate = admission(a, b)
-    ticket = gate.enter("ana", barred=frozenset({"b"}))
+    ticket = await gate.enter("ana", barred=frozenset({"b"}))
     assert ticket.place is a  # the last try goes to a, out of rotation or not, and fails with its own error
     gate.reroute(ticket)
     assert ticket.place is a

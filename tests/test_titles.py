@@ -47,7 +47,7 @@ async def test_background_work_runs_only_while_idle_and_gives_its_slot_back_at_o
     title = admission.enter_background("titles")
     title.preempt = lambda: taken_back.append("title")
     assert title.running  # the backend was idle
-    reply = admission.enter("ana")
+    reply = await admission.enter("ana")
     assert reply.running  # at once: the title gave its slot back
     assert (taken_back, title.running, title.preempted) == (["title"], False, True)
     admission.release(title)  # its job ending changes nothing any more
@@ -57,10 +57,10 @@ async def test_background_work_runs_only_while_idle_and_gives_its_slot_back_at_o
 @pytest.mark.asyncio
 async def test_background_work_waits_behind_every_reply_even_later_ones() -> None:
     admission = MemoryAdmission(1, max_queue=10, max_queue_per_user=10)
-    running = admission.enter("ana")
-    waiting = admission.enter("bo")
+    running = await admission.enter("ana")
+    waiting = await admission.enter("bo")
     title = admission.enter_background("titles")  # before cy's reply, yet after it
-    later = admission.enter("cy")
+    later = await admission.enter("cy")
     admission.release(running)
     assert waiting.running
     assert not title.running

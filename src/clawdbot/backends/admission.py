@@ -57,7 +57,7 @@ class Ticket:
 
 
 class Admission(Protocol):
-    def enter(
+    async def enter(
         self,
         user: str,
         moved: Callable[[int], None] | None = None,
@@ -166,7 +166,7 @@ class MemoryAdmission:
             lambda: self.rejected,
         )
 
-    def enter(
+    async def enter(
         self,
         user: str,
         moved: Callable[[int], None] | None = None,

@@ -327,7 +327,7 @@ class Chat:
         )
         superseded = [m.id for m in supersede]
         # Overloaded when the queue is full or the user over their rate: nothing is stored yet
-        ticket = self.admission.enter(
+        ticket = await self.admission.enter(
             actor.queue,
             max_running=actor.max_running,
             per_minute=actor.requests_per_minute,

@@ -39,7 +39,9 @@ async def take_over(chat: Chat, reply_id: str, conversation_id: str, state: dict
     if content or thinking:
         body = continuation(body, content, thinking, seq)
     try:
-        ticket = chat.admission.enter(owner, model=conversation.model, prefer=chat.fleet.affinity.get(conversation_id))
+        ticket = await chat.admission.enter(
+            owner, model=conversation.model, prefer=chat.fleet.affinity.get(conversation_id)
+        )
     except ClawdbotError as refused:  # the queue is full: ended as interrupted, which Continue can go on from
         LOG.warning("could not take over a reply", extra={"reply_id": reply_id, "reason": refused.code})
         return False

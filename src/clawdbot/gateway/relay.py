@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from ..backends.admission import Admission, Ticket
 from ..backends.fleet import Fleet
-from ..errors import BackendError, BackendTimeout, Forbidden, Overloaded
+from ..errors import BackendError, BackendTimeout, Forbidden, Overloaded, RedisUnavailable
 from ..identity import Actor
 from ..logs import AccessLog
 from ..metrics import Metrics
@@ -75,7 +75,7 @@ class Relay:
                 barred = placement.foreign(self.fleet, request.path, model)  # /api/*: Ollama's alone, or a 404 now
                 # The same slots and fair queue as the chat page: a script cannot jump the line.
                 key = placement.affinity_key(request, parsed)
-                ticket = self.admission.enter(
+                ticket = await self.admission.enter(
                     actor.queue,
                     max_running=actor.max_running,
                     per_minute=actor.requests_per_minute,
@@ -104,7 +104,7 @@ class Relay:
             ex.status = error.status
             ex.fail("backend_error", error.kind)
             raise
-        except (web.HTTPException, Overloaded, Forbidden) as error:  # refused before forwarding (a body too big…)
+        except (web.HTTPException, Overloaded, Forbidden, RedisUnavailable) as error:  # refused before forwarding
             ex.status = error.status
             ex.fail("rejected", None)
             raise

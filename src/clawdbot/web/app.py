@@ -29,6 +29,7 @@ from ..chat.service import Chat
 from ..chat.state import MemoryRunningReplies, MemorySendResults
 from ..chat.titles import Titles
 from ..gateway.relay import Relay
+from ..live.admission import RedisAdmission
 from ..live.chat import SharedChat
 from ..live.connection import Live
 from ..live.credentials import RedisCredentialCache
@@ -138,12 +139,16 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
     if stand_in is not None:  # the first chat need not wait for a model load
         preload = asyncio.create_task(stand_in.preload(settings.num_ctx))
     fleet = app[FLEET] = build_fleet(settings, *((stand_in.url, stand_in.slots) if stand_in else ()))
-    admission = MemoryAdmission(
-        fleet.places,
-        max_queue=settings.max_queue,
-        max_queue_per_user=settings.max_queue_per_user,
-        policy=settings.routing,
-    )
+    live = app[LIVE]
+    queue, per_user = settings.max_queue, settings.max_queue_per_user
+    admission: MemoryAdmission | RedisAdmission
+    if live is None:
+        admission = MemoryAdmission(fleet.places, max_queue=queue, max_queue_per_user=per_user, policy=settings.routing)
+    else:  # the slots and the queue of the whole deployment
+        admission = RedisAdmission(
+            live, fleet.places, max_queue=queue, max_queue_per_user=per_user, policy=settings.routing
+        )
+        await admission.open()
     app[ADMISSION] = admission
     admission.register(metrics)
     fleet.wake = admission.wake
@@ -170,6 +175,8 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         for task in [*tasks, *([preload] if preload else [])]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if isinstance(admission, RedisAdmission):
+            await admission.close()
         await fleet.close()
 
 
