@@ -10,7 +10,10 @@ done, with that text.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -59,27 +62,34 @@ def numbered(events: list[dict[str, Any]], reply_id: str) -> list[int]:
     return [e["seq"] for e in events if e.get("id") == reply_id and "seq" in e and e["type"] != "reply.snapshot"]
 
 
-@pytest.mark.asyncio
-async def test_a_reply_goes_on_as_itself_after_its_replica_is_killed(
-    session: aiohttp.ClientSession, simulator: Server, replicas: tuple[Server, Server]
-) -> None:
+async def goes_on_elsewhere(
+    session: aiohttp.ClientSession, simulator: Server, replicas: tuple[Server, Server], end: Callable[[Server], None]
+) -> float:
+    """A reply streams from A; `end` ends A; a tab resumes on B from the last seq it had and gets the rest. Checks
+    that nothing was lost or repeated and the stored row is the same reply, done; the longest pause the tab saw."""
     a, b = replicas
     with chat_api(a.url) as api:
         conversation = api.create()["id"]
-    # Twice: the request of the replica that dies, and the one that continues the reply.
+    # Twice: the request of the replica that ends, and the one that continues the reply.
     script(simulator, {"match": "tell me", "reply": ANSWER, "thinking": THOUGHT, "times": 2})
     tab = await connect(session, a.url)
     ack = await tab.command("send", conversation_id=conversation, content="tell me about foxes")
     assert ack["type"] == "ack", ack
     reply_id = ack["reply"]["id"]
     await tab.until(lambda e: e["type"] == "reply.delta" and "content" in e and e["seq"] >= 15)
-    a.kill()  # SIGKILL: no shutdown, no final write
+    end(a)
+    with contextlib.suppress(AssertionError):  # what A sent before its socket closed (SIGTERM closes it: 1001)
+        await tab.until(lambda e: False, within=1.0)
     before = [e for e in tab.seen if e.get("id") == reply_id]
     last = max(numbered(before, reply_id))
+    paused_from = time.monotonic()
 
     resumed = await connect(session, b.url)  # as the page does through the proxy: to a live replica
     answer = await resumed.command("resume", reply_id=reply_id, **{"from": last + 1})
     assert answer["type"] == "ack", answer
+    first_new = await resumed.until(lambda e: e.get("id") == reply_id and e.get("seq", 0) > last, within=60)
+    pause = time.monotonic() - paused_from
+    assert first_new
     await resumed.until(done_of(reply_id), within=60)
     after = [e for e in resumed.seen if e.get("id") == reply_id]
 
@@ -97,3 +107,24 @@ async def test_a_reply_goes_on_as_itself_after_its_replica_is_killed(
     assert [m["id"] for m in stored][-1] == reply_id  # the same row, not a new version
     assert (stored[-1]["status"], stored[-1]["content"], stored[-1]["thinking"]) == ("done", ANSWER, THOUGHT)
     await asyncio.gather(tab.ws.close(), resumed.ws.close())
+    return pause
+
+
+@pytest.mark.asyncio
+async def test_a_reply_goes_on_as_itself_after_its_replica_is_killed(
+    session: aiohttp.ClientSession, simulator: Server, replicas: tuple[Server, Server]
+) -> None:
+    await goes_on_elsewhere(session, simulator, replicas, lambda a: a.kill())  # SIGKILL: no shutdown, no last write
+
+
+@pytest.mark.asyncio
+async def test_a_rolling_restart_hands_the_reply_over_without_waiting_for_a_lease(
+    session: aiohttp.ClientSession, simulator: Server, replicas: tuple[Server, Server]
+) -> None:
+    def stop(a: Server) -> None:  # SIGTERM, as systemd or a rolling upgrade stops a replica
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(timeout=30) == 0
+
+    pause = await goes_on_elsewhere(session, simulator, replicas, stop)
+    # Handed over: the next sweep takes it (every 2 s), not the 5 s lease plus the quiet spell of a dead writer's.
+    assert pause < 5.0, pause

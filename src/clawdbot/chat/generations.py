@@ -33,6 +33,7 @@ from .generation import Generation, Guard
 from .state import Running, RunningReplies
 
 _IN_FLIGHT = ("waiting", "thinking", "writing")  # a checkpoint never writes a final status: _finish does
+_HANDED_OVER = "handed_over"  # a cancellation at shutdown that leaves the reply to another process
 _RETRY_DELAY = 0.5  # before the one unseen retry: long enough for a restarting backend, short against a TTFT
 
 
@@ -121,16 +122,22 @@ class Generations:
         if generation.task is not None:
             generation.task.cancel()  # closes the backend request; _run stores the partial reply as stopped
 
-    async def shutdown(self) -> None:
-        """Store what every reply in flight has so far, marked interrupted, before the process exits."""
+    async def shutdown(self, *, hand_over: bool = False) -> list[Generation]:
+        """Before the process exits: store what every reply in flight has so far, marked interrupted; or, with
+        `hand_over` (other processes share the replies), stop them unstored, their text checkpointed, for a process
+        that lives to go on with (returned: the caller marks them so once their last events are in Redis)."""
         running = self.active.here()
         for generation in running:
-            generation.ending = "interrupted"
+            generation.ending = _HANDED_OVER if hand_over else "interrupted"
             if generation.task is not None:
                 generation.task.cancel()
         await asyncio.gather(*(g.task for g in running if g.task is not None), return_exceptions=True)
         if self._checkpointer is not None:
             self._checkpointer.cancel()
+        handed = [g for g in running if g.ending == _HANDED_OVER and g.status in _IN_FLIGHT]
+        if handed:
+            await self.store.checkpoint([g.checkpoint() for g in handed])
+        return handed
 
     def _emit(self, generation: Generation, event: dict[str, Any]) -> None:
         event["conversation_id"], event["id"] = generation.conversation_id, generation.id
@@ -149,6 +156,8 @@ class Generations:
             await self._stream(generation)
             generation.status = "done"
         except asyncio.CancelledError:
+            if generation.ending == _HANDED_OVER:  # not ended: another process goes on with it
+                return
             generation.status = generation.ending
             if generation.ending == "interrupted":
                 generation.error = "The gateway stopped while this reply was being written; the text so far is kept."

@@ -7,6 +7,9 @@ replies in flight were stored at shutdown.
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
+
+from ..chat.generation import Generation
 from ..chat.service import Chat
 from ..chat.takeover import take_over
 from ..logs import LOG
@@ -46,6 +49,19 @@ class SharedChat:
                 await interrupt(left)
 
         self.sweeper.orphaned = orphaned
+
+    async def hand_over(self, generations: list[Generation]) -> None:
+        """Replies this process stopped writing as it shuts down (a rolling restart): for a process that lives on
+        to take over at its next sweep, from their last event. If Redis cannot be told, their leases run out and
+        the sweep finds them a few seconds later all the same."""
+        for generation in generations:
+            try:
+                await self.running.let_go(generation)
+                await self.sweeper.hand_over(generation.conversation_id, generation.id)
+            except (RedisError, OSError) as error:
+                self.sweeper.live.failed(error)
+        if generations:
+            LOG.info("replies handed over to the processes that live on", extra={"count": len(generations)})
 
     def open(self) -> None:
         self.leases.open()

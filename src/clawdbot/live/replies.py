@@ -121,6 +121,15 @@ class RedisRunningReplies:
         del self.by_conversation[generation.conversation_id]
         await asyncio.shield(self.leases.release(self.key(generation.conversation_id)))
 
+    async def let_go(self, generation: Generation) -> None:
+        """This process stops writing the reply without ending it (it shuts down and hands it over): no longer
+        running here, its conversation's key given up for whoever takes it over."""
+        if self.by_conversation.get(generation.conversation_id) is generation:
+            del self.by_conversation[generation.conversation_id]
+        lease = self.leases.held.pop(self.key(generation.conversation_id), None)
+        if lease is not None:
+            await self.leases.let_go(lease.key, lease.value, None)
+
     def here(self) -> list[Generation]:
         return list(self.by_conversation.values())
 

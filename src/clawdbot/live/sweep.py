@@ -41,6 +41,16 @@ _CLAIM_AT_ONCE = 500
 
 Orphaned = Callable[[list[Unfinished]], Awaitable[None]]
 
+# A reply a stopping process handed over: claimable at once (its deadline set GRACE_MS in the past) and orphaned
+# without waiting for QUIET_MS (its writer checkpointed it and let go: nobody writes it). ARGV: the member, its id.
+_HAND_OVER = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], ms - tonumber(ARGV[3]) - 1, ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], 3600)
+"""
+
 # Claim (remove and return) the members whose deadline passed more than ARGV[1] ms ago, ARGV[2] at most.
 _CLAIM = """
 local now = redis.call('TIME')
@@ -57,6 +67,8 @@ class Sweeper:
         self.orphaned: Orphaned = orphaned or self.interrupt  # what becomes of an orphaned reply
         self.scanned = live.key("replies", "scanned")  # absent: Redis has lost its data since the last scan
         self._claim = live.client.register_script(_CLAIM)
+        self._hand_over = live.client.register_script(_HAND_OVER)
+        self.handed = live.key("replies", "handed")  # ids of replies handed over, orphaned without a quiet spell
         self._scan = True  # at startup
         self._loop: asyncio.Task[None] | None = None
 
@@ -75,6 +87,12 @@ class Sweeper:
             LOG.warning(
                 "replies left by a gateway process that is gone are marked interrupted", extra={"count": len(ended)}
             )
+
+    async def hand_over(self, conversation_id: str, reply_id: str) -> None:
+        """A reply this process stopped writing as it shuts down, for the next sweep anywhere to take over."""
+        await self._hand_over(
+            keys=[self.leases.replies, self.handed], args=[member(conversation_id, reply_id), reply_id, GRACE_MS]
+        )
 
     async def _sweeping(self) -> None:
         while True:
@@ -119,9 +137,13 @@ class Sweeper:
         suspects = [reply_id for reply_id in conversations if reply_id not in held]
         found = await self.store.unfinished(suspects)
         now = now_ms()
-        quiet = [reply for reply in found if now - reply.active_at > QUIET_MS]
-        written = [member(r.conversation_id, r.id) for r in found if now - r.active_at <= QUIET_MS]
+        marks = await self.live.client.smismember(self.handed, suspects) if suspects else []
+        handed = {reply_id for reply_id, mark in zip(suspects, marks, strict=True) if mark}
+        quiet = [reply for reply in found if reply.id in handed or now - reply.active_at > QUIET_MS]
+        written = [member(r.conversation_id, r.id) for r in found if r not in quiet]
         if written:
             await self.leases.mark(*written)
         if quiet:
             await self.orphaned(quiet)
+        if handed:
+            await self.live.client.srem(self.handed, *handed)

@@ -246,10 +246,12 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         watching.cancel()
         await titles.close()
         await chat.finish_turns()
-        await generations.shutdown()
+        # Shared state: a rolling restart hands the replies in flight over to the processes that live on.
+        handed = await generations.shutdown(hand_over=shared is not None and live is not None and live.up)
         if isinstance(log, RedisLog):  # after the last replies' final events
             await log.close()
         if shared is not None:
+            await shared.hand_over(handed)  # once their every event is in Redis
             await shared.close()
         await app[AUTH].close()
         await store.close()
