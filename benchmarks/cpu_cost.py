@@ -102,6 +102,7 @@ http {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host $http_host;  # the simulator, as Ollama, answers only to a local Host
             proxy_buffering off;
         }}
     }}
