@@ -54,7 +54,7 @@ class Proxies:
         return found
 
     def named(self, peer: str, headers: CIMultiDictProxy[str]) -> str:
-        if not self.trusted(peer):
+        if not self.networks or not self.trusted(peer):
             return peer  # anyone can send any header: only our proxies' are read
         named = {header: address for header in self.headers if (address := self._read(header, headers)) is not None}
         distinct = set(named.values())
