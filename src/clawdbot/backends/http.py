@@ -6,11 +6,12 @@ BackendError kinds), an HTTP error status told in the server's own words, and th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import hdrs
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -19,6 +20,18 @@ from ..settings import Settings
 from .base import BackendStatus
 
 JSON = {"Content-Type": "application/json"}
+# What aiohttp must not add to a request of ours: a client's request goes on with its own headers only.
+_NOT_OURS: CIMultiDict[None] = CIMultiDict((name, None) for name in ("Accept-Encoding", "Content-Type", "User-Agent"))
+
+
+class _AsSent(aiohttp.ClientRequest):
+    """aiohttp's request with the session's skip_auto_headers built once, not again for every request (it copies
+    the headers and sorts the list each time)."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _NOT_OURS
+        if hdrs.ACCEPT not in self.headers:  # the one default left: aiohttp's Accept, as before
+            self.headers[hdrs.ACCEPT] = "*/*"
 
 
 class HttpBackend:
@@ -45,7 +58,7 @@ class HttpBackend:
             timeout=timeout,
             headers=self.auth,
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            request_class=_AsSent,
             raise_for_status=False,
             read_bufsize=2**16,
         )

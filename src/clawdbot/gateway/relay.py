@@ -138,7 +138,9 @@ class Relay:
     ) -> aiohttp.ClientResponse:
         """The backend's response headers; `limit` is the seconds a generation may take from here on. A failure
         before them, or a 5xx, is tried again on another backend that serves the model, while there is one."""
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in self.drop)
+        headers = CIMultiDict(request.headers)
+        for name in [name for name in headers if name.lower() in self.drop]:
+            headers.popall(name, None)
         headers["X-Request-ID"] = ex.request_id
         ex.forwarded = self.clock()
         ex.deadline = ex.forwarded + limit if limit else 0.0
