@@ -86,13 +86,10 @@ class Backend(Protocol):
         request, which frees the backend's slot."""
         ...
 
-    async def send(
-        self, method: str, target: str, body: bytes, headers: Mapping[str, str], *, limit: float | None = None
-    ) -> aiohttp.ClientResponse:
+    async def send(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
         """Pass a request through unchanged (`target`: path and query, as the client sent them) and return the
         response once its headers arrived, its body unread: the relay reads it as it comes. A failure to get that
-        far is a BackendError; `limit` is the caller's own bound in seconds, and when it is the shorter one and
-        runs out, TimeoutError is raised instead (the caller's limit, not the backend's fault)."""
+        far is a BackendError. How long it may wait is the caller's to bound (the relay's watchdog does)."""
         ...
 
     def classify(self, error: BaseException, *, started: bool) -> BackendError:

@@ -174,8 +174,8 @@ class Fleet:
     def succeeded(self, member: Member, model: str | None = None) -> None:
         """A generation ended well: the backend is healthy, and has the model in memory now."""
         member.failures = 0
-        if model is not None:
-            member.place.loaded |= {model_key(model)}
+        if model is not None and (key := model_key(model)) not in member.place.loaded:
+            member.place.loaded |= {key}
         if member.place.trial:
             member.place.trial = False
             LOG.info("backend is back in rotation", extra={"backend": member.name})

@@ -6,11 +6,12 @@ BackendError kinds), an HTTP error status told in the server's own words, and th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import hdrs
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -19,6 +20,18 @@ from ..settings import Settings
 from .base import BackendStatus
 
 JSON = {"Content-Type": "application/json"}
+# What aiohttp must not add to a request of ours: a client's request goes on with its own headers only.
+_NOT_OURS: CIMultiDict[None] = CIMultiDict((name, None) for name in ("Accept-Encoding", "Content-Type", "User-Agent"))
+
+
+class _AsSent(aiohttp.ClientRequest):
+    """aiohttp's request with the session's skip_auto_headers built once, not again for every request (it copies
+    the headers and sorts the list each time)."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _NOT_OURS
+        if hdrs.ACCEPT not in self.headers:  # the one default left: aiohttp's Accept, as before
+            self.headers[hdrs.ACCEPT] = "*/*"
 
 
 class HttpBackend:
@@ -45,7 +58,7 @@ class HttpBackend:
             timeout=timeout,
             headers=self.auth,
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            request_class=_AsSent,
             raise_for_status=False,
             read_bufsize=2**16,
         )
@@ -53,22 +66,18 @@ class HttpBackend:
     async def probe(self) -> BackendStatus:
         raise NotImplementedError
 
-    async def send(
-        self, method: str, target: str, body: bytes, headers: Mapping[str, str], *, limit: float | None = None
-    ) -> aiohttp.ClientResponse:
-        """The raw passthrough: the response once its headers arrived, its body left for the caller to read."""
+    async def send(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        """The raw passthrough: the response once its headers arrived, its body left for the caller to read. The
+        caller bounds the wait (the relay's watchdog keeps --first-byte-timeout for all its requests at once: a
+        timer per request would cost more than the rest of the request's own work here)."""
         if self.auth:  # ours, whatever the client sent (the relay drops a client's own credentials anyway)
             headers = CIMultiDict(headers)
             headers.update(self.auth)
-        wait = self.settings.first_byte_timeout
         try:
-            async with asyncio.timeout(min(wait, limit or wait)) as waiting:
-                return await self.session.request(
-                    method, URL(self.url + target, encoded=True), data=body, headers=headers, allow_redirects=False
-                )
+            return await self.session.request(
+                method, URL(self.url + target, encoded=True), data=body, headers=headers, allow_redirects=False
+            )
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
-            if waiting.expired() and limit and limit < wait:
-                raise TimeoutError from None  # the caller's limit ran out first
             raise self.classify(error, started=False) from None
 
     async def close(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -88,6 +90,9 @@ class Exchange:
     upstream: aiohttp.ClientResponse | None = None
     deadline: float = 0.0  # when a generation has had its time (--max-reply-seconds); 0: no limit
     overtime: bool = False
+    sending: float = 0.0  # while waiting for a backend's response headers: since when (0: not waiting)
+    late: str | None = None  # why the watchdog cancelled that wait: "first_byte" or "limit"
+    task: asyncio.Task[Any] | None = None  # the request's handler, which the watchdog cancels
     member: Member | None = None  # the backend it went to
 
     def fail(self, outcome: str, kind: str | None) -> None:

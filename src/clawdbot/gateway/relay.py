@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..backends.admission import Admission, Ticket
-from ..backends.fleet import Fleet
+from ..backends.fleet import Fleet, Member
 from ..errors import BackendError, BackendTimeout, Forbidden, Overloaded, RedisUnavailable
 from ..identity import Actor
 from ..logs import AccessLog
@@ -45,6 +45,7 @@ class Relay:
         metrics: Metrics,
         *,
         idle_timeout: float,
+        first_byte_timeout: float,
         access: AccessLog,
         admission: Admission,
         limits: Limits,
@@ -57,6 +58,7 @@ class Relay:
         self.fleet = fleet
         self.metrics = metrics
         self.idle_timeout = idle_timeout
+        self.first_byte_timeout = first_byte_timeout
         self.access = access
         self.active: set[Exchange] = set()
         self.clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
@@ -136,10 +138,13 @@ class Relay:
     ) -> aiohttp.ClientResponse:
         """The backend's response headers; `limit` is the seconds a generation may take from here on. A failure
         before them, or a 5xx, is tried again on another backend that serves the model, while there is one."""
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in self.drop)
+        headers = CIMultiDict(request.headers)
+        for name in [name for name in headers if name.lower() in self.drop]:
+            headers.popall(name, None)
         headers["X-Request-ID"] = ex.request_id
         ex.forwarded = self.clock()
         ex.deadline = ex.forwarded + limit if limit else 0.0
+        ex.task = asyncio.current_task()
         tried = set(ticket.barred) if ticket else set()  # a failover may not reach a backend of the other API
         while True:
             member = self.fleet.member(ticket.place) if ticket else placement.target(self.fleet, request, model)
@@ -147,8 +152,8 @@ class Relay:
             tried.add(member.name)
             member.requests += 1
             try:
-                upstream = await member.backend.send(request.method, request.raw_path, body, headers, limit=limit)
-            except TimeoutError:  # raised only when `limit` was the shorter bound and ran out
+                upstream = await self._send(member, request, body, headers, ex)
+            except TimeoutError:  # the request's own limit ran out before the backend answered
                 raise self._overtime(limit or 0.0) from None
             except BackendError as error:
                 self.fleet.failed(member, error)
@@ -168,6 +173,26 @@ class Relay:
         if upstream.status >= 400:
             ex.fail(f"http_{upstream.status // 100}xx", None)
         return upstream
+
+    async def _send(
+        self, member: Member, request: web.Request, body: bytes, headers: CIMultiDict[str], ex: Exchange
+    ) -> aiohttp.ClientResponse:
+        """The backend's response headers. The watchdog's sweep bounds the wait (--first-byte-timeout, and the
+        request's own limit), to within its second: cancelled by it, the wait ends in the error a timer would have
+        raised; cancelled for any other reason (the client left), it stays cancelled."""
+        ex.sending = self.clock()
+        try:
+            return await member.backend.send(request.method, request.raw_path, body, headers)
+        except asyncio.CancelledError:
+            late, ex.late = ex.late, None
+            task = asyncio.current_task()
+            if late is None or task is None or task.uncancel() > 0:
+                raise
+            if late == "limit":
+                raise TimeoutError from None
+            raise member.backend.classify(TimeoutError(), started=False) from None
+        finally:
+            ex.sending = 0.0
 
     async def _elsewhere(self, ticket: Ticket | None, model: str | None, tried: set[str], kind: str) -> bool:
         """Whether another backend may take the request (a generation's slot moved there): not after a 4xx."""
@@ -339,7 +364,14 @@ class Relay:
             now = self.clock()
             deadline = now - self.idle_timeout
             for ex in list(self.active):
-                if ex.upstream is not None and ex.deadline and now > ex.deadline and not ex.overtime:
+                if ex.sending and ex.late is None and ex.task is not None:  # no response headers yet
+                    if ex.deadline and now > ex.deadline:
+                        ex.late = "limit"
+                    elif now - ex.sending > self.first_byte_timeout:
+                        ex.late = "first_byte"
+                    if ex.late is not None:
+                        ex.task.cancel()
+                elif ex.upstream is not None and ex.deadline and now > ex.deadline and not ex.overtime:
                     ex.overtime = True  # past its time, however busy: a reply that never ends is ended here
                     ex.upstream.close()
                 elif ex.writing:

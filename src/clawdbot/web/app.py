@@ -158,6 +158,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         fleet,
         metrics,
         idle_timeout=settings.idle_timeout,
+        first_byte_timeout=settings.first_byte_timeout,
         access=access,
         admission=admission,
         limits=app[LIMITS],

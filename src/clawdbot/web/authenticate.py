@@ -6,6 +6,7 @@ CSRF token, and a request whose Origin is another site's is refused whatever it 
 from __future__ import annotations
 
 import secrets
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -49,12 +50,19 @@ class Gate:
         self.sso_proxies = Proxies(settings.sso_proxies)
         public = [str(URL(settings.public_url).origin())] if settings.public_url else []
         self.origins = frozenset([*settings.allowed_origins, *public])  # besides the host a request was sent to
+        # Worked out once per Host header and per client address, not on every request (a few µs each).
+        self._local_hosts: dict[str, bool] = {}
+        self._owners: dict[str, Actor] = {}
 
     async def identify(self, request: web.Request) -> Actor | None:
         """The request's user by key, trusted header or session cookie; None if it names none. A key or cookie
         that is wrong is Unauthenticated, not ignored: the caller meant to be someone."""
         if not self.auth.enabled:
-            return nobody_needed(self.proxies.client(request))
+            address = self.proxies.client(request)
+            actor_ = self._owners.get(address)
+            if actor_ is None:
+                actor_ = _remember(self._owners, address, nobody_needed(address))
+            return actor_
         header = request.headers.get("Authorization", "")
         if header:
             scheme, _, secret = header.partition(" ")
@@ -93,7 +101,11 @@ class Gate:
     def check_host(self, request: web.Request) -> None:
         """Without accounts the gateway serves only its own machine: a page on another site that renamed itself
         to 127.0.0.1 (DNS rebinding) still sends its own name in Host."""
-        if not loopback(_host_of(request, None).host):
+        given = request.headers.get("Host", "")
+        local = self._local_hosts.get(given)
+        if local is None:
+            local = _remember(self._local_hosts, given, loopback(_host_of(request, None).host))
+        if not local:
             raise Forbidden("without accounts (--no-auth) the gateway answers only to localhost", "bad_host")
 
 
@@ -116,6 +128,17 @@ def _host_of(request: web.Request, proxies: Proxies | None) -> _Host:
         return _Host((url.host or "").lower(), url.explicit_port)
     except ValueError:
         return _Host("", None)
+
+
+_T = TypeVar("_T")
+_REMEMBERED = 1024  # entries of a per-request lookup cache; a client making up Host headers only empties it
+
+
+def _remember(cache: dict[str, _T], key: str, value: _T) -> _T:
+    if len(cache) >= _REMEMBERED:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _raw(path: str) -> bool:

@@ -29,6 +29,7 @@ from ..logs import LOG
 Header = Literal["auto", "x-real-ip", "forwarded", "x-forwarded-for"]
 HEADERS: tuple[Header, ...] = ("x-real-ip", "forwarded", "x-forwarded-for")
 _WARN_EVERY_S = 60.0
+_PEERS_KEPT = 4096
 _Address = IPv4Address | IPv6Address
 
 
@@ -39,11 +40,18 @@ class Proxies:
         self.networks = _networks(tuple(networks))
         self.headers: tuple[Header, ...] = HEADERS if header == "auto" else (header,)
         self._warned = -_WARN_EVERY_S
+        self._peers: dict[str, bool] = {}  # trusted() by peer address: parsing one costs more than the rest
 
     def trusted(self, peer: str) -> bool:
         """Whether a connection comes from one of our proxies (whose forwarded headers are believed)."""
-        address = _parse(peer)
-        return address is not None and self._ours(address)
+        known = self._peers.get(peer)
+        if known is None:
+            address = _parse(peer)
+            known = address is not None and self._ours(address)
+            if len(self._peers) >= _PEERS_KEPT:
+                self._peers.clear()
+            self._peers[peer] = known
+        return known
 
     def client(self, request: web.Request) -> str:
         """The client's address: the peer's, or behind a trusted proxy the one its headers name. Worked out once
@@ -54,7 +62,7 @@ class Proxies:
         return found
 
     def named(self, peer: str, headers: CIMultiDictProxy[str]) -> str:
-        if not self.trusted(peer):
+        if not self.networks or not self.trusted(peer):
             return peer  # anyone can send any header: only our proxies' are read
         named = {header: address for header in self.headers if (address := self._read(header, headers)) is not None}
         distinct = set(named.values())

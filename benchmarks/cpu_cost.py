@@ -1,0 +1,392 @@
+"""What relaying costs in CPU: microseconds of the relaying process per request and per streamed chunk, for a plain
+aiohttp relay (PLAIN_RELAY below, ~30 lines), the gateway's raw /api/chat path and its chat path, in one run.
+
+One simulator paces every reply (`--tokens-per-second`, unlimited slots, nothing queues); each path gets
+--requests requests at --concurrency with 1-token replies and again with --long-token replies, from a load
+generator in a process of its own (benchmarks/_cpu_load.py). The relaying process's CPU (utime + stime from
+/proc/PID/stat, with any child processes) is read before and after each run:
+
+    per request = CPU of the 1-token run / requests
+    per chunk   = (CPU per long request - CPU per 1-token request) / (long - 1)
+
+The raw paths (plain relay, gateway /api/chat, nginx with --nginx) relay Ollama's NDJSON stream; the chat path is
+the chat page's WebSocket (`send`, then events to `reply.done`; per turn and per token the same way). The load
+generator's CPU is reported too: near one core, it was the bottleneck and the figures are suspect. CPU time, not
+wall time, is what is compared, so other work on the machine shifts the figures little; --rounds N repeats the runs
+and reports the median.
+
+    uv run python benchmarks/cpu_cost.py
+    uv run python benchmarks/cpu_cost.py --requests 500 --paths plain,raw
+    uv run python benchmarks/cpu_cost.py --nginx --rounds 3
+    uv run python benchmarks/cpu_cost.py --redis-url redis://127.0.0.1:6379/0   # the gateway with shared state
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _procs import start
+
+HERE = Path(__file__).resolve().parent
+_TICK = os.sysconf("SC_CLK_TCK")
+
+# The yardstick: what any aiohttp relay costs. Keep-alive to the backend, the body read whole, the stream relayed
+# chunk by chunk as it arrives; no logging, metrics, admission or accounts.
+PLAIN_RELAY = """
+import asyncio, sys
+import aiohttp, uvloop
+from aiohttp import web
+
+UPSTREAM = sys.argv[1]
+HOP = {"host", "connection", "keep-alive", "content-length", "transfer-encoding"}
+session: aiohttp.ClientSession
+
+
+async def relay(request: web.Request) -> web.StreamResponse:
+    body = await request.read()
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+    async with session.request(request.method, UPSTREAM + request.path_qs, data=body, headers=headers) as upstream:
+        response = web.StreamResponse(status=upstream.status)
+        response.content_type = upstream.content_type
+        await response.prepare(request)
+        async for data in upstream.content.iter_any():
+            await response.write(data)
+        await response.write_eof()
+        return response
+
+
+async def main() -> None:
+    global session
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", relay)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    print(f"http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+uvloop.run(main())
+"""
+
+NGINX_CONF = """master_process off;
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream backend {{ server {upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;  # the simulator, as Ollama, answers only to a local Host
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+# ---- processes and their CPU -----------------------------------------------------------------------------------------
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of one process, or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def cpu_tree(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (a gateway with --workers runs several)."""
+    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(int(p))) is not None}
+    total, family = 0.0, {pid}
+    for child, (parent, _) in sorted(stats.items()):
+        if parent in family:
+            family.add(child)
+    for member in family:
+        total += stats.get(member, (0, 0.0))[1]
+    return total
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], what: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
+
+
+def start_plain(sim_url: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PLAIN_RELAY, sim_url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://"):
+        proc.kill()
+        raise SystemExit("the plain relay did not start")
+    return proc, url
+
+
+def start_nginx(sim_url: str, tmp: Path) -> tuple[subprocess.Popen[str], str]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.access(nginx, os.X_OK):
+        raise SystemExit("--nginx: nginx is not installed (apt-get install nginx-light)")
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=sim_url.removeprefix("http://"), port=port))
+    proc = subprocess.Popen(
+        [nginx, "-p", str(tmp), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
+    wait_for_port(port, proc, "nginx")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---- one run ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    path: str
+    tokens: int
+    requests: int
+    relay_cpu_s: float
+    load_cpu_s: float
+    wall_s: float
+    chunks_seen: int  # raw: body chunks the client received; chat: events
+    tokens_seen: int
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def us_per_request(self) -> float:
+        return 1e6 * self.relay_cpu_s / self.requests if self.requests else float("nan")
+
+
+def run_load(path: str, url: str, pid: int, tokens: int, args: argparse.Namespace) -> Run:
+    mode = "chat" if path == "chat" else "raw"
+    command = [
+        sys.executable,
+        str(HERE / "_cpu_load.py"),
+        mode,
+        url,
+        "--requests",
+        str(args.requests),
+        "--concurrency",
+        str(args.concurrency),
+        "--tokens",
+        str(tokens),
+    ]
+    load = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert load.stdin is not None
+    assert load.stdout is not None
+    try:
+        if load.stdout.readline().strip() != "ready":
+            raise SystemExit(f"the load generator failed to warm up against {path} ({url})")
+        time.sleep(0.2)  # let the warm-up's tail (connections closing, the last log lines) settle
+        before = cpu_tree(pid)
+        load.stdin.write("go\n")
+        load.stdin.flush()
+        line = load.stdout.readline()
+        relay_cpu = cpu_tree(pid) - before
+        if not line:
+            raise SystemExit(f"the load generator died during the {path} run")
+        result = json.loads(line)
+    finally:
+        stop(load)
+    return Run(
+        path,
+        tokens,
+        result["requests"],
+        relay_cpu,
+        result["cpu_s"],
+        result["wall_s"],
+        result["received"],
+        result["tokens"],
+        result["failures"],
+    )
+
+
+# ---- the report ------------------------------------------------------------------------------------------------------
+NAMES = {
+    "plain": "plain aiohttp relay",
+    "nginx": "nginx (1 worker, proxy_buffering off)",
+    "raw": "gateway /api/chat",
+    "chat": "gateway chat (WebSocket)",
+}
+
+
+def summarise(runs: list[Run], long: int) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for path in dict.fromkeys(run.path for run in runs):
+        short = [r for r in runs if r.path == path and r.tokens == 1]
+        longer = [r for r in runs if r.path == path and r.tokens == long]
+        per_request = statistics.median(r.us_per_request for r in short)
+        per_long = statistics.median(r.us_per_request for r in longer)
+        table[path] = {
+            "us_per_request": per_request,
+            "us_per_long_request": per_long,
+            "us_per_chunk": (per_long - per_request) / (long - 1),
+            "load_cores": statistics.median(r.load_cpu_s / r.wall_s for r in [*short, *longer]),
+            "relay_cores": statistics.median(r.relay_cpu_s / r.wall_s for r in [*short, *longer]),
+            "chunks_per_long_request": statistics.median(r.chunks_seen / max(r.requests, 1) for r in longer),
+            "tokens_per_long_request": statistics.median(r.tokens_seen / max(r.requests, 1) for r in longer),
+            "requests": sum(r.requests for r in [*short, *longer]),
+            "failures": sum(sum(r.failures.values()) for r in [*short, *longer]),
+        }
+    return table
+
+
+def render(table: dict[str, dict[str, Any]], long: int) -> str:
+    lines = [
+        f"| relaying process | CPU per request (1 token) | CPU per {long}-token request | CPU per chunk | "
+        f"relay CPU (cores) | load generator CPU (cores) | client chunks per {long}-token reply | failures |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path, row in table.items():
+        unit = "turn" if path == "chat" else "request"
+        lines.append(
+            f"| {NAMES[path]} | {row['us_per_request']:.0f} µs / {unit} | {row['us_per_long_request']:.0f} µs | "
+            f"**{row['us_per_chunk']:.1f} µs** | {row['relay_cores']:.2f} | {row['load_cores']:.2f} | "
+            f"{row['chunks_per_long_request']:.1f} | {row['failures']} of {row['requests']} |"
+        )
+    ratios = []
+    if "raw" in table and "plain" in table:
+        raw, plain = table["raw"], table["plain"]
+        ratios.append(f"gateway raw / plain relay: {raw['us_per_request'] / plain['us_per_request']:.2f}× per request")
+        ratios.append(f"gateway raw / plain relay: {raw['us_per_chunk'] / plain['us_per_chunk']:.2f}× per chunk")
+    if "chat" in table and "raw" in table:
+        chat, raw = table["chat"], table["raw"]
+        ratios.append(f"chat / raw: {chat['us_per_chunk'] / raw['us_per_chunk']:.2f}× per token")
+    return "\n".join([*lines, "", *ratios])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000, help="requests (chat: turns) per run")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--long", type=int, default=50, help="tokens of the long replies (default 50)")
+    parser.add_argument("--tokens-per-second", type=float, default=200.0, help="the simulator's pace per stream")
+    parser.add_argument("--paths", default="plain,raw,chat", help="which of plain, raw, chat (comma-separated)")
+    parser.add_argument("--nginx", action="store_true", help="nginx too, as the floor (nginx-light)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every run; the median is reported")
+    parser.add_argument("--redis-url", help="passed to the gateway (its live state in Redis)")
+    parser.add_argument("--redis-prefix", help="passed to the gateway with --redis-url")
+    parser.add_argument("--database-url", help="passed to the gateway (default: SQLite in a temporary directory)")
+    parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for `clawdbot serve`")
+    parser.add_argument("--json", type=Path, help="write every run and the summary here")
+    args = parser.parse_args()
+    if args.long < 2:
+        parser.error("--long must be at least 2")
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if unknown := set(paths) - {"plain", "raw", "chat"}:
+        parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
+    if args.nginx:
+        paths.insert(1 if "plain" in paths else 0, "nginx")
+    rate = f"{args.tokens_per_second:g}"
+    sim_args = ["simulate", "--port", "0", "--profile", "instant", "--tokens-per-second", rate]
+    sim_args += ["--num-parallel", "0", "--keep-alive", "-1s"]
+    procs: list[subprocess.Popen[Any]] = []
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="clawdbot-cpu-") as tmp:
+        try:
+            sim, sim_url = start(sim_args, None)
+            procs.append(sim)
+            relays: dict[str, tuple[subprocess.Popen[Any], str]] = {}
+            if "plain" in paths:
+                relays["plain"] = start_plain(sim_url)
+            if "nginx" in paths:
+                relays["nginx"] = start_nginx(sim_url, Path(tmp))
+            gateway_args = [
+                "serve",
+                "--port",
+                "0",
+                "--ollama-url",
+                sim_url,
+                "--no-auth",
+                "--data-dir",
+                str(Path(tmp) / "data"),
+                "--max-running",
+                "4096",  # no per-user cap: every request runs at once, as on the other paths
+                *(["--redis-url", args.redis_url] if args.redis_url else []),
+                *(["--redis-prefix", args.redis_prefix] if args.redis_prefix else []),
+                *(["--database-url", args.database_url] if args.database_url else []),
+                *args.gateway_arg,
+            ]
+            if "raw" in paths or "chat" in paths:
+                gateway = start(gateway_args, None)
+                relays["raw"] = relays["chat"] = gateway
+            procs += [proc for proc, _ in relays.values()]
+            for round_ in range(args.rounds):
+                for tokens in (1, args.long):
+                    for path in paths:
+                        proc, url = relays[path]
+                        run = run_load(path, url, proc.pid, tokens, args)
+                        runs.append(run)
+                        print(
+                            f"round {round_ + 1}, {NAMES[path]}, {tokens}-token replies: "
+                            f"{run.us_per_request:.0f} µs per {'turn' if path == 'chat' else 'request'}, "
+                            f"{run.requests} done in {run.wall_s:.1f} s, load generator {run.load_cpu_s:.1f} CPU-s"
+                            + (f", failures {run.failures}" if run.failures else ""),
+                            flush=True,
+                        )
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+    table = summarise(runs, args.long)
+    print()
+    print(render(table, args.long))
+    print(
+        f"\nsimulator: clawdbot {' '.join(sim_args)}\ngateway:   clawdbot {' '.join(gateway_args)}\n"
+        f"load:      {args.requests} requests at concurrency {args.concurrency} per run, 1- and {args.long}-token "
+        f"replies, {args.rounds} round(s); python benchmarks/_cpu_load.py (a process of its own)\n"
+        f"CPU:       utime + stime from /proc/PID/stat before and after each run; os.cpu_count() = {os.cpu_count()}"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"runs": [run.__dict__ for run in runs], "summary": table, "args": vars(args)}, default=str)
+        )
+
+
+if __name__ == "__main__":
+    main()
