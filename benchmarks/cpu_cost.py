@@ -18,7 +18,12 @@ and reports the median.
     uv run python benchmarks/cpu_cost.py
     uv run python benchmarks/cpu_cost.py --requests 500 --paths plain,raw
     uv run python benchmarks/cpu_cost.py --nginx --rounds 3
-    uv run python benchmarks/cpu_cost.py --redis-url redis://127.0.0.1:6379/0   # the gateway with shared state
+    uv run python benchmarks/cpu_cost.py --paths plain,raw,chat,raw-redis,chat-redis   # with and without Redis
+
+`raw-redis` and `chat-redis` are a second gateway of the same settings plus `--redis-url` (default
+redis://127.0.0.1:6379/0, a fresh key prefix): its live state shared in Redis, as with --workers or replicas.
+Redis's own CPU (INFO cpu, used_cpu_user + used_cpu_sys) is read around those runs too: per request and per chunk
+the same way. Redis is shared with whatever else runs: an idle machine gives the cleanest figures.
 """
 
 from __future__ import annotations
@@ -197,14 +202,34 @@ class Run:
     chunks_seen: int  # raw: body chunks the client received; chat: events
     tokens_seen: int
     failures: dict[str, int] = field(default_factory=dict)
+    redis_cpu_s: float = 0.0  # Redis's own CPU during the run (the *-redis paths)
 
     @property
     def us_per_request(self) -> float:
         return 1e6 * self.relay_cpu_s / self.requests if self.requests else float("nan")
 
+    @property
+    def redis_us_per_request(self) -> float:
+        return 1e6 * self.redis_cpu_s / self.requests if self.requests else float("nan")
+
+
+def redis_cpu(url: str | None) -> float:
+    """Redis's CPU seconds so far (user + system), 0 without a Redis."""
+    if not url:
+        return 0.0
+    import redis  # only the *-redis paths need it
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    finally:
+        client.close()
+
 
 def run_load(path: str, url: str, pid: int, tokens: int, args: argparse.Namespace) -> Run:
-    mode = "chat" if path == "chat" else "raw"
+    mode = "chat" if path.startswith("chat") else "raw"
+    redis_url = args.redis_url if path.endswith("-redis") else None
     command = [
         sys.executable,
         str(HERE / "_cpu_load.py"),
@@ -224,11 +249,12 @@ def run_load(path: str, url: str, pid: int, tokens: int, args: argparse.Namespac
         if load.stdout.readline().strip() != "ready":
             raise SystemExit(f"the load generator failed to warm up against {path} ({url})")
         time.sleep(0.2)  # let the warm-up's tail (connections closing, the last log lines) settle
-        before = cpu_tree(pid)
+        before, redis_before = cpu_tree(pid), redis_cpu(redis_url)
         load.stdin.write("go\n")
         load.stdin.flush()
         line = load.stdout.readline()
         relay_cpu = cpu_tree(pid) - before
+        redis_used = redis_cpu(redis_url) - redis_before
         if not line:
             raise SystemExit(f"the load generator died during the {path} run")
         result = json.loads(line)
@@ -244,6 +270,7 @@ def run_load(path: str, url: str, pid: int, tokens: int, args: argparse.Namespac
         result["received"],
         result["tokens"],
         result["failures"],
+        redis_used,
     )
 
 
@@ -253,6 +280,8 @@ NAMES = {
     "nginx": "nginx (1 worker, proxy_buffering off)",
     "raw": "gateway /api/chat",
     "chat": "gateway chat (WebSocket)",
+    "raw-redis": "gateway /api/chat, state in Redis",
+    "chat-redis": "gateway chat (WebSocket), state in Redis",
 }
 
 
@@ -274,6 +303,11 @@ def summarise(runs: list[Run], long: int) -> dict[str, dict[str, Any]]:
             "requests": sum(r.requests for r in [*short, *longer]),
             "failures": sum(sum(r.failures.values()) for r in [*short, *longer]),
         }
+        if path.endswith("-redis"):
+            redis_request = statistics.median(r.redis_us_per_request for r in short)
+            redis_long = statistics.median(r.redis_us_per_request for r in longer)
+            table[path]["redis_us_per_request"] = redis_request
+            table[path]["redis_us_per_chunk"] = (redis_long - redis_request) / (long - 1)
     return table
 
 
@@ -284,7 +318,7 @@ def render(table: dict[str, dict[str, Any]], long: int) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for path, row in table.items():
-        unit = "turn" if path == "chat" else "request"
+        unit = "turn" if path.startswith("chat") else "request"
         lines.append(
             f"| {NAMES[path]} | {row['us_per_request']:.0f} µs / {unit} | {row['us_per_long_request']:.0f} µs | "
             f"**{row['us_per_chunk']:.1f} µs** | {row['relay_cores']:.2f} | {row['load_cores']:.2f} | "
@@ -295,9 +329,16 @@ def render(table: dict[str, dict[str, Any]], long: int) -> str:
         raw, plain = table["raw"], table["plain"]
         ratios.append(f"gateway raw / plain relay: {raw['us_per_request'] / plain['us_per_request']:.2f}× per request")
         ratios.append(f"gateway raw / plain relay: {raw['us_per_chunk'] / plain['us_per_chunk']:.2f}× per chunk")
-    if "chat" in table and "raw" in table:
-        chat, raw = table["chat"], table["raw"]
-        ratios.append(f"chat / raw: {chat['us_per_chunk'] / raw['us_per_chunk']:.2f}× per token")
+    for chat_path, raw_path in (("chat", "raw"), ("chat-redis", "raw-redis")):
+        if chat_path in table and raw_path in table:
+            chat, raw = table[chat_path], table[raw_path]
+            ratios.append(f"{chat_path} / {raw_path}: {chat['us_per_chunk'] / raw['us_per_chunk']:.2f}× per token")
+    for path, row in table.items():
+        if "redis_us_per_request" in row:
+            ratios.append(
+                f"Redis's own CPU, {path}: {row['redis_us_per_request']:.0f} µs per request, "
+                f"{row['redis_us_per_chunk']:.1f} µs per chunk"
+            )
     return "\n".join([*lines, "", *ratios])
 
 
@@ -310,8 +351,10 @@ def main() -> None:
     parser.add_argument("--paths", default="plain,raw,chat", help="which of plain, raw, chat (comma-separated)")
     parser.add_argument("--nginx", action="store_true", help="nginx too, as the floor (nginx-light)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every run; the median is reported")
-    parser.add_argument("--redis-url", help="passed to the gateway (its live state in Redis)")
-    parser.add_argument("--redis-prefix", help="passed to the gateway with --redis-url")
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/0", help="the Redis of the raw-redis and chat-redis paths"
+    )
+    parser.add_argument("--redis-prefix", help="its key prefix (default: a fresh one)")
     parser.add_argument("--database-url", help="passed to the gateway (default: SQLite in a temporary directory)")
     parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for `clawdbot serve`")
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
@@ -319,7 +362,7 @@ def main() -> None:
     if args.long < 2:
         parser.error("--long must be at least 2")
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    if unknown := set(paths) - {"plain", "raw", "chat"}:
+    if unknown := set(paths) - {"plain", "raw", "chat", "raw-redis", "chat-redis"}:
         parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
     if args.nginx:
         paths.insert(1 if "plain" in paths else 0, "nginx")
@@ -348,14 +391,17 @@ def main() -> None:
                 str(Path(tmp) / "data"),
                 "--max-running",
                 "4096",  # no per-user cap: every request runs at once, as on the other paths
-                *(["--redis-url", args.redis_url] if args.redis_url else []),
-                *(["--redis-prefix", args.redis_prefix] if args.redis_prefix else []),
                 *(["--database-url", args.database_url] if args.database_url else []),
                 *args.gateway_arg,
             ]
             if "raw" in paths or "chat" in paths:
                 gateway = start(gateway_args, None)
                 relays["raw"] = relays["chat"] = gateway
+            if "raw-redis" in paths or "chat-redis" in paths:
+                prefix = args.redis_prefix or f"clawdbot-cpu-{os.getpid()}"
+                shared = [*gateway_args, "--redis-url", args.redis_url, "--redis-prefix", prefix]
+                shared[shared.index("--data-dir") + 1] = str(Path(tmp) / "data-redis")
+                relays["raw-redis"] = relays["chat-redis"] = start(shared, None)
             procs += [proc for proc, _ in relays.values()]
             for round_ in range(args.rounds):
                 for tokens in (1, args.long):
@@ -365,7 +411,7 @@ def main() -> None:
                         runs.append(run)
                         print(
                             f"round {round_ + 1}, {NAMES[path]}, {tokens}-token replies: "
-                            f"{run.us_per_request:.0f} µs per {'turn' if path == 'chat' else 'request'}, "
+                            f"{run.us_per_request:.0f} µs per {'turn' if path.startswith('chat') else 'request'}, "
                             f"{run.requests} done in {run.wall_s:.1f} s, load generator {run.load_cpu_s:.1f} CPU-s"
                             + (f", failures {run.failures}" if run.failures else ""),
                             flush=True,
