@@ -142,7 +142,8 @@ class Settings(SettingsModel):
     redis_url: str | None = Field(
         None,
         description="Where the live state several gateway processes share is kept (redis://HOST:PORT/DB, "
-        "rediss://… for TLS, unix:///PATH): reply events, running replies, the fair queue and slots, rate limits, "
+        "rediss://… for TLS, unix:///PATH, or redis+sentinel://HOST:PORT,…/SERVICE for the primary Sentinel "
+        "names): reply events, running replies, the fair queue and slots, rate limits, "
         "sign-in throttles, credential revocations. Default: none, one process keeps them in its memory.",
     )
     redis_prefix: str = Field(
@@ -322,8 +323,11 @@ class Settings(SettingsModel):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///PATH")
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+            raise ValueError(
+                "must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix:///PATH or "
+                "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]"
+            )
         return value
 
     _check_profile = field_validator("demo_profile")(known_profile)

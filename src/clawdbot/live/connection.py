@@ -18,10 +18,13 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -37,19 +40,41 @@ PING_EVERY = 1.0
 SUBSCRIBE_WAIT = 5.0
 
 
+_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 2.0,
+    "socket_timeout": 5.0,
+    "socket_keepalive": True,
+    "health_check_interval": 30,
+    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
+    "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    "max_connections": 256,
+}
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client for `url`: redis://, rediss:// or unix:// (one Redis), or redis+sentinel://[:PASSWORD@]HOST:PORT[,
+    HOST:PORT…]/SERVICE[/DB] (the primary that Sentinel names for SERVICE, found again after a failover)."""
+    if not url.startswith("redis+sentinel://"):
+        return aioredis.Redis.from_url(url, **_OPTIONS)
+    parsed = urlsplit(url)
+    password = unquote(parsed.password) if parsed.password else None
+    hosts = parsed.netloc.rsplit("@", 1)[-1]
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        sentinels.append((name.strip("[]"), int(port or 26379)))
+    path = [part for part in parsed.path.split("/") if part]
+    service, db = path[0], int(path[1]) if len(path) > 1 else 0
+    kwargs = {k: v for k, v in _OPTIONS.items() if k != "max_connections"}
+    sentinel = Sentinel(sentinels, password=password, db=db, **kwargs)
+    primary: aioredis.Redis = sentinel.master_for(service, max_connections=_OPTIONS["max_connections"])
+    return primary
+
+
 class Live:
     def __init__(self, url: str, prefix: str = "clawdbot") -> None:
         self.url, self.prefix = url, prefix
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            socket_keepalive=True,
-            health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            max_connections=256,
-        )
+        self.client: aioredis.Redis = connect(url)
         # This process, as other processes name it (leases, messages addressed to it): unique even if a pid is
         # reused after a crash.
         self.node = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
