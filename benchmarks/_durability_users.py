@@ -12,12 +12,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 from _durability_check import FINAL
-from _harness import Gateway
 
 _QUIET = 45.0  # seconds without any event (heartbeats come every 15 s) before a socket counts as dead
 _MAX_EVENT_BYTES = 64 * 1024 * 1024  # reply.done carries the whole reply
@@ -88,6 +87,13 @@ class Turn:
         )
 
 
+class Front(Protocol):
+    """Where the clients connect: the gateway (its url changes if it comes back on another port), or nginx."""
+
+    @property
+    def url(self) -> str: ...
+
+
 class Lost(Exception):
     """The socket closed (our own drop, the gateway's crash, or silence)."""
 
@@ -95,7 +101,7 @@ class Lost(Exception):
 class Link:
     """A user's WebSocket, opened again (to wherever the gateway now listens) when it was lost."""
 
-    def __init__(self, session: aiohttp.ClientSession, gateway: Gateway, address: str, stats: Stats) -> None:
+    def __init__(self, session: aiohttp.ClientSession, gateway: Front, address: str, stats: Stats) -> None:
         self.session, self.gateway, self.stats = session, gateway, stats
         self.headers = {"X-Forwarded-For": address}
         self.ws: aiohttp.ClientWebSocketResponse | None = None

@@ -100,6 +100,16 @@ def by_label(metrics: dict[str, dict[str, float]], name: str) -> Counter[str]:
     return counts
 
 
+def merged(scrapes: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Several processes' metrics added up (counters and gauges alike: replicas each count their own)."""
+    out: dict[str, dict[str, float]] = {}
+    for metrics in scrapes:
+        for name, values in metrics.items():
+            for labels, value in values.items():
+                out.setdefault(name, {})[labels] = out.get(name, {}).get(labels, 0.0) + value
+    return out
+
+
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, dict[str, float]]:
     async with session.get(f"{url}/metrics") as response:
         return parse_metrics(await response.text())
