@@ -126,12 +126,10 @@ class Deployment:
         self.dead: set[int] = set()
         self.tmp = tmp
 
-    def start(self) -> Nginx:
-        """The replicas, then nginx in front of them: what the clients connect to."""
-        for replica in self.replicas:
-            replica.start()
+    async def start(self) -> None:
+        """The replicas (at once: they migrate under a lock), then nginx in front of them."""
+        await asyncio.gather(*(asyncio.to_thread(replica.start) for replica in self.replicas))
         self.nginx = Nginx(self.tmp, [r.port for r in self.replicas])
-        return self.nginx
 
     def live(self) -> list[Gateway]:
         return [r for n, r in enumerate(self.replicas) if n not in self.dead]
@@ -157,7 +155,8 @@ class Deployment:
 # ---- what is done to them -------------------------------------------------------------------------------------------
 @dataclass
 class Chaos:
-    """When each blow fell (s after the first user started), how many replies were in flight then (as the clients saw it)."""
+    """When each blow fell (seconds after the users began), how many replies were in flight then (as the clients
+    saw it)."""
 
     killed_at: float = 0.0
     in_flight_at_kill: int = 0

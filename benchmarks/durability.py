@@ -131,7 +131,7 @@ async def drive(args: argparse.Namespace, gateway: Gateway | None, replicas: Dep
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        front = gateway if gateway is not None else replicas.start() if replicas is not None else None
+        front = gateway if gateway is not None else replicas.nginx if replicas is not None else None
         assert front is not None
         addresses = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(args.users)]
         users = [User(i, Link(session, front, a, stats), stats, options, run) for i, a in enumerate(addresses)]
@@ -306,6 +306,7 @@ def main() -> None:
     parser.add_argument("--send-drop", type=float, default=0.05, help="share of sends whose socket drops before ack")
     parser.add_argument("--fault-rate", type=float, default=0.05, help="the simulator's share of failing requests")
     parser.add_argument("--faults", default="drop,stall,error_line,http_500,reset")
+    parser.add_argument("--sim-profile", default="4090", help="the simulator's timings (tests: instant)")
     parser.add_argument("--slots", type=int, default=16, help="simulator slots = gateway --max-running")
     parser.add_argument("--tokens-per-second", type=float, default=100.0, help="per stream, in the simulator")
     parser.add_argument("--kill", action=argparse.BooleanOptionalAction, default=True, help="SIGKILL the gateway once")
@@ -340,6 +341,7 @@ def main() -> None:
 
 async def run(args: argparse.Namespace) -> int:
     sim_args = ["simulate", "--port", "0", "--tokens-per-second", str(args.tokens_per_second)]
+    sim_args += ["--profile", args.sim_profile]
     sim_args += ["--num-parallel", str(args.slots), "--keep-alive", "-1s", "--seed", str(args.seed)]
     sim_args += ["--fault-rate", str(args.fault_rate)]
     for kind in args.faults.split(","):
@@ -351,7 +353,7 @@ async def run(args: argparse.Namespace) -> int:
         args.gateway_args = ["--ollama-url", sim_url, "--data-dir", str(data_dir), "--max-running", str(args.slots)]
         args.gateway_args += ["--no-auth"]  # on 127.0.0.1: accounts are not what this measures
         try:
-            await load_model(sim_url)
+            loading = asyncio.create_task(load_model(sim_url))
             if args.database == "postgresql":
                 name, url = await create_database(args.postgres, "clawdbot_durability")
                 args.gateway_args += ["--database-url", url]
@@ -359,9 +361,11 @@ async def run(args: argparse.Namespace) -> int:
             if args.replicas:
                 redis_url = None if args.restart_redis else args.redis_url
                 replicas = Deployment(args.replicas, args.gateway_args, Path(tmp), redis_url)
+                await replicas.start()
             else:
                 gateway = Gateway(args.gateway_args, Path(tmp) / "gateway.log")
                 await asyncio.to_thread(gateway.start)
+            await loading
             try:
                 result = await drive(args, gateway, replicas)
             finally:
@@ -394,6 +398,9 @@ async def run(args: argparse.Namespace) -> int:
             "stats": {k: dict(v) if isinstance(v, Counter) else v for k, v in vars(stats).items()},
             "checked": checked,
             "crash": {k: v for k, v in vars(result["crash"]).items() if k != "metrics"},
+            "chaos": vars(result["chaos"]),
+            "continued": sorted(result["continued"]),
+            "continued_seen": result["continued_seen"],
             "memory_end": result["memory_end"],
             "elapsed_s": result["elapsed_s"],
         }
