@@ -22,7 +22,15 @@ with a numbered `reply.done` reassembles to exactly the stored text; an interrup
 its client saw agree (one is a prefix of the other); no `reply.done` carries a status that is not final; no reply
 is lost. The script exits 1 if any of that fails, and prints the turns concerned.
 
+With --replicas N (and --database postgresql) the gateway is N replicas on that database and one Redis (--redis-url
+under a fresh prefix), behind a real nginx running deploy/nginx-replicas.conf, and the clients talk to nginx:
+replica 0 is SIGKILLed at --kill-at and left dead, replica 1 is stopped with SIGTERM at --sigterm-at and started
+again on its port (a rolling restart), and with --restart-redis a private Redis is restarted empty at --redis-at
+(_durability_replicas.py). Replies in flight must then be continued by another replica (counted from the gateways'
+"took over a reply" lines), so an `interrupted` reply fails the run too.
+
     uv run python benchmarks/durability.py --users 200 --turns 3
+    uv run python benchmarks/durability.py --replicas 3 --database postgresql --users 100 --turns 3
 """
 
 from __future__ import annotations
