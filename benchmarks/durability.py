@@ -46,7 +46,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from _durability_replicas import Chaos, Deployment, chaos, replica_lines, taken_
 from _durability_users import T0, Front, Link, Options, Stats, User
 from _harness import (
     Gateway,
+    Gauges,
     by_label,
     create_database,
     drop_database,
@@ -113,22 +113,6 @@ async def crash_midway(
     print(f"restarted at {time.monotonic() - T0:.1f} s on port {gateway.port}", flush=True)
     crash.port_kept = gateway.port == old_port
     return crash
-
-
-class Gauges:
-    """Samples the gauges worth watching once a second: peak event-log bytes and queue length."""
-
-    def __init__(self) -> None:
-        self.peak_log_bytes = 0.0
-        self.peak_queued = 0.0
-
-    async def watch(self, session: aiohttp.ClientSession, urls: Callable[[], list[str]]) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            with contextlib.suppress(Exception):
-                metrics = merged([await scrape(session, url) for url in urls()])
-                self.peak_log_bytes = max(self.peak_log_bytes, metrics["clawdbot_reply_log_bytes"][""])
-                self.peak_queued = max(self.peak_queued, metrics["clawdbot_generations_queued"][""])
 
 
 async def drive(args: argparse.Namespace, gateway: Gateway | None, replicas: Deployment | None) -> dict[str, Any]:
