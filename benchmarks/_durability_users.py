@@ -12,12 +12,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 from _durability_check import FINAL
-from _harness import Gateway
 
 _QUIET = 45.0  # seconds without any event (heartbeats come every 15 s) before a socket counts as dead
 _MAX_EVENT_BYTES = 64 * 1024 * 1024  # reply.done carries the whole reply
@@ -63,6 +62,7 @@ class Reply:
     numbered_done: bool = False  # the whole stream was seen (a seq'd reply.done), so the text must match exactly
     gap: bool = False  # a gap is being repaired: counted once
     resumed: bool = False  # its events came over more than one connection
+    retry: bool = False  # the resume was answered 503: asked again after a moment
     snapshot_mismatch: int = 0
 
 
@@ -88,6 +88,13 @@ class Turn:
         )
 
 
+class Front(Protocol):
+    """Where the clients connect: the gateway (its url changes if it comes back on another port), or nginx."""
+
+    @property
+    def url(self) -> str: ...
+
+
 class Lost(Exception):
     """The socket closed (our own drop, the gateway's crash, or silence)."""
 
@@ -95,7 +102,7 @@ class Lost(Exception):
 class Link:
     """A user's WebSocket, opened again (to wherever the gateway now listens) when it was lost."""
 
-    def __init__(self, session: aiohttp.ClientSession, gateway: Gateway, address: str, stats: Stats) -> None:
+    def __init__(self, session: aiohttp.ClientSession, gateway: Front, address: str, stats: Stats) -> None:
         self.session, self.gateway, self.stats = session, gateway, stats
         self.headers = {"X-Forwarded-For": address}
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -229,7 +236,8 @@ class User:
                         return event, early
                     else:
                         self.stats.send_errors[event["code"]] += 1
-                        if event["code"] not in ("overloaded", "too_many_waiting", "conflict"):
+                        # 503 redis_unavailable (replicas, Redis restarting): a person sends again after a moment.
+                        if event["code"] not in ("overloaded", "too_many_waiting", "conflict", "redis_unavailable"):
                             return None, early
                         await asyncio.sleep(float(event.get("retry_after") or 1))
                         break
@@ -249,6 +257,9 @@ class User:
                 if self.link.ws is None or self.link.ws.closed:
                     await self.connect(deadline)
                     resume = True
+                if reply.retry:
+                    reply.retry, resume = False, True
+                    await asyncio.sleep(random.uniform(0.5, 1.0))
                 if resume or reply.gap:
                     resume, reply.resumed = False, True
                     self.stats.resumes += 1
@@ -270,7 +281,10 @@ class User:
         if kind == "error":  # to a resume: the reply is unknown; the database check says what became of it
             code = event.get("code", "?")
             self.stats.resume_errors[code] += 1
-            reply.final = {"status": f"resume_error:{code}", "content": ""}
+            if code == "redis_unavailable":  # its events cannot be read now (Redis, or its writer, catching up)
+                reply.retry = True
+            else:
+                reply.final = {"status": f"resume_error:{code}", "content": ""}
             return
         if event.get("id") != reply.id:
             return  # hello, heartbeat, acks, message.new, and anything of an earlier reply

@@ -3,12 +3,14 @@ its memory and metrics, the simulated model loaded up front, and a throwaway Pos
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import secrets
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -100,9 +102,35 @@ def by_label(metrics: dict[str, dict[str, float]], name: str) -> Counter[str]:
     return counts
 
 
+def merged(scrapes: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Several processes' metrics added up (counters and gauges alike: replicas each count their own)."""
+    out: dict[str, dict[str, float]] = {}
+    for metrics in scrapes:
+        for name, values in metrics.items():
+            for labels, value in values.items():
+                out.setdefault(name, {})[labels] = out.get(name, {}).get(labels, 0.0) + value
+    return out
+
+
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, dict[str, float]]:
     async with session.get(f"{url}/metrics") as response:
         return parse_metrics(await response.text())
+
+
+class Gauges:
+    """Samples the gauges worth watching once a second: peak event-log bytes and queue length."""
+
+    def __init__(self) -> None:
+        self.peak_log_bytes = 0.0
+        self.peak_queued = 0.0
+
+    async def watch(self, session: aiohttp.ClientSession, urls: Callable[[], list[str]]) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                metrics = merged([await scrape(session, url) for url in urls()])
+                self.peak_log_bytes = max(self.peak_log_bytes, metrics["clawdbot_reply_log_bytes"][""])
+                self.peak_queued = max(self.peak_queued, metrics["clawdbot_generations_queued"][""])
 
 
 async def load_model(sim_url: str) -> None:

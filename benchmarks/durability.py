@@ -22,7 +22,15 @@ with a numbered `reply.done` reassembles to exactly the stored text; an interrup
 its client saw agree (one is a prefix of the other); no `reply.done` carries a status that is not final; no reply
 is lost. The script exits 1 if any of that fails, and prints the turns concerned.
 
+With --replicas N (and --database postgresql) the gateway is N replicas on that database and one Redis (--redis-url
+under a fresh prefix), behind a real nginx running deploy/nginx-replicas.conf, and the clients talk to nginx:
+replica 0 is SIGKILLed at --kill-at and left dead, replica 1 is stopped with SIGTERM at --sigterm-at and started
+again on its port (a rolling restart), and with --restart-redis a private Redis is restarted empty at --redis-at
+(_durability_replicas.py). Replies in flight must then be continued by another replica (counted from the gateways'
+"took over a reply" lines), so an `interrupted` reply fails the run too.
+
     uv run python benchmarks/durability.py --users 200 --turns 3
+    uv run python benchmarks/durability.py --replicas 3 --database postgresql --users 100 --turns 3
 """
 
 from __future__ import annotations
@@ -44,14 +52,17 @@ from typing import Any
 
 import aiohttp
 from _durability_check import INVARIANTS, rows_postgres, rows_sqlite, verify
-from _durability_users import T0, Link, Options, Stats, User
+from _durability_replicas import Chaos, Deployment, chaos, replica_lines, taken_over
+from _durability_users import T0, Front, Link, Options, Stats, User
 from _harness import (
     Gateway,
+    Gauges,
     by_label,
     create_database,
     drop_database,
     load_model,
     memory_mib,
+    merged,
     scrape,
     stop_on_sigterm,
 )
@@ -59,7 +70,7 @@ from _procs import start
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
-async def create_conversation(session: aiohttp.ClientSession, gateway: Gateway, address: str) -> str:
+async def create_conversation(session: aiohttp.ClientSession, gateway: Front, address: str) -> str:
     """POST /chat/api/conversations, retried while the gateway restarts."""
     for _ in range(100):
         try:
@@ -104,46 +115,45 @@ async def crash_midway(
     return crash
 
 
-class Gauges:
-    """Samples the gauges worth watching once a second: peak event-log bytes and queue length."""
-
-    def __init__(self) -> None:
-        self.peak_log_bytes = 0.0
-        self.peak_queued = 0.0
-
-    async def watch(self, session: aiohttp.ClientSession, gateway: Gateway) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            with contextlib.suppress(Exception):
-                metrics = await scrape(session, gateway.url)
-                self.peak_log_bytes = max(self.peak_log_bytes, metrics["clawdbot_reply_log_bytes"][""])
-                self.peak_queued = max(self.peak_queued, metrics["clawdbot_generations_queued"][""])
-
-
-async def drive(args: argparse.Namespace, gateway: Gateway) -> dict[str, Any]:
-    """Run all users, the crash and the gauge sampling; what the clients and /metrics saw."""
+async def drive(args: argparse.Namespace, gateway: Gateway | None, replicas: Deployment | None) -> dict[str, Any]:
+    """Run all users, the crash (or the replicas' blows) and the gauge sampling; what the clients and /metrics saw."""
     stats = Stats()
     options = Options(args.turns, args.think_time, args.drop, args.send_drop, args.turn_timeout)
     run = secrets.token_hex(3)
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        front = gateway if gateway is not None else replicas.nginx if replicas is not None else None
+        assert front is not None
         addresses = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(args.users)]
-        users = [User(i, Link(session, gateway, a, stats), stats, options, run) for i, a in enumerate(addresses)]
-        trigger = asyncio.Event()
-        target = int(args.users * args.turns * args.kill_at)
+        users = [User(i, Link(session, front, a, stats), stats, options, run) for i, a in enumerate(addresses)]
+        shares = {"kill": args.kill_at if args.kill else None}
+        if replicas is not None:
+            shares.update(term=args.sigterm_at if args.sigterm else None)
+            shares.update(redis=args.redis_at if args.restart_redis else None)
+        triggers = {name: asyncio.Event() for name, share in shares.items() if share is not None}
+        targets = {name: int(args.users * args.turns * share) for name, share in shares.items() if share is not None}
 
         def acknowledged() -> None:
-            if stats.acknowledged >= target:
-                trigger.set()
+            for name, target in targets.items():
+                if stats.acknowledged >= target:
+                    triggers[name].set()
 
-        crash_task = asyncio.create_task(crash_midway(gateway, session, trigger, users, stats)) if args.kill else None
+        def in_flight() -> int:
+            return sum(1 for u in users if u.current is not None and u.current.in_flight)
+
+        crash_task: asyncio.Task[Any] | None = None
+        if replicas is not None:
+            crash_task = asyncio.create_task(chaos(replicas, triggers, in_flight, time.monotonic()))
+        elif "kill" in triggers and gateway is not None:
+            crash_task = asyncio.create_task(crash_midway(gateway, session, triggers["kill"], users, stats))
         gauges = Gauges()
-        watcher = asyncio.create_task(gauges.watch(session, gateway))
+        targets_of = (lambda: [gateway.url]) if gateway is not None else (lambda: [r.url for r in replicas.live()])
+        watcher = asyncio.create_task(gauges.watch(session, targets_of))
 
         async def one_user(user: User, address: str) -> None:
             await asyncio.sleep(random.uniform(0, args.ramp_up))
-            conversation_id = await create_conversation(session, gateway, address)
+            conversation_id = await create_conversation(session, front, address)
             await user.run_turns(conversation_id, acknowledged)
 
         started = time.monotonic()
@@ -153,26 +163,29 @@ async def drive(args: argparse.Namespace, gateway: Gateway) -> dict[str, Any]:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         elapsed = time.monotonic() - started
-        crash = Crash()
+        crash: Any = Crash() if replicas is None else Chaos()
         if crash_task is not None:
             if not crash_task.done():
                 crash_task.cancel()  # the run ended before the kill's moment
             with contextlib.suppress(asyncio.CancelledError):
                 crash = await crash_task
         watcher.cancel()
-        final_metrics = await scrape(session, gateway.url)
+        final_metrics = merged([await scrape(session, url) for url in targets_of()])
     errors = [t.exception() for t in done if t.exception() is not None]
+    pids = [gateway.pid] if gateway is not None else [r.pid for r in replicas.live()] if replicas else []
     return {
         "stats": stats,
         "users": users,
-        "crash": crash,
+        "crash": crash if isinstance(crash, Crash) else Crash(memory=crash.killed_memory),
+        "chaos": crash if isinstance(crash, Chaos) else Chaos(),
+        "replicas": replicas is not None,
         "final_metrics": final_metrics,
-        "memory_end": memory_mib(gateway.pid),
+        "memory_end": max((memory_mib(pid) for pid in pids), key=lambda m: m["VmHWM"]),
         "gauges": gauges,
         "elapsed_s": elapsed,
         "timed_out_users": len(pending),
         "user_errors": [repr(e) for e in errors[:5]],
-        "crashed": crash_task is not None and crash.at > 0,
+        "crashed": isinstance(crash, Crash) and crash.at > 0,
     }
 
 
@@ -182,6 +195,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], checked: dict[str, 
     crash: Crash = result["crash"]
     gauges: Gauges = result["gauges"]
     metrics_before, metrics_after = crash.metrics, result["final_metrics"]
+    survivor = "largest live replica" if args.replicas else "restarted one"
     failures = by_label(metrics_before, "clawdbot_chat_reply_failures_total") + by_label(
         metrics_after, "clawdbot_chat_reply_failures_total"
     )
@@ -189,6 +203,8 @@ def report(args: argparse.Namespace, result: dict[str, Any], checked: dict[str, 
         metrics_after, "clawdbot_chat_reply_retries_total"
     )
     invariants = {key: checked[key] for key in INVARIANTS}
+    if args.replicas:
+        invariants.update(interrupted=checked["statuses"].get("interrupted", 0))
     invariants.update(
         not_acknowledged=stats.turns_started - stats.acknowledged,
         gaps=stats.gaps,
@@ -212,9 +228,8 @@ def report(args: argparse.Namespace, result: dict[str, Any], checked: dict[str, 
         f"{stats.drops} / {stats.resumes} / {stats.reconnects} ({stats.quiet_reconnects}) |",
         f"| replayed events dropped as repeats / snapshots / stored reply.done | "
         f"{stats.repeats} / {stats.snapshots} / {stats.stored_done} |",
-        f"| gateway SIGKILLs / in flight then (client view) / down for | "
-        f"{int(result['crashed'])} / {stats.in_flight_at_kill} / {crash.down_s:.1f} s "
-        f"(port {'kept' if crash.port_kept else 'changed'}) |",
+        *(replica_lines(result["chaos"], result["continued"], result["continued_seen"]) if args.replicas else []),
+        *([] if args.replicas else crash_lines(result)),
         f"| stored error_kind (status:kind) | {_fmt(checked['error_kinds'])} |",
         f"| /metrics reply failures by cause | {_fmt(failures)} |",
         f"| /metrics retries before the first token (unseen) | {_fmt(retries)} |",
@@ -224,9 +239,9 @@ def report(args: argparse.Namespace, result: dict[str, Any], checked: dict[str, 
         f"{checked['whole_streams_checked']} ({checked['resumed_streams_checked']}) / "
         f"{checked['interrupted_checked']} |",
         f"| stored but never acknowledged (a send given up) | {checked['unacknowledged_stored']} |",
-        f"| gateway memory: VmHWM of the killed process / of the restarted one (VmRSS at end) | "
-        f"{crash.memory.get('VmHWM', 0):.0f} MiB / {result['memory_end']['VmHWM']:.0f} MiB "
-        f"({result['memory_end']['VmRSS']:.0f} MiB) |",
+        f"| gateway memory: VmHWM of the killed process / of the {survivor} (VmRSS at end) | "
+        f"{crash.memory.get('VmHWM', 0):.0f} MiB / "
+        f"{result['memory_end']['VmHWM']:.0f} MiB ({result['memory_end']['VmRSS']:.0f} MiB) |",
         f"| peak clawdbot_reply_log_bytes / at end | {gauges.peak_log_bytes / 1024:.0f} KiB / "
         f"{_gauge(result['final_metrics'], 'clawdbot_reply_log_bytes') / 1024:.0f} KiB |",
         f"| peak clawdbot_generations_queued / at end | {gauges.peak_queued:.0f} / "
@@ -234,10 +249,20 @@ def report(args: argparse.Namespace, result: dict[str, Any], checked: dict[str, 
         "",
         "invariants (each must be 0): " + ", ".join(f"{k} {v}" for k, v in invariants.items()),
         f"simulator: clawdbot {sim_cmd}",
-        f"gateway:   clawdbot serve {' '.join(args.gateway_args)}",
+        f"gateway:   clawdbot serve {' '.join(args.gateway_args)}"
+        + (f" (×{args.replicas}, behind nginx: deploy/nginx-replicas.conf)" if args.replicas else ""),
     ]
     lines += [f"  problem: {p}" for p in checked["problems"] + result["user_errors"]]
     return "\n".join(lines)
+
+
+def crash_lines(result: dict[str, Any]) -> list[str]:
+    crash: Crash = result["crash"]
+    return [
+        f"| gateway SIGKILLs / in flight then (client view) / down for | "
+        f"{int(result['crashed'])} / {result['stats'].in_flight_at_kill} / {crash.down_s:.1f} s "
+        f"(port {'kept' if crash.port_kept else 'changed'}) |"
+    ]
 
 
 def _fmt(counts: dict[str, int] | Counter[str]) -> str:
@@ -252,6 +277,7 @@ def failed(result: dict[str, Any], checked: dict[str, Any]) -> bool:
     stats: Stats = result["stats"]
     return (
         any(checked[key] for key in INVARIANTS)
+        or (checked["statuses"].get("interrupted", 0) > 0 and result["replicas"])
         or stats.gaps > 0
         or stats.nonfinal_done > 0
         or stats.stuck > 0
@@ -272,6 +298,7 @@ def main() -> None:
     parser.add_argument("--send-drop", type=float, default=0.05, help="share of sends whose socket drops before ack")
     parser.add_argument("--fault-rate", type=float, default=0.05, help="the simulator's share of failing requests")
     parser.add_argument("--faults", default="drop,stall,error_line,http_500,reset")
+    parser.add_argument("--sim-profile", default="4090", help="the simulator's timings (tests: instant)")
     parser.add_argument("--slots", type=int, default=16, help="simulator slots = gateway --max-running")
     parser.add_argument("--tokens-per-second", type=float, default=100.0, help="per stream, in the simulator")
     parser.add_argument("--kill", action=argparse.BooleanOptionalAction, default=True, help="SIGKILL the gateway once")
@@ -284,10 +311,19 @@ def main() -> None:
         default="postgresql://postgres@127.0.0.1:5432/test",
         help="an existing database to connect to while creating (and dropping) the benchmark's own",
     )
+    group = parser.add_argument_group("replicas", "several gateways behind nginx, sharing PostgreSQL and Redis")
+    group.add_argument("--replicas", type=int, default=0, help="run this many replicas (needs --database postgresql)")
+    group.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="(under a fresh --redis-prefix)")
+    group.add_argument("--sigterm", action=argparse.BooleanOptionalAction, default=True, help="restart replica 1")
+    group.add_argument("--sigterm-at", type=float, default=0.7, help="…when this share of planned turns is acked")
+    group.add_argument("--restart-redis", action="store_true", help="a private Redis, restarted empty mid-run")
+    group.add_argument("--redis-at", type=float, default=0.4, help="…when this share of planned turns is acked")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep-log", type=Path, help="copy the gateway's log (both processes) here")
     args = parser.parse_args()
+    if args.replicas and (args.database != "postgresql" or args.replicas < 2):
+        parser.error("--replicas needs --database postgresql and at least 2 replicas")
     random.seed(args.seed)
     stop_on_sigterm()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -297,6 +333,7 @@ def main() -> None:
 
 async def run(args: argparse.Namespace) -> int:
     sim_args = ["simulate", "--port", "0", "--tokens-per-second", str(args.tokens_per_second)]
+    sim_args += ["--profile", args.sim_profile]
     sim_args += ["--num-parallel", str(args.slots), "--keep-alive", "-1s", "--seed", str(args.seed)]
     sim_args += ["--fault-rate", str(args.fault_rate)]
     for kind in args.faults.split(","):
@@ -308,18 +345,28 @@ async def run(args: argparse.Namespace) -> int:
         args.gateway_args = ["--ollama-url", sim_url, "--data-dir", str(data_dir), "--max-running", str(args.slots)]
         args.gateway_args += ["--no-auth"]  # on 127.0.0.1: accounts are not what this measures
         try:
-            await load_model(sim_url)
+            loading = asyncio.create_task(load_model(sim_url))
             if args.database == "postgresql":
                 name, url = await create_database(args.postgres, "clawdbot_durability")
                 args.gateway_args += ["--database-url", url]
-            gateway = Gateway(args.gateway_args, Path(tmp) / "gateway.log")
-            await asyncio.to_thread(gateway.start)
+            gateway, replicas = None, None
+            if args.replicas:
+                redis_url = None if args.restart_redis else args.redis_url
+                replicas = Deployment(args.replicas, args.gateway_args, Path(tmp), redis_url)
+                await replicas.start()
+            else:
+                gateway = Gateway(args.gateway_args, Path(tmp) / "gateway.log")
+                await asyncio.to_thread(gateway.start)
+            await loading
             try:
-                result = await drive(args, gateway)
+                result = await drive(args, gateway, replicas)
             finally:
-                gateway.stop()
+                if gateway is not None:
+                    gateway.stop()
+                if replicas is not None:
+                    await asyncio.to_thread(replicas.stop)
             rows = rows_sqlite(data_dir / "clawdbot.db") if name is None else await rows_postgres(url)
-            log_text = gateway.log.read_text(errors="replace")
+            log_text = gateway.log.read_text(errors="replace") if gateway else replicas.logs() if replicas else ""
             if args.keep_log:
                 args.keep_log.write_text(log_text)
         finally:
@@ -328,6 +375,10 @@ async def run(args: argparse.Namespace) -> int:
             if name is not None:
                 await drop_database(args.postgres, name)
     checked = verify(result["users"], rows)
+    result["continued"] = continued = taken_over(log_text)
+    result["continued_seen"] = sum(
+        1 for u in result["users"] for t in u.turns if t.reply and t.reply.id in continued and t.reply.final
+    )
     tracebacks = log_text.count("Traceback")
     print(report(args, result, checked, " ".join(sim_args)))
     print(f"tracebacks in the gateway's log: {tracebacks}")
@@ -339,6 +390,9 @@ async def run(args: argparse.Namespace) -> int:
             "stats": {k: dict(v) if isinstance(v, Counter) else v for k, v in vars(stats).items()},
             "checked": checked,
             "crash": {k: v for k, v in vars(result["crash"]).items() if k != "metrics"},
+            "chaos": vars(result["chaos"]),
+            "continued": sorted(result["continued"]),
+            "continued_seen": result["continued_seen"],
             "memory_end": result["memory_end"],
             "elapsed_s": result["elapsed_s"],
         }

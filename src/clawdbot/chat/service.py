@@ -84,15 +84,23 @@ class Chat:
 
     async def job(self, reply_id: str, owner: str) -> Job | None:
         """A reply in the event log, if it is this user's: another's is as absent as an unknown one. Where the log
-        cannot be read (Redis is down) a reply that has ended is left to its stored row; one in flight is a 503."""
+        cannot be read (Redis is down) a reply that has ended is left to its stored row; one in flight is a 503.
+        So is one in flight that the log does not have: a log shared by several processes lost it (Redis restarted
+        empty) until its writer writes it again, or its writer died before it was in the log and the sweep has not
+        ended it yet; its row, not final, is not how it ends (a client told so would stop following it)."""
         try:
             job = await self.log.job(reply_id)
         except RedisUnavailable:
-            row = await self.store.get_reply(reply_id, owner) if _ID.fullmatch(reply_id) else None
-            if row is not None and row.status in _IN_FLIGHT:
+            if await self._in_flight(reply_id, owner):
                 raise
             return None
+        if job is None and await self._in_flight(reply_id, owner):
+            raise RedisUnavailable("This reply's events cannot be read now (its writer is catching up); try again")
         return job if job is not None and job.owner == owner else None
+
+    async def _in_flight(self, reply_id: str, owner: str) -> bool:
+        row = await self.store.get_reply(reply_id, owner) if _ID.fullmatch(reply_id) else None
+        return row is not None and row.status in _IN_FLIGHT
 
     async def generation(self, reply_id: str, owner: str) -> ReplyState:
         """Where a reply stands: live from the event log while it runs (and briefly after), else its stored row.

@@ -40,6 +40,10 @@ from .connection import Live
 _GONE = (RedisConnectionError, RedisTimeoutError, OSError)  # Redis could not be reached: try again
 # Seconds a reply's keys live while it runs and its writer no longer refreshes them (the writer died).
 ORPHAN_TTL = 3600
+# Seconds between checks, in a flush, that Redis still has a reply's hash: Redis restarted empty (or evicted it)
+# leaves the writer adding to keys that lack the start of the reply, its owner and its row, which nobody could
+# resume from or take over. Noticed, the keys are written again whole from the log in memory.
+CHECK_EVERY = 1.0
 
 
 # One flush is one script run: atomic as MULTI … EXEC was, but one command to send and one reply to read instead of
@@ -151,6 +155,8 @@ class Mirrored:
     status: str = ""
     registered: bool = False
     refreshed: float | None = None  # when the keys' expiry was last set
+    checked: float = 0.0  # when the flush last checked that Redis still has the hash
+    lost: bool = False  # Redis lost the keys: the next flush deletes what is left of them and writes them whole
 
 
 @dataclass(slots=True)
@@ -160,6 +166,7 @@ class Counts:
     frames: int = 0  # events handed to the channels
     frames_dropped: int = 0
     failures: int = 0
+    rewritten: int = 0  # replies whose keys Redis lost while they were written here, written again whole
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -183,6 +190,7 @@ class _Sent:
 class _Batch:
     sent: list[_Sent] = field(default_factory=list)
     events: int = 0
+    checks: list[tuple[int, Mirrored]] = field(default_factory=list)  # (index of the HEXISTS in the batch, reply)
 
 
 class Mirror:
@@ -330,9 +338,19 @@ class Mirror:
             mirrored = sent.mirrored
             mirrored.seq, mirrored.base_seq, mirrored.message = sent.seq, sent.base_seq, sent.message
             mirrored.queue, mirrored.status, mirrored.registered = sent.queue, sent.status, True
-            mirrored.refreshed = sent.refreshed
+            mirrored.refreshed, mirrored.lost = sent.refreshed, False
             if sent.finished:
                 self.jobs.pop(mirrored.job.id, None)
+        lost = [m for index, m in batch.checks if results[index] == 0 and m.job.id in self.jobs]
+        for mirrored in lost:
+            mirrored.seq = mirrored.base_seq = 0
+            mirrored.message, mirrored.queue, mirrored.status = None, None, ""
+            mirrored.registered, mirrored.refreshed, mirrored.lost = False, None, True
+            self.dirty.add(mirrored.job.id)
+        if lost:
+            self.counts.rewritten += len(lost)
+            LOG.warning("redis lost replies being written here; they are written again", extra={"count": len(lost)})
+            self.wake.set()
 
     def _mirror(self, pipe: _Ops, mirrored: Mirrored, now: float, batch: _Batch) -> None:
         """Queue one reply's new events and registry changes on the transaction."""
@@ -341,6 +359,14 @@ class Mirror:
             self.jobs.pop(job.id, None)
             return
         stream, registry = keys(self.live, job.id)
+        if mirrored.lost:  # what was added since Redis lost them, before that was noticed: written again whole
+            pipe.delete(stream, registry)
+        elif not mirrored.registered:
+            mirrored.checked = now
+        elif now - mirrored.checked >= CHECK_EVERY:
+            mirrored.checked = now
+            batch.checks.append((len(pipe), mirrored))
+            pipe.hexists(registry, "message")
         fields: dict[FieldT, EncodableT] = {}
         if not mirrored.registered:
             fields.update(conversation=job.conversation_id, owner=job.owner, node=self.live.node)
