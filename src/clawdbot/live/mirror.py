@@ -49,24 +49,31 @@ CHECK_EVERY = 1.0
 # One flush is one script run: atomic as MULTI … EXEC was, but one command to send and one reply to read instead of
 # two per command (redis-py's pipeline costs ~25 µs of the gateway's CPU per command; a busy flush has dozens).
 # ARGV[1] holds the new stream entries, a line each (`<key index> <seq>-0 <event>`: an event is JSON, which has
-# no raw newline), so a token costs one line rather than four arguments; then the other operations, each a letter
-# and its arguments, keys named by their index in KEYS. An XADD of a seq the stream has is no error (a retried
-# flush whose first try got through); other refusals are returned.
+# no raw newline), so a token costs one line rather than four arguments; ARGV[2] the keys to delete first (a
+# reply Redis lost, written again whole); then the other operations in order, each a letter and its arguments,
+# keys named by their index in KEYS. An XADD of a seq the stream has is no error (a retried flush whose first try
+# got through); other refusals are returned, with the answers of the HEXISTS checks.
 _FLUSH = """
-local refused = {}
+local refused, found = {}, {}
+for index in string.gmatch(ARGV[2], '%d+') do
+  redis.call('DEL', KEYS[tonumber(index)])
+end
 for index, ident, data in string.gmatch(ARGV[1], '(%d+) (%S+) ([^\\n]*)') do
   local done = redis.pcall('XADD', KEYS[tonumber(index)], ident, 'd', data)
   if type(done) == 'table' and done.err and not string.find(done.err, 'equal or smaller') then
     refused[#refused + 1] = done.err
   end
 end
-local i, n = 2, #ARGV
+local i, n = 3, #ARGV
 while i <= n do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   if op == 'H' then
     local count = tonumber(ARGV[i + 2])
     redis.call('HSET', key, unpack(ARGV, i + 3, i + 2 + count * 2))
     i = i + 3 + count * 2
+  elseif op == 'Q' then
+    found[#found + 1] = redis.call('HEXISTS', key, ARGV[i + 2])
+    i = i + 3
   elseif op == 'T' then
     redis.call('XTRIM', key, 'MINID', '~', ARGV[i + 2])
     i = i + 3
@@ -78,7 +85,7 @@ while i <= n do
     i = i + 3
   end
 end
-return refused
+return {refused, found}
 """
 
 
@@ -88,15 +95,26 @@ class _Ops:
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.entries: list[bytes] = []
-        self.args: list[EncodableT] = [b""]  # the entries' lines go first
+        self.deletes: list[bytes] = []
+        self.args: list[EncodableT] = [b"", b""]  # the entries' lines and the keys to delete go first
+        self.checks = 0
         self._index: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self.entries) + len(self.args) - 1
+        return len(self.entries) + len(self.deletes) + len(self.args) - 2
 
     def done(self) -> list[EncodableT]:
-        self.args[0] = b"\n".join(self.entries)
+        self.args[0], self.args[1] = b"\n".join(self.entries), b" ".join(self.deletes)
         return self.args
+
+    def delete(self, *keys: str) -> None:
+        self.deletes += [b"%d" % self._key(key) for key in keys]
+
+    def hexists(self, key: str, field_: str) -> int:
+        """Ask whether the hash has the field; the answer's place among the flush's answers."""
+        self.args += [b"Q", self._key(key), field_]
+        self.checks += 1
+        return self.checks - 1
 
     def _key(self, key: str) -> int:
         index = self._index.get(key)
@@ -320,7 +338,7 @@ class Mirror:
         if not len(pipe):
             return
         try:
-            refused = await self._script(keys=pipe.keys, args=pipe.done())
+            refused, found = await self._script(keys=pipe.keys, args=pipe.done())
         except (*_GONE, asyncio.CancelledError):
             self.dirty |= dirty
             frames.extend(self.frames)
@@ -341,7 +359,7 @@ class Mirror:
             mirrored.refreshed, mirrored.lost = sent.refreshed, False
             if sent.finished:
                 self.jobs.pop(mirrored.job.id, None)
-        lost = [m for index, m in batch.checks if results[index] == 0 and m.job.id in self.jobs]
+        lost = [m for index, m in batch.checks if found[index] == 0 and m.job.id in self.jobs]
         for mirrored in lost:
             mirrored.seq = mirrored.base_seq = 0
             mirrored.message, mirrored.queue, mirrored.status = None, None, ""
@@ -365,8 +383,7 @@ class Mirror:
             mirrored.checked = now
         elif now - mirrored.checked >= CHECK_EVERY:
             mirrored.checked = now
-            batch.checks.append((len(pipe), mirrored))
-            pipe.hexists(registry, "message")
+            batch.checks.append((pipe.hexists(registry, "message"), mirrored))
         fields: dict[FieldT, EncodableT] = {}
         if not mirrored.registered:
             fields.update(conversation=job.conversation_id, owner=job.owner, node=self.live.node)
