@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ..metrics import counter
+from ..metrics import Metrics, counter
 from .fleet import Fleet
 
 _STATES = ("healthy", "half_open", "draining", "out")
@@ -78,3 +79,33 @@ def families(fleet: Fleet, queued: dict[str, int]) -> Iterator[Metric]:
     for m in members:
         ttft.add_metric([m.name], m.ttft.buckets(), m.ttft.total)
     yield ttft
+
+
+class Counted(Protocol):
+    """What admission shows on /metrics, whichever process keeps the queue."""
+
+    @property
+    def slots(self) -> int: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+
+    rejected: dict[str, int]
+
+
+def register_metrics(admission: Counted, metrics: Metrics) -> None:
+    """The admission's gauges and refusal counts on /metrics (MemoryAdmission's and RedisAdmission's alike)."""
+    metrics.gauges.update(
+        clawdbot_generation_slots=(
+            "Generations the backends in rotation may run at once, all together.",
+            lambda: admission.slots,
+        ),
+        clawdbot_generations_running=("Generations holding a backend slot now.", lambda: admission.running),
+        clawdbot_generations_queued=("Generations waiting for a backend slot.", lambda: admission.queued),
+    )
+    metrics.labelled["clawdbot_generations_rejected"] = (
+        "Generations refused because the queue was full (429 per user, 503 in all), by reason.",
+        "reason",
+        lambda: admission.rejected,
+    )

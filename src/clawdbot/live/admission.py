@@ -31,7 +31,6 @@ from ..backends.admission import Ticket
 from ..backends.routing import Place
 from ..errors import RedisUnavailable
 from ..logs import LOG
-from ..metrics import Metrics
 from .connection import Live
 from .scripted import Args, Run, Sender
 from .tickets import Mine, candidates, read_queue, record, refusal, retry_after
@@ -118,21 +117,6 @@ class RedisAdmission:
     def queued(self) -> int:
         """This process's tickets waiting (the deployment's sum up across processes, as Prometheus adds them)."""
         return sum(1 for m in self.mine.values() if not m.ticket.running and not m.ticket.background)
-
-    def register(self, metrics: Metrics) -> None:
-        metrics.gauges.update(
-            clawdbot_generation_slots=(
-                "Generations the backends in rotation may run at once, all together.",
-                lambda: self.slots,
-            ),
-            clawdbot_generations_running=("Generations holding a backend slot now.", lambda: self.running),
-            clawdbot_generations_queued=("Generations waiting for a backend slot.", lambda: self.queued),
-        )
-        metrics.labelled["clawdbot_generations_rejected"] = (
-            "Generations refused because the queue was full (429 per user, 503 in all), by reason.",
-            "reason",
-            lambda: self.rejected,
-        )
 
     def waiting_for(self) -> dict[str, int]:
         """Generations waiting in the whole deployment that each place could serve, as last read."""

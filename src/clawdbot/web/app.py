@@ -21,7 +21,7 @@ from ..auth.service import Auth
 from ..auth.state import MemoryCredentialCache, MemoryThrottle
 from ..backends.admission import Admission, MemoryAdmission
 from ..backends.fleet import Member
-from ..backends.fleetmetrics import families
+from ..backends.fleetmetrics import families, register_metrics
 from ..backends.setup import build_fleet
 from ..chat.eventlog import MemoryLog
 from ..chat.generations import Generations
@@ -150,7 +150,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         )
         await admission.open()
     app[ADMISSION] = admission
-    admission.register(metrics)
+    register_metrics(admission, metrics)
     fleet.wake = admission.wake
     metrics.families.append(lambda: families(fleet, admission.waiting_for()))
     access = app[ACCESS] = AccessLog(app[LOG_WRITER] if settings.access_log else None)
