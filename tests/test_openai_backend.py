@@ -265,7 +265,7 @@ async def test_the_api_key_goes_with_every_request_and_never_into_a_message(fake
     await collect(backend)
     await backend.probe()
     # The passthrough sends our key, not the client's.
-    response = await backend.send("GET", "/v1/models", b"", {"Authorization": "Bearer client-key"})
+    response = await backend.send("GET", "/v1/models", b"", [("Authorization", "Bearer client-key")])
     assert response.status == 200
     await response.read()
     assert {h["Authorization"] for h in state.headers} == {f"Bearer {KEY}"}

@@ -116,6 +116,7 @@ _EXPLAINED = {
     "repeat_limit": "The model kept repeating the same word, so the model server stopped the reply (Ollama ends a "
     "reply once one token comes 31 times in a row)" + _KEPT + " Regenerate, or a higher temperature, helps.",
     "http_503": "The model server is busy (its queue is full). Try again in a few seconds.",
+    "bad_response": "The model server's answer was not valid HTTP: is the URL a model server's?",
     "malformed": "The model server sent something that is not Ollama's streaming format" + _KEPT,
 }
 

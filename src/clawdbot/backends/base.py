@@ -8,13 +8,18 @@ OpenAI-compatible server). Failures surface as the BackendError kinds of errors.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
 
 from ..errors import BackendError
+from . import h1
+
+# A passed-through response: the lean client's for plain-http backends (h1.py), aiohttp's for the rest; the relay
+# reads what both have.
+Upstream = aiohttp.ClientResponse | h1.Response
 
 
 @dataclass(slots=True)
@@ -86,7 +91,7 @@ class Backend(Protocol):
         request, which frees the backend's slot."""
         ...
 
-    async def send(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+    async def send(self, method: str, target: str, body: bytes, headers: list[tuple[str, str]]) -> Upstream:
         """Pass a request through unchanged (`target`: path and query, as the client sent them) and return the
         response once its headers arrived, its body unread: the relay reads it as it comes. A failure to get that
         far is a BackendError. How long it may wait is the caller's to bound (the relay's watchdog does)."""

@@ -17,7 +17,8 @@ from yarl import URL
 
 from ..errors import BackendError, BackendTimeout, BackendUnreachable
 from ..settings import Settings
-from .base import BackendStatus
+from . import h1
+from .base import BackendStatus, Upstream
 
 JSON = {"Content-Type": "application/json"}
 # What aiohttp must not add to a request of ours: a client's request goes on with its own headers only.
@@ -47,6 +48,7 @@ class HttpBackend:
         self.status = BackendStatus()
         self.reported_slots: int | None = None  # what the server says it runs at once; None: it does not say
         self.auth = dict(auth or {})
+        self.auth_names = {name.lower() for name in self.auth}
         connector = aiohttp.TCPConnector(
             limit=settings.upstream_max_connections, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=60
         )
@@ -62,30 +64,68 @@ class HttpBackend:
             raise_for_status=False,
             read_bufsize=2**16,
         )
+        # The raw passthrough to a plain-http server goes through the lean client (h1.py); https through aiohttp.
+        parsed = URL(url)
+        self.pool: h1.Pool | None = None
+        if parsed.scheme == "http" and parsed.host:
+            self.pool = h1.Pool(
+                parsed.host,
+                parsed.port or 80,
+                limit=settings.upstream_max_connections,
+                connect_timeout=settings.connect_timeout,
+            )
+            self.prefix = parsed.raw_path.rstrip("/")
 
     async def probe(self) -> BackendStatus:
         raise NotImplementedError
 
-    async def send(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+    async def send(self, method: str, target: str, body: bytes, headers: list[tuple[str, str]]) -> Upstream:
         """The raw passthrough: the response once its headers arrived, its body left for the caller to read. The
         caller bounds the wait (the relay's watchdog keeps --first-byte-timeout for all its requests at once: a
         timer per request would cost more than the rest of the request's own work here)."""
-        if self.auth:  # ours, whatever the client sent (the relay drops a client's own credentials anyway)
-            headers = CIMultiDict(headers)
-            headers.update(self.auth)
+        if self.pool is not None:
+            if self.auth:  # ours, whatever the client sent (the relay drops a client's own credentials anyway)
+                headers = [(k, v) for k, v in headers if k.lower() not in self.auth_names] + list(self.auth.items())
+            if not any(k.lower() == "accept" for k, _ in headers):  # what aiohttp adds, so what backends saw from us
+                headers = [*headers, ("Accept", "*/*")]
+            try:
+                return await self.pool.request(method, self.prefix + target, headers, body)
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                raise self.classify(error, started=False) from None
+        sent = CIMultiDict(headers)
+        sent.update(self.auth)
         try:
             return await self.session.request(
-                method, URL(self.url + target, encoded=True), data=body, headers=headers, allow_redirects=False
+                method, URL(self.url + target, encoded=True), data=body, headers=sent, allow_redirects=False
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise self.classify(error, started=False) from None
 
     async def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         await self.session.close()
 
     def classify(self, error: BaseException, *, started: bool) -> BackendError:
         """Name a failure talking to the backend; `started` is whether response bytes had arrived."""
         where = f"backend {self.url}"
+        if isinstance(error, h1.ConnectFailed):
+            cause = error.os_error.strerror or str(error.os_error)
+            return BackendUnreachable(
+                f"{where} refused the connection or could not be reached ({cause})",
+                backend=self.url,
+                kind="connect_refused",
+            )
+        if isinstance(error, h1.BadResponse):
+            return BackendError(
+                f"{where} sent an answer that is not HTTP/1.1 ({error})", backend=self.url, kind="bad_response"
+            )
+        if isinstance(error, h1.ConnectTimeout):
+            return BackendTimeout(
+                f"{where} did not accept a connection within {self.settings.connect_timeout:g} s",
+                backend=self.url,
+                kind="connect_timeout",
+            )
         if isinstance(error, aiohttp.ClientConnectorError):
             cause = error.os_error.strerror or str(error.os_error)
             return BackendUnreachable(

@@ -6,8 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
+from ..backends.base import Upstream
 from ..backends.fleet import Member
 from .framing import GENERATION
 
@@ -87,7 +86,7 @@ class Exchange:
     bytes: int = 0
     stalled: bool = False
     writing: bool = False
-    upstream: aiohttp.ClientResponse | None = None
+    upstream: Upstream | None = None
     deadline: float = 0.0  # when a generation has had its time (--max-reply-seconds); 0: no limit
     overtime: bool = False
     sending: float = 0.0  # while waiting for a backend's response headers: since when (0: not waiting)

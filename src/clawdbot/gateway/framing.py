@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
+from ..backends.base import Upstream
 from ..backends.repeats import Repeats
 from ..errors import BackendError, openai_error
 
@@ -26,7 +26,7 @@ class Counted(Protocol):
     completion_tokens: int
 
 
-def framing_of(route: str, upstream: aiohttp.ClientResponse) -> str | None:
+def framing_of(route: str, upstream: Upstream) -> str | None:
     """How a generation reply is framed: a stream ("ndjson", "sse") or one "json" body; None for other replies."""
     if upstream.status != 200 or route not in GENERATION:
         return None

@@ -141,7 +141,7 @@ async def merged_list(fleet: Fleet, path: str) -> bytes | None:
 async def _listed(member: Member, path: str, field: str) -> list[dict[str, Any]]:
     try:
         async with asyncio.timeout(_LIST_S):
-            response = await member.backend.send("GET", path, b"", {})
+            response = await member.backend.send("GET", path, b"", [])
             try:
                 data = orjson.loads(await response.read()) if response.status == 200 else {}
             finally:

@@ -19,9 +19,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from ..backends.admission import Admission, Ticket
+from ..backends.base import Upstream
 from ..backends.fleet import Fleet, Member
 from ..errors import BackendError, BackendTimeout, Forbidden, Overloaded, RedisUnavailable
 from ..identity import Actor
@@ -76,7 +76,8 @@ class Relay:
                 limit = self.limits.max_reply_seconds
                 barred = placement.foreign(self.fleet, request.path, model)  # /api/*: Ollama's alone, or a 404 now
                 # The same slots and fair queue as the chat page: a script cannot jump the line.
-                key = placement.affinity_key(request, parsed)
+                # Which backend held this conversation's context last: a question only where there is a choice.
+                key = placement.affinity_key(request, parsed) if len(self.fleet.members) > 1 else None
                 ticket = await self.admission.enter(
                     actor.queue,
                     max_running=actor.max_running,
@@ -135,13 +136,12 @@ class Relay:
         limit: float | None,
         ticket: Ticket | None,
         model: str | None,
-    ) -> aiohttp.ClientResponse:
+    ) -> Upstream:
         """The backend's response headers; `limit` is the seconds a generation may take from here on. A failure
         before them, or a 5xx, is tried again on another backend that serves the model, while there is one."""
-        headers = CIMultiDict(request.headers)
-        for name in [name for name in headers if name.lower() in self.drop]:
-            headers.popall(name, None)
-        headers["X-Request-ID"] = ex.request_id
+        drop = self.drop
+        headers = [(name, value) for name, value in request.headers.items() if name.lower() not in drop]
+        headers.append(("X-Request-ID", ex.request_id))
         ex.forwarded = self.clock()
         ex.deadline = ex.forwarded + limit if limit else 0.0
         ex.task = asyncio.current_task()
@@ -175,8 +175,8 @@ class Relay:
         return upstream
 
     async def _send(
-        self, member: Member, request: web.Request, body: bytes, headers: CIMultiDict[str], ex: Exchange
-    ) -> aiohttp.ClientResponse:
+        self, member: Member, request: web.Request, body: bytes, headers: list[tuple[str, str]], ex: Exchange
+    ) -> Upstream:
         """The backend's response headers. The watchdog's sweep bounds the wait (--first-byte-timeout, and the
         request's own limit), to within its second: cancelled by it, the wait ends in the error a timer would have
         raised; cancelled for any other reason (the client left), it stays cancelled."""
@@ -210,7 +210,7 @@ class Relay:
                 return False
         return True
 
-    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, ex: Exchange) -> web.StreamResponse:
+    async def _relay(self, request: web.Request, upstream: Upstream, ex: Exchange) -> web.StreamResponse:
         framing = framing_of(ex.route, upstream)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=_named(ex))
         backend = self.fleet.member(ex.member.place if ex.member else None).backend
