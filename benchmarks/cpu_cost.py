@@ -241,6 +241,8 @@ def run_load(path: str, url: str, pid: int, tokens: int, args: argparse.Namespac
         str(args.concurrency),
         "--tokens",
         str(tokens),
+        "--turns-per-conversation",
+        str(args.turns_per_conversation),
     ]
     load = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert load.stdin is not None
@@ -346,6 +348,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="requests (chat: turns) per run")
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument(
+        "--turns-per-conversation",
+        type=int,
+        default=10,
+        help="chat: turns in one conversation before the next (1: every turn without history, so that a long run's "
+        "longer history is not counted as cost per token)",
+    )
     parser.add_argument("--long", type=int, default=50, help="tokens of the long replies (default 50)")
     parser.add_argument("--tokens-per-second", type=float, default=200.0, help="the simulator's pace per stream")
     parser.add_argument("--paths", default="plain,raw,chat", help="which of plain, raw, chat (comma-separated)")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -27,83 +25,15 @@ from ..store.records import Message
 from .authenticate import AUTH, current
 from .chatapi import CHAT, EditedMessage, NewMessage, ShownVersion
 from .http import checked
+from .outbox import Outbox
 from .shapes import plain, stopping, turn
 from .urls import conflict_details
 
-_OUTBOX = 4096  # events a client may lag behind before it is disconnected
-
-
 _TEXT_ONLY = "commands are JSON in text frames; this binary frame was ignored"
-_BEHIND = (1013, b"too far behind; reconnect and resume")
 _RESTARTING = (1001, b"the server is restarting; reconnect and resume")
 OUTBOXES: web.AppKey[set[Outbox]] = web.AppKey("outboxes")
 # Replies' events and conversations' subscriptions: the one fan-out both transports listen to.
 EVENTS: web.AppKey[GenerationLog] = web.AppKey("events")
-
-
-class Outbox:
-    """One client connection's queue of events. `closing` is set when the connection must end: the client fell
-    too far behind, or the server is shutting down (`why` is the WebSocket close code and reason).
-
-    A deque and one future the drain task waits on when it has nothing to send, not an asyncio.Queue: every
-    token's event passes through here, and the queue's bookkeeping (its getters, putters and unfinished count)
-    cost more than the rest of the push."""
-
-    def __init__(self, send: Callable[[bytes], Awaitable[Any]], actor: Actor) -> None:
-        self.send = send
-        self.actor = actor  # whose connection it is: signing out or disabling them closes it
-        self.pending: deque[bytes] = deque()
-        self.idle: asyncio.Future[None] | None = None  # the drain task's wait while `pending` is empty
-        self.sending = False  # an event taken from `pending` is being written
-        self.flushed: asyncio.Future[None] | None = None  # flush()'s wait for `pending` to be written
-        self.closing = asyncio.Event()
-        self.why = _BEHIND
-        self.tasks: list[asyncio.Task[None]] = []
-
-    def push(self, data: bytes) -> None:
-        if len(self.pending) >= _OUTBOX:
-            self.closing.set()
-            return
-        self.pending.append(data)
-        idle = self.idle
-        if idle is not None:
-            self.idle = None
-            if not idle.done():
-                idle.set_result(None)
-
-    def close(self, why: tuple[int, bytes]) -> None:
-        self.why = why
-        self.closing.set()
-
-    def event(self, body: dict[str, Any]) -> None:
-        self.push(orjson.dumps(body))
-
-    async def drain(self) -> None:
-        pending, loop = self.pending, asyncio.get_running_loop()
-        while True:
-            while pending:
-                self.sending = True
-                await self.send(pending.popleft())
-            self.sending = False
-            if self.flushed is not None:
-                if not self.flushed.done():
-                    self.flushed.set_result(None)
-                self.flushed = None
-            self.idle = loop.create_future()
-            await self.idle
-
-    async def flush(self) -> None:
-        """Until everything queued so far has been sent."""
-        if not self.pending and not self.sending:
-            return
-        if self.flushed is None:
-            self.flushed = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self.flushed)
-
-    async def beat(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self.event({"type": "heartbeat"})
 
 
 def routes(app: web.Application) -> None:

@@ -16,7 +16,8 @@ from ..errors import BadRequest
 from ..identity import Actor
 from .authenticate import current
 from .chatapi import CHAT
-from .realtime import EVENTS, OUTBOXES, Outbox, close_at_expiry, snapshot_of, stored_reply
+from .outbox import Outbox
+from .realtime import EVENTS, OUTBOXES, close_at_expiry, snapshot_of, stored_reply
 
 
 def routes(app: web.Application) -> None:
