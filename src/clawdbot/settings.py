@@ -11,6 +11,7 @@ import os
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -142,9 +143,10 @@ class Settings(SettingsModel):
     redis_url: str | None = Field(
         None,
         description="Where the live state several gateway processes share is kept (redis://HOST:PORT/DB, "
-        "rediss://… for TLS, unix:///PATH, or redis+sentinel://HOST:PORT,…/SERVICE for the primary Sentinel "
-        "names): reply events, running replies, the fair queue and slots, rate limits, "
-        "sign-in throttles, credential revocations. Default: none, one process keeps them in its memory.",
+        "rediss://… for TLS, unix:///PATH, redis+sentinel://HOST:PORT,…/SERVICE for the primary Sentinel "
+        "names, or redis+cluster://HOST:PORT,… for a Redis Cluster): reply events, running replies, the fair queue "
+        "and slots, rate limits, sign-in throttles, credential revocations. Default: none, one process keeps them "
+        "in its memory.",
     )
     redis_prefix: str = Field(
         "clawdbot",
@@ -323,11 +325,14 @@ class Settings(SettingsModel):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+        schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://", "rediss+cluster://")
+        if value is not None and not value.startswith(schemes):
             raise ValueError(
-                "must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix:///PATH or "
-                "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]"
+                "must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix:///PATH, "
+                "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] or redis+cluster://HOST:PORT[,HOST:PORT…]"
             )
+        if value is not None and "+cluster://" in value and urlsplit(value).path.strip("/") not in ("", "0"):
+            raise ValueError("a Redis Cluster has one database, 0: leave the path out of redis+cluster://HOST:PORT,…")
         return value
 
     _check_profile = field_validator("demo_profile")(known_profile)

@@ -64,7 +64,7 @@ class RedisAdmission:
         self.keys = [live.key("admission", name) for name in _KEYS]
         self.channel = live.channel("node:" + live.node, "admission")  # grants for this process's tickets
         self.queue_channel = live.channel("admission", "queue")  # the queue changed
-        self.script = live.client.register_script(_SCRIPT)
+        self.script = live.script(_SCRIPT)
         self.mine: dict[str, Mine] = {}
         self.of: dict[Ticket, Mine] = {}
         self.running = 0  # slots this process's tickets hold

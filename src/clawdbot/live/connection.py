@@ -18,16 +18,18 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import RedisUnavailable as Unavailable
@@ -38,6 +40,11 @@ Handler = Callable[[bytes], None]
 PING_EVERY = 1.0
 # Seconds `listening` waits for a subscription before telling the user Redis is unavailable.
 SUBSCRIBE_WAIT = 5.0
+# On a Redis Cluster every process subscribes, and every message is published, on one node: the one holding this
+# hash tag's slot. A PUBLISH's count of receivers is then everyone's (a node counts only its own subscribers), and
+# one sender's messages on a channel arrive in order (over the cluster bus they do only from one node).
+HUB = "hub"
+_PUBLISH = "return redis.call('PUBLISH', ARGV[1], ARGV[2])"
 
 
 _OPTIONS: dict[str, Any] = {
@@ -51,18 +58,21 @@ _OPTIONS: dict[str, Any] = {
 }
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
 def connect(url: str) -> aioredis.Redis:
-    """A client for `url`: redis://, rediss:// or unix:// (one Redis), or redis+sentinel://[:PASSWORD@]HOST:PORT[,
-    HOST:PORT…]/SERVICE[/DB] (the primary that Sentinel names for SERVICE, found again after a failover)."""
+    """A client for `url`: redis://, rediss:// or unix:// (one Redis); redis+sentinel://[:PASSWORD@]HOST:PORT[,
+    HOST:PORT…]/SERVICE[/DB] (the primary that Sentinel names for SERVICE, found again after a failover); or
+    redis+cluster:// (rediss+cluster:// with TLS) [USER:PASSWORD@]HOST:PORT[,HOST:PORT…], a Redis Cluster reached
+    through any of the nodes named (the rest are found from them)."""
+    if url.startswith(CLUSTER_SCHEMES):
+        return _cluster(url)
     if not url.startswith("redis+sentinel://"):
         return aioredis.Redis.from_url(url, **_OPTIONS)
     parsed = urlsplit(url)
     password = unquote(parsed.password) if parsed.password else None
-    hosts = parsed.netloc.rsplit("@", 1)[-1]
-    sentinels = []
-    for host in hosts.split(","):
-        name, _, port = host.rpartition(":")
-        sentinels.append((name.strip("[]"), int(port or 26379)))
+    sentinels = _hosts(parsed.netloc, 26379)
     path = [part for part in parsed.path.split("/") if part]
     service, db = path[0], int(path[1]) if len(path) > 1 else 0
     kwargs = {k: v for k, v in _OPTIONS.items() if k != "max_connections"}
@@ -71,10 +81,36 @@ def connect(url: str) -> aioredis.Redis:
     return primary
 
 
+def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
+    hosts = []
+    for host in netloc.rsplit("@", 1)[-1].split(","):
+        name, _, port = host.rpartition(":")
+        hosts.append((name.strip("[]"), int(port or default_port)))
+    return hosts
+
+
+def _cluster(url: str) -> aioredis.Redis:
+    parsed = urlsplit(url)  # no database in the path: a cluster has only 0 (settings.py checks)
+    nodes = [ClusterNode(host, port) for host, port in _hosts(parsed.netloc, 6379)]
+    client = RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+        ssl=url.startswith("rediss+"),
+        **_OPTIONS,
+    )
+    # The commands live/ sends are answered alike by one Redis and by a cluster, each command's keys in one slot
+    # (their hash tags see to it); the two places where a cluster needs more (a flush of several replies, the
+    # pub/sub reader) look at `Live.cluster`.
+    return cast(aioredis.Redis, client)
+
+
 class Live:
     def __init__(self, url: str, prefix: str = "clawdbot") -> None:
         self.url, self.prefix = url, prefix
         self.client: aioredis.Redis = connect(url)
+        self.cluster = url.startswith(CLUSTER_SCHEMES)
+        self.hub = self.key(HUB, "pubsub")  # a key of the hub's slot, never written
         # This process, as other processes name it (leases, messages addressed to it): unique even if a pid is
         # reused after a crash.
         self.node = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
@@ -89,6 +125,21 @@ class Live:
         self._subscribed: set[bytes] = set()
         self._changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._scripts: list[AsyncScript] = []
+        self._loading: asyncio.Task[None] | None = None
+        self._publish = self.script(_PUBLISH)
+
+    def script(self, text: str) -> AsyncScript:
+        """A Lua script to run by its hash. One Redis loads it when a command or pipeline finds it missing; a
+        cluster's pipelines cannot, so there it is loaded on every primary when the process starts and again
+        whenever a node answers that it lacks one (a node restarted empty, or one added)."""
+        script = self.client.register_script(text)
+        self._scripts.append(script)
+        return script
+
+    async def load_scripts(self) -> None:
+        for script in self._scripts:
+            script.sha = await self.client.script_load(script.script)  # on a cluster: on every primary
 
     # ---- names -----------------------------------------------------------------------------------------------------
     def key(self, tag: str, *parts: str) -> str:
@@ -108,9 +159,18 @@ class Live:
         """Start the reader; Redis need not be up yet (/readyz says so until it is)."""
         self.handlers.setdefault(self.inbox, set())  # always one subscription, so the reader has a connection to read
         self._reader = asyncio.create_task(self._read())
-        await self.check()
+        if await self.check() and self.cluster:
+            await self._load()
+
+    async def _load(self) -> None:
+        try:
+            await self.load_scripts()
+        except (RedisError, OSError) as error:
+            self.failed(error)
 
     async def close(self) -> None:
+        if self._loading is not None:
+            self._loading.cancel()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -130,6 +190,12 @@ class Live:
 
     def failed(self, error: BaseException) -> None:
         """A command failed for want of Redis: /readyz shows it, the log says it once per outage."""
+        if isinstance(error, NoScriptError) or (self.cluster and "NoScriptError" in str(error)):
+            # Not an outage: a cluster node without our scripts (a pipeline's error names it). Load them; the
+            # failed round goes again as it would after an outage.
+            if self._loading is None or self._loading.done():
+                self._loading = asyncio.get_running_loop().create_task(self._load())
+            return
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         if self.down_since is None or self.error == "not connected yet":
             LOG.warning("redis is unavailable", extra={"reason": reason})
@@ -183,7 +249,10 @@ class Live:
     async def publish(self, channel: bytes, data: bytes) -> int:
         """Send to every process listening on `channel`; how many connections got it."""
         try:
-            count: int = await self.client.publish(channel, data)
+            if self.cluster:
+                count = int(await self._publish(keys=[self.hub], args=[channel, data]))
+            else:
+                count = await self.client.publish(channel, data)
         except (RedisError, OSError) as error:
             self.failed(error)
             raise Unavailable("Redis is unavailable: the other gateway processes cannot be told") from error
@@ -193,7 +262,7 @@ class Live:
         pause = 0.05
         while True:
             try:
-                self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub = await self._new_pubsub()
                 self._subscribed.clear()
                 await self._sync()
                 if self._pubsub.connection is not None:
@@ -209,6 +278,14 @@ class Live:
                     await asyncio.gather(self._pubsub.aclose(), return_exceptions=True)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
+
+    async def _new_pubsub(self) -> PubSub:
+        if not self.cluster:
+            return self.client.pubsub(ignore_subscribe_messages=True)
+        cluster = cast(RedisCluster, self.client)
+        await cluster.initialize()  # the slots' owners, as the cluster says now (again after a failover)
+        hub = cluster.get_node_from_key(self.hub)
+        return cast(PubSub, cluster.pubsub(node=hub, ignore_subscribe_messages=True))
 
     async def _reconnected(self, connection: object) -> None:
         self.gaps += 1

@@ -32,7 +32,7 @@ from ..auth.state import Changed, Ended, Lookup, MemoryCredentialCache
 from ..errors import RedisUnavailable
 from ..identity import Actor
 from ..logs import LOG
-from .connection import Live
+from .connection import HUB, Live
 
 # Seconds `forget` waits for the other processes to acknowledge a change before it returns anyway.
 ACK_WAIT = 3.0
@@ -56,9 +56,10 @@ class RedisCredentialCache:
         self.memory = MemoryCredentialCache(size)
         self.changed: list[Changed] = self.memory.changed
         self.channel = live.channel("auth", "changed")
-        self.stream = live.key("auth", "changes")
+        # In the pub/sub hub's slot: on a Redis Cluster the script's PUBLISH then counts every process (hub).
+        self.stream = live.key(HUB, "auth", "changes")
         self.acks = live.channel("node:" + live.node, "auth-acks")
-        self._script = live.client.register_script(_PUBLISH)
+        self._script = live.script(_PUBLISH)
         self._synced = -1  # live.gaps when this process last read what it missed (-1: never)
         self._last: tuple[int, int] | None = None  # the newest change applied here (a stream id)
         self._waiting: dict[str, _Acks] = {}

@@ -97,3 +97,7 @@ class Ops:
 
     def publish(self, to: bytes, data: bytes) -> None:
         self.args += [b"P", to, data]
+
+    def route(self, key: str) -> None:
+        """Name a key the run does not touch, so that on a Redis Cluster it runs on the node of that key's slot."""
+        self._key(key)

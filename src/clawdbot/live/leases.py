@@ -75,9 +75,8 @@ class Leases:
         self.live = live
         self.held: dict[str, Lease] = {}
         self.replies = live.key("replies", "leases")  # the sorted set of replies' deadlines
-        client = live.client
-        self._renew, self._reassert = client.register_script(_RENEW), client.register_script(_REASSERT)
-        self._release, self._deadlines = client.register_script(_RELEASE), client.register_script(_DEADLINES)
+        self._renew, self._reassert = live.script(_RENEW), live.script(_REASSERT)
+        self._release, self._deadlines = live.script(_RELEASE), live.script(_DEADLINES)
         self._missing: set[str] = set()  # keys a renewal found gone: re-asserted by the next round
         self._reasserting = asyncio.Lock()  # a re-assertion never races the release of the same key
         self._loop: asyncio.Task[None] | None = None

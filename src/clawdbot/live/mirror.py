@@ -14,8 +14,9 @@ events: the channel queue holds `max_frames` events and drops past that (counted
 client there sees the gap in seq and resumes from the stream. After an outage the queued events still go out,
 late but in order (a receiver drops what it has).
 
-Redis Cluster: one flush touches the keys of several replies, so its transaction needs them on one node (as on a
-single Redis); each reply's keys share a hash tag all the same.
+Redis Cluster: each reply's keys share a hash tag (its id), so a reply's part of a flush is one script run on the
+node of its slot; there the flush is one run per reply, sent side by side, and then the channels' run on the node
+where every process listens (connection.HUB says why).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class Mirror:
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dropping = False
-        self._script = live.client.register_script(FLUSH)
+        self._script = live.script(FLUSH)
 
     async def close(self) -> None:
         """Stop, sending what is pending once more (replies stored at shutdown end with reply.done)."""
@@ -230,21 +231,31 @@ class Mirror:
 
     async def _flush(self, dirty: set[str], frames: deque[tuple[bytes, bytes, int, bytes]]) -> None:
         pipe = Ops()
+        parts: list[Ops] = []  # on a Redis Cluster: each reply's own run (its keys' slot); else all in `pipe`
         batch = _Batch()
         now = time.monotonic()
         for job_id in dirty:
             mirrored = self.jobs.get(job_id)
             if mirrored is not None:
-                self._mirror(pipe, mirrored, now, batch)
+                if not self.live.cluster:
+                    self._mirror(pipe, mirrored, now, batch)
+                    continue
+                part, first, offset = Ops(), len(batch.checks), sum(p.checks for p in parts)
+                self._mirror(part, mirrored, now, batch)
+                batch.checks[first:] = [(index + offset, m) for index, m in batch.checks[first:]]
+                if len(part):
+                    parts.append(part)
         grouped: dict[bytes, list[bytes]] = {}
         for to, rid, seq, data in frames:
             grouped.setdefault(to, [self.node]).append(b"%b %d %b" % (rid, seq, data))
         for to, pieces in grouped.items():
             pipe.publish(to, b"\n".join(pieces))
-        if not len(pipe):
+        if not len(pipe) and not parts:
             return
+        if self.live.cluster and len(pipe):
+            pipe.route(self.live.hub)  # where every process listens (connection.HUB)
         try:
-            refused, found = await self._script(keys=pipe.keys, args=pipe.done())
+            refused, found = await self._send(pipe, parts)
         except (*_GONE, asyncio.CancelledError):
             self.dirty |= dirty
             frames.extend(self.frames)
@@ -275,6 +286,17 @@ class Mirror:
             self.counts.rewritten += len(lost)
             LOG.warning("redis lost replies being written here; they are written again", extra={"count": len(lost)})
             self.wake.set()
+
+    async def _send(self, pipe: Ops, parts: list[Ops]) -> tuple[list[bytes], list[int]]:
+        """Run the flush: one script run; on a cluster one per reply, side by side, then the channels' on the hub
+        (so that an event is in its stream before another process hears of it, as within one run)."""
+        if not self.live.cluster:
+            refused, found = await self._script(keys=pipe.keys, args=pipe.done())
+            return list(refused), list(found)
+        answers = list(await asyncio.gather(*(self._script(keys=part.keys, args=part.done()) for part in parts)))
+        if len(pipe):
+            answers.append(await self._script(keys=pipe.keys, args=pipe.done()))
+        return [r for refused, _ in answers for r in refused], [f for _, found in answers for f in found]
 
     def _mirror(self, pipe: Ops, mirrored: Mirrored, now: float, batch: _Batch) -> None:
         """Queue one reply's new events and registry changes on the transaction."""

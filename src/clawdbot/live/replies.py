@@ -192,7 +192,7 @@ class RedisSendResults:
     def __init__(self, live: Live, leases: Leases) -> None:
         self.live, self.leases = live, leases
         self.starting_now: dict[str, tuple[str | None, Answer, str]] = {}  # this process's: client id, answer, value
-        self._begin = live.client.register_script(_BEGIN)
+        self._begin = live.script(_BEGIN)
 
     def key(self, conversation_id: str) -> str:
         return self.live.key(conversation_id, "turn")

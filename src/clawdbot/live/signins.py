@@ -50,8 +50,8 @@ class RedisThrottle:
         self.live, self.kind, self.free = live, kind, free
         self.window_ms, self.cap_ms = int(window * 1000), int(cap * 1000)
         self.local = MemoryThrottle(free, window=window, cap=cap)  # while Redis is unavailable
-        self._wait = live.client.register_script(_WAIT)
-        self._failed = live.client.register_script(_FAILED)
+        self._wait = live.script(_WAIT)
+        self._failed = live.script(_FAILED)
         self._alone = False  # counting here only (logged once per outage)
 
     def _key(self, key: str) -> str:

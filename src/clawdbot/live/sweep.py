@@ -66,8 +66,8 @@ class Sweeper:
         self.live, self.leases, self.store = live, leases, store
         self.orphaned: Orphaned = orphaned or self.interrupt  # what becomes of an orphaned reply
         self.scanned = live.key("replies", "scanned")  # absent: Redis has lost its data since the last scan
-        self._claim = live.client.register_script(_CLAIM)
-        self._hand_over = live.client.register_script(_HAND_OVER)
+        self._claim = live.script(_CLAIM)
+        self._hand_over = live.script(_HAND_OVER)
         self.handed = live.key("replies", "handed")  # ids of replies handed over, orphaned without a quiet spell
         self._scan = True  # at startup
         self._loop: asyncio.Task[None] | None = None
