@@ -22,7 +22,8 @@ and reports the median.
 
 `raw-redis` and `chat-redis` are a second gateway of the same settings plus `--redis-url` (default
 redis://127.0.0.1:6379/0, a fresh key prefix): its live state shared in Redis, as with --workers or replicas.
-Redis's own CPU (INFO cpu, used_cpu_user + used_cpu_sys) is read around those runs too: per request and per chunk
+--redis-url redis+cluster://HOST:PORT,… runs them on a Redis Cluster. Redis's own CPU (INFO cpu, used_cpu_user +
+used_cpu_sys, of every node of a cluster) is read around those runs too: per request and per chunk
 the same way. Redis is shared with whatever else runs: an idle machine gives the cleanest figures.
 """
 
@@ -214,17 +215,26 @@ class Run:
 
 
 def redis_cpu(url: str | None) -> float:
-    """Redis's CPU seconds so far (user + system), 0 without a Redis."""
+    """Redis's CPU seconds so far (user + system; a Redis Cluster's: every node's), 0 without a Redis."""
     if not url:
         return 0.0
     import redis  # only the *-redis paths need it
+    from redis.cluster import ClusterNode, RedisCluster
 
-    client = redis.Redis.from_url(url)
-    try:
-        info = client.info("cpu")
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    finally:
-        client.close()
+    if url.startswith("redis+cluster://"):
+        hosts = [host.rsplit(":", 1) for host in url.removeprefix("redis+cluster://").split(",")]
+        cluster = RedisCluster(startup_nodes=[ClusterNode(h, int(p)) for h, p in hosts])
+        try:
+            infos = cluster.info("cpu", target_nodes=RedisCluster.ALL_NODES).values()
+        finally:
+            cluster.close()
+    else:
+        client = redis.Redis.from_url(url)
+        try:
+            infos = [client.info("cpu")]
+        finally:
+            client.close()
+    return sum(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in infos)
 
 
 def run_load(path: str, url: str, pid: int, tokens: int, args: argparse.Namespace) -> Run:
