@@ -113,6 +113,14 @@ async def generation(session: aiohttp.ClientSession, server: Server, reply_id: s
         return (await response.json())["generation"]  # type: ignore[no-any-return]
 
 
+def unheard(server: Server) -> float:
+    """Channel messages the writer did not send because no other process listened (its /metrics)."""
+    for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith('clawdbot_reply_log_mirror_total{what="unheard"}'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no unheard count in /metrics")
+
+
 # ---- WebSocket ----------------------------------------------------------------------------------------------------
 @pytest.mark.asyncio
 async def test_a_reply_written_on_one_process_is_followed_live_on_another(
@@ -477,3 +485,27 @@ class Collected:
         self.events.append(orjson.loads(data))
         if self.events[-1].get("seq", 0) >= self.until:
             self.complete.set()
+
+
+@pytest.mark.asyncio
+async def test_a_reply_nobody_elsewhere_follows_is_not_published_and_one_somebody_does_is(
+    session: aiohttp.ClientSession, a: Server, b: Server, simulator: Server, api: ChatApi
+) -> None:
+    conversation = api.create()["id"]
+    script(simulator, {"match": "only here", "reply": ANSWER, "thinking": THOUGHT})
+    own = await connect(session, a.url)  # a tab on the writer's process only
+    assert (await own.command("subscribe", conversation_id=conversation))["type"] == "ack"
+    before = unheard(a)
+    writer = await sending(session, a, conversation, "only here")
+    await to_the_end(own, writer.reply_id)  # type: ignore[attr-defined]
+    alone = unheard(a) - before
+    assert alone >= 10  # its events went to its own tab, not over Redis back to itself
+
+    tab = await connect(session, b.url)  # now a tab elsewhere too: every event must reach it
+    assert (await tab.command("subscribe", conversation_id=conversation))["type"] == "ack"
+    script(simulator, {"match": "seen there", "reply": ANSWER, "thinking": THOUGHT})
+    before = unheard(a)
+    writer = await sending(session, a, conversation, "seen there")
+    reply_id = writer.reply_id  # type: ignore[attr-defined]
+    whole(reply_events(await tab.until(done_of(reply_id)), reply_id))
+    assert unheard(a) == before

@@ -312,8 +312,11 @@ class Live:
         self._changed.clear()
         wanted = set(self.handlers)
         new, gone = wanted - self._subscribed, self._subscribed - wanted
+        # Only what Redis has confirmed counts as subscribed (the reply logs' flush sends a channel's messages
+        # unless this process is the only one subscribed): one being left is no longer, one being joined not yet.
+        self._subscribed -= gone
         if new:
             await self._pubsub.subscribe(*new)
         if gone:
             await self._pubsub.unsubscribe(*gone)
-        self._subscribed = (self._subscribed | new) - gone
+        self._subscribed |= new

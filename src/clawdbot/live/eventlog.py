@@ -63,7 +63,8 @@ class RedisLog(MemoryLog):
         if metrics is not None:
             metrics.labelled["clawdbot_reply_log_mirror"] = (
                 "The reply logs' copy in Redis: round_trips, events (stream entries), frames (events to other "
-                "processes), frames_dropped, failures, rewritten (replies whose keys Redis lost, written again whole).",
+                "processes), frames_dropped, unheard (channel messages not sent: no other process listened), "
+                "failures, rewritten (replies whose keys Redis lost, written again whole).",
                 "what",
                 self.mirror.counts.as_dict,
             )

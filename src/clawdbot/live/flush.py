@@ -10,9 +10,13 @@ from redis.typing import EncodableT, FieldT
 # no raw newline), so a token costs one line rather than four arguments; ARGV[2] the keys to delete first (a
 # reply Redis lost, written again whole); then the other operations in order, each a letter and its arguments,
 # keys named by their index in KEYS. An XADD of a seq the stream has is no error (a retried flush whose first try
-# got through); other refusals are returned, with the answers of the HEXISTS checks.
+# got through); other refusals are returned, with the answers of the HEXISTS checks and the number of channel
+# messages left unsent. A channel's message goes out only if some other process listens: PUBSUB NUMSUB counts the
+# sender itself where it is subscribed (it says so), and a writer whose tabs are all its own would otherwise be
+# sent back every event it wrote, only to drop it. Counted in the run, this is exact: a process that subscribes
+# reads the stream after its subscription is in place, and every run after that sees it.
 FLUSH = """
-local refused, found = {}, {}
+local refused, found, unheard = {}, {}, 0
 for index in string.gmatch(ARGV[2], '%d+') do
   redis.call('DEL', KEYS[tonumber(index)])
 end
@@ -39,11 +43,15 @@ while i <= n do
     redis.call('EXPIRE', key, ARGV[i + 2])
     i = i + 3
   else
-    redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2])
-    i = i + 3
+    if redis.call('PUBSUB', 'NUMSUB', ARGV[i + 1])[2] > tonumber(ARGV[i + 2]) then
+      redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 3])
+    else
+      unheard = unheard + 1
+    end
+    i = i + 4
   end
 end
-return {refused, found}
+return {refused, found, unheard}
 """
 
 
@@ -95,8 +103,9 @@ class Ops:
     def expire(self, key: str, seconds: int) -> None:
         self.args += [b"E", self._key(key), seconds]
 
-    def publish(self, to: bytes, data: bytes) -> None:
-        self.args += [b"P", to, data]
+    def publish(self, to: bytes, data: bytes, mine: bool) -> None:
+        """Send `data` on channel `to` if a process other than this one listens (`mine`: this one does)."""
+        self.args += [b"P", to, 1 if mine else 0, data]
 
     def route(self, key: str) -> None:
         """Name a key the run does not touch, so that on a Redis Cluster it runs on the node of that key's slot."""

@@ -90,6 +90,7 @@ class Counts:
     events: int = 0  # stream entries added
     frames: int = 0  # events handed to the channels
     frames_dropped: int = 0
+    unheard: int = 0  # channel messages not sent: no other process listened
     failures: int = 0
     rewritten: int = 0  # replies whose keys Redis lost while they were written here, written again whole
 
@@ -249,13 +250,13 @@ class Mirror:
         for to, rid, seq, data in frames:
             grouped.setdefault(to, [self.node]).append(b"%b %d %b" % (rid, seq, data))
         for to, pieces in grouped.items():
-            pipe.publish(to, b"\n".join(pieces))
+            pipe.publish(to, b"\n".join(pieces), self.live.subscribed(to))
         if not len(pipe) and not parts:
             return
         if self.live.cluster and len(pipe):
             pipe.route(self.live.hub)  # where every process listens (connection.HUB)
         try:
-            refused, found = await self._send(pipe, parts)
+            refused, found, unheard = await self._send(pipe, parts)
         except (*_GONE, asyncio.CancelledError):
             self.dirty |= dirty
             frames.extend(self.frames)
@@ -267,6 +268,7 @@ class Mirror:
         self.counts.round_trips += 1
         self.counts.events += batch.events
         self.counts.frames += len(frames)
+        self.counts.unheard += unheard
         for reason in refused:  # not "equal or smaller": a retried flush whose first try got through adds nothing
             LOG.warning("redis refused a reply log command", extra={"reason": reason.decode(errors="replace")})
         for sent in batch.sent:
@@ -287,16 +289,17 @@ class Mirror:
             LOG.warning("redis lost replies being written here; they are written again", extra={"count": len(lost)})
             self.wake.set()
 
-    async def _send(self, pipe: Ops, parts: list[Ops]) -> tuple[list[bytes], list[int]]:
+    async def _send(self, pipe: Ops, parts: list[Ops]) -> tuple[list[bytes], list[int], int]:
         """Run the flush: one script run; on a cluster one per reply, side by side, then the channels' on the hub
         (so that an event is in its stream before another process hears of it, as within one run)."""
         if not self.live.cluster:
-            refused, found = await self._script(keys=pipe.keys, args=pipe.done())
-            return list(refused), list(found)
+            refused, found, unheard = await self._script(keys=pipe.keys, args=pipe.done())
+            return list(refused), list(found), int(unheard)
         answers = list(await asyncio.gather(*(self._script(keys=part.keys, args=part.done()) for part in parts)))
         if len(pipe):
             answers.append(await self._script(keys=pipe.keys, args=pipe.done()))
-        return [r for refused, _ in answers for r in refused], [f for _, found in answers for f in found]
+        refused = [r for answer in answers for r in answer[0]]
+        return refused, [f for answer in answers for f in answer[1]], sum(int(answer[2]) for answer in answers)
 
     def _mirror(self, pipe: Ops, mirrored: Mirrored, now: float, batch: _Batch) -> None:
         """Queue one reply's new events and registry changes on the transaction."""
