@@ -109,31 +109,20 @@ class HttpBackend:
     def classify(self, error: BaseException, *, started: bool) -> BackendError:
         """Name a failure talking to the backend; `started` is whether response bytes had arrived."""
         where = f"backend {self.url}"
-        if isinstance(error, h1.ConnectFailed):
-            cause = error.os_error.strerror or str(error.os_error)
-            return BackendUnreachable(
-                f"{where} refused the connection or could not be reached ({cause})",
-                backend=self.url,
-                kind="connect_refused",
-            )
         if isinstance(error, h1.BadResponse):
             return BackendError(
                 f"{where} sent an answer that is not HTTP/1.1 ({error})", backend=self.url, kind="bad_response"
             )
-        if isinstance(error, h1.ConnectTimeout):
-            return BackendTimeout(
-                f"{where} did not accept a connection within {self.settings.connect_timeout:g} s",
-                backend=self.url,
-                kind="connect_timeout",
-            )
-        if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error, aiohttp.ClientConnectorError | h1.ConnectFailed):  # aiohttp's client, or the lean one
             cause = error.os_error.strerror or str(error.os_error)
             return BackendUnreachable(
                 f"{where} refused the connection or could not be reached ({cause})",
                 backend=self.url,
                 kind="connect_refused",
             )
-        if isinstance(error, aiohttp.ConnectionTimeoutError | aiohttp.ServerTimeoutError) and not started:
+        if isinstance(error, h1.ConnectTimeout) or (
+            isinstance(error, aiohttp.ConnectionTimeoutError | aiohttp.ServerTimeoutError) and not started
+        ):
             return BackendTimeout(
                 f"{where} did not accept a connection within {self.settings.connect_timeout:g} s",
                 backend=self.url,
