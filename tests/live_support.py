@@ -160,3 +160,43 @@ def _cluster_ok(port: int) -> bool:
     info = redis.Redis(port=port).execute_command("CLUSTER INFO")  # parsed by redis-py into a dict
     state = info.get("cluster_state") if isinstance(info, dict) else None
     return state in ("ok", b"ok")
+
+
+class OwnRedis:
+    """A Redis server of the test's own, to stop and start again on the same port (empty each time, as after a
+    crash): the shared one must not go down under the other tests."""
+
+    def __init__(self, port: int | None = None) -> None:
+        if shutil.which("redis-server") is None:
+            if os.environ.get("CI"):
+                raise RuntimeError("redis-server is needed for the tests that stop and start a Redis")
+            pytest.skip("no redis-server to run a Redis of the test's own")
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.folder = tempfile.mkdtemp(prefix="clawdbot-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OwnRedis:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"]
+        self.proc = subprocess.Popen(
+            ["redis-server", *args, self.folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        with redis.Redis(port=self.port, socket_connect_timeout=0.5) as client:
+            while True:
+                with contextlib.suppress(redis.exceptions.ConnectionError):
+                    if client.ping():
+                        return self
+                assert self.proc.poll() is None, "redis-server exited"
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Gone at once (SIGKILL): nothing is saved, as in a crash."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)

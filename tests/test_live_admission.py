@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,13 +18,12 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import redis
 
 from accounts_support import PASSWORD, Gateway, bearer, close_clients, new_key, sign_in
 from chat_support import ChatApi
-from conftest import Server, free_port, start_gateway, start_simulator
+from conftest import Server, start_gateway, start_simulator
 from fleet_support import HOLD, MODEL, hold_forever
-from live_support import deployment, start_replica
+from live_support import OwnRedis, deployment, start_replica
 
 pytestmark = pytest.mark.timeout(120)
 SLOTS = 2
@@ -280,38 +278,10 @@ async def test_a_replica_killed_while_holding_slots_gives_them_back_within_secon
         doomed.stop()
 
 
-class OwnRedis:
-    """A Redis server of this test's own, to stop and start again (empty, as after a crash)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def tickets(self) -> int:
-        client = redis.Redis.from_url(self.url)
-        try:
-            return int(client.hlen("clawdbot:{admission}:tickets"))
-        finally:
-            client.close()
+def tickets(own: OwnRedis) -> int:
+    """Generations the private Redis counts as running."""
+    with own.client() as client:
+        return int(client.hlen("clawdbot:{admission}:tickets"))
 
 
 @pytest.mark.asyncio
@@ -330,7 +300,7 @@ async def test_without_redis_a_new_generation_gets_503_one_running_goes_on_and_c
         assert (refused.status_code, refused.json()["code"]) == (503, "redis_unavailable")
         assert await streams.streaming("h0")  # what runs goes on
         own.start()  # empty: the gateway registers the generation it still runs again
-        await streams.until(lambda: own.tickets() == 1, "the running generation to be counted again")
+        await streams.until(lambda: tickets(own) == 1, "the running generation to be counted again")
         streams.send("h1", gateway)
         await streams.until(lambda: streams.admitted == ["h0", "h1"], "a new one to run once Redis is back")
         streams.send("h2", gateway)

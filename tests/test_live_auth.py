@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -20,12 +18,11 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
-import redis
 
 from accounts_support import PASSWORD, Gateway, bearer, close_clients, sign_in
 from chat_support import ChatApi, postgres_database, wait_until
-from conftest import Server, start_gateway, terminate
-from live_support import REDIS_URL, deployment, keys, start_replica, start_replicas
+from conftest import Server, start_gateway
+from live_support import REDIS_URL, OwnRedis, deployment, keys, start_replica, start_replicas
 
 SESSION = "clawdbot_session"
 
@@ -222,28 +219,6 @@ def test_without_redis_sign_in_works_throttled_by_the_process_alone(site: Site, 
         lonely.stop()
 
 
-@contextlib.contextmanager
-def _own_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A Redis of this test's own (the shared one must not go down under the other tests), without persistence."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("no redis-server to stop and start")
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        with redis.Redis(port=port, socket_connect_timeout=1) as client:
-            while True:
-                with contextlib.suppress(redis.exceptions.ConnectionError):
-                    if client.ping():
-                        break
-                assert proc.poll() is None, "redis-server exited"
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        yield proc
-    finally:
-        terminate(proc)
-
-
 def _redis_status(*servers: Server, status: str) -> None:
     deadline = time.monotonic() + 15
     while any(httpx.get(f"{server.url}/readyz").json()["redis"]["status"] != status for server in servers):
@@ -255,7 +230,8 @@ def test_a_change_made_while_redis_is_down_reaches_the_other_replica_when_it_is_
     port = _closed_port()
     args = ("--auth", "--redis-url", f"redis://127.0.0.1:{port}/0", "--redis-prefix", "outage")
     with postgres_database() as database, contextlib.ExitStack() as stack:
-        redis_server = stack.enter_context(_own_redis(port))
+        own = OwnRedis(port).start()
+        stack.callback(own.stop)
         a, b = (start_gateway(simulator.url, "--database-url", database, *args) for _ in range(2))
         stack.callback(a.stop)
         stack.callback(b.stop)
@@ -275,7 +251,7 @@ def test_a_change_made_while_redis_is_down_reaches_the_other_replica_when_it_is_
                 http.ws_connect(f"{b.url}/chat/api/ws") as ws,
             ):
                 assert (await ws.receive_json(timeout=10))["type"] == "hello"
-                terminate(redis_server)
+                own.stop()
                 await asyncio.to_thread(_redis_status, a, b, status="unavailable")
                 disabled = await asyncio.to_thread(root.patch, f"/chat/api/users/{user_id}", json={"disabled": True})
                 assert disabled.status_code == 200
@@ -283,7 +259,7 @@ def test_a_change_made_while_redis_is_down_reaches_the_other_replica_when_it_is_
                 refused = await asyncio.to_thread(httpx.get, f"{b.url}/api/tags", headers=bearer(secret))
                 assert refused.status_code == 401
                 await asyncio.to_thread(sign_in, a.url, "root")  # sign-in goes on (sign_in checks the 200)
-                stack.enter_context(_own_redis(port))
+                own.start()
                 return await _closed(ws)  # ...and the socket there closes once Redis is back
 
         assert asyncio.run(run()) == 1008

@@ -23,7 +23,7 @@ import pytest_asyncio
 
 from chat_support import chat_api, connect, done_of, postgres_database
 from conftest import Server, script, start_gateway, start_simulator
-from test_live_admission import OwnRedis
+from live_support import OwnRedis
 from test_live_takeover import ANSWER, THOUGHT, numbered, text_of
 
 

@@ -8,19 +8,15 @@ The test runs a Redis of its own, so that stopping it disturbs no other test.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
 
 from chat_support import chat_api, wait_until
-from conftest import Server, free_port, start_gateway, start_simulator
-from live_support import deployment
+from conftest import Server, start_gateway, start_simulator
+from live_support import OwnRedis, deployment
 from replies_support import GRACE_S, LEASE_S, SWEEP_S, TOKENS, ended, reply_row, start_writing
 
 
@@ -31,59 +27,25 @@ def simulator() -> Iterator[Server]:
     server.stop()
 
 
-@contextlib.contextmanager
-def private_redis() -> Iterator[tuple[str, tuple[Callable[[], None], Callable[[], None]]]]:
-    """A Redis of this test's own (so stopping it disturbs no other test): its URL, and how to restart it."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("no redis-server to run a Redis of the test's own")
-    port, folder = free_port(), tempfile.mkdtemp(prefix="clawdbot-redis-")
-    command = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", folder]
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> None:
-        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        url = f"redis://127.0.0.1:{port}/0"
-        wait_until(lambda: _pings(url), "the private Redis to start")
-
-    def stop() -> None:
-        procs[-1].terminate()
-        procs[-1].wait(timeout=10)
-
-    start()
-    try:
-        yield f"redis://127.0.0.1:{port}/0", (start, stop)
-    finally:
-        if procs[-1].poll() is None:
-            stop()
-
-
-def _pings(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.exceptions.ConnectionError:
-        return False
-    finally:
-        client.close()
-
-
 def test_redis_outage_refuses_new_turns_and_a_restarted_empty_redis_interrupts_no_live_reply(
     simulator: Server,
 ) -> None:
-    with deployment() as (database, _), private_redis() as (url, (start, stop)):
-        args = ("--database-url", database, "--redis-url", url, "--redis-prefix", "outage")
+    with deployment() as (database, _), contextlib.ExitStack() as stack:
+        own = OwnRedis().start()
+        stack.callback(own.stop)
+        args = ("--database-url", database, "--redis-url", own.url, "--redis-prefix", "outage")
         a, b = start_gateway(simulator.url, *args), start_gateway(simulator.url, *args)
         try:
             with chat_api(a.url) as on_a, chat_api(b.url) as on_b:
                 idle = on_b.create()["id"]
                 conversation, sent = start_writing(on_a, simulator, 60, "outage")
                 reply_id = sent["reply"]["id"]
-                stop()
+                own.stop()
                 refused = on_b.http.post(f"/conversations/{idle}/messages", json={"content": "now?"})
                 assert refused.status_code == 503, refused.text
                 assert "Redis" in refused.json()["error"]
                 time.sleep(6)  # past every lease: a Redis that came back now would have none
-                start()  # empty: the writer re-asserts its lease, the sweeps find an unfinished reply
+                own.start()  # empty: the writer re-asserts its lease, the sweeps find an unfinished reply
                 wait_until(lambda: httpx.get(f"{b.url}/readyz").status_code == 200, "B to see Redis", timeout=10)
                 busy = on_b.http.post(f"/conversations/{conversation}/messages", json={"content": "me too"})
                 assert busy.status_code == 409, busy.text  # the writer holds the conversation again
