@@ -121,7 +121,7 @@ async def test_chat_streams_deltas_and_a_final_with_token_counts(backend: OpenAI
 async def test_a_raw_streaming_chat_completion_passes_through(backend: OpenAIBackend, server: str) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 6, "stream": True}
     response = await backend.send(
-        "POST", "/v1/chat/completions", orjson.dumps(body), {"Content-Type": "application/json"}
+        "POST", "/v1/chat/completions", orjson.dumps(body), [("Content-Type", "application/json")]
     )
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/event-stream")
@@ -134,7 +134,7 @@ async def test_a_raw_streaming_chat_completion_passes_through(backend: OpenAIBac
 
     keyless = OpenAIBackend(Settings(), server)  # the server wants the key that the backend adds
     try:
-        refused = await keyless.send("GET", "/v1/models", b"", {})
+        refused = await keyless.send("GET", "/v1/models", b"", [])
         assert refused.status == 401
         refused.release()
         with pytest.raises(BackendError) as failed:
