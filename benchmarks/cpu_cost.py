@@ -1,5 +1,5 @@
 """What relaying costs in CPU: microseconds of the relaying process per request and per streamed chunk, for a plain
-aiohttp relay (PLAIN_RELAY below, ~30 lines), the gateway's raw /api/chat path and its chat path, in one run.
+aiohttp relay (_yardsticks.PLAIN_RELAY, ~30 lines), the gateway's raw /api/chat path and its chat path, in one run.
 
 One simulator paces every reply (`--tokens-per-second`, unlimited slots, nothing queues); each path gets
 --requests requests at --concurrency with 1-token replies and again with --long-token replies, from a load
@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,79 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from _procs import start
+from _yardsticks import start_nginx, start_plain
 
 HERE = Path(__file__).resolve().parent
 _TICK = os.sysconf("SC_CLK_TCK")
 
-# The yardstick: what any aiohttp relay costs. Keep-alive to the backend, the body read whole, the stream relayed
-# chunk by chunk as it arrives; no logging, metrics, admission or accounts.
-PLAIN_RELAY = """
-import asyncio, sys
-import aiohttp, uvloop
-from aiohttp import web
 
-UPSTREAM = sys.argv[1]
-HOP = {"host", "connection", "keep-alive", "content-length", "transfer-encoding"}
-session: aiohttp.ClientSession
-
-
-async def relay(request: web.Request) -> web.StreamResponse:
-    body = await request.read()
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
-    async with session.request(request.method, UPSTREAM + request.path_qs, data=body, headers=headers) as upstream:
-        response = web.StreamResponse(status=upstream.status)
-        response.content_type = upstream.content_type
-        await response.prepare(request)
-        async for data in upstream.content.iter_any():
-            await response.write(data)
-        await response.write_eof()
-        return response
-
-
-async def main() -> None:
-    global session
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", relay)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    print(f"http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
-    await asyncio.Event().wait()
-
-
-uvloop.run(main())
-"""
-
-NGINX_CONF = """master_process off;
-daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream backend {{ server {upstream}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;  # the simulator, as Ollama, answers only to a local Host
-            proxy_buffering off;
-        }}
-    }}
-}}
-"""
-
-
-# ---- processes and their CPU -----------------------------------------------------------------------------------------
 def _stat(pid: int) -> tuple[int, float] | None:
     """(parent pid, CPU seconds) of one process, or None once it is gone."""
     try:
@@ -136,49 +67,6 @@ def cpu_tree(pid: int) -> float:
     for member in family:
         total += stats.get(member, (0, 0.0))[1]
     return total
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[Any], what: str) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not start")
-
-
-def start_plain(sim_url: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PLAIN_RELAY, sim_url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://"):
-        proc.kill()
-        raise SystemExit("the plain relay did not start")
-    return proc, url
-
-
-def start_nginx(sim_url: str, tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.access(nginx, os.X_OK):
-        raise SystemExit("--nginx: nginx is not installed (apt-get install nginx-light)")
-    port = free_port()
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=sim_url.removeprefix("http://"), port=port))
-    proc = subprocess.Popen(
-        [nginx, "-p", str(tmp), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
-    )
-    wait_for_port(port, proc, "nginx")
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..errors import Overloaded
-from ..metrics import Metrics
 from .routing import Choice, Place, choose, serving
 
 
@@ -150,21 +149,6 @@ class MemoryAdmission:
     def slots(self) -> int:
         """Slots of the places in rotation, all together."""
         return sum(p.slots for p in self.places if p.in_rotation)
-
-    def register(self, metrics: Metrics) -> None:
-        metrics.gauges.update(
-            clawdbot_generation_slots=(
-                "Generations the backends in rotation may run at once, all together.",
-                lambda: self.slots,
-            ),
-            clawdbot_generations_running=("Generations holding a backend slot now.", lambda: self.running),
-            clawdbot_generations_queued=("Generations waiting for a backend slot.", lambda: self.queued),
-        )
-        metrics.labelled["clawdbot_generations_rejected"] = (
-            "Generations refused because the queue was full (429 per user, 503 in all), by reason.",
-            "reason",
-            lambda: self.rejected,
-        )
 
     async def enter(
         self,

@@ -190,8 +190,8 @@ class Live:
 
     def failed(self, error: BaseException) -> None:
         """A command failed for want of Redis: /readyz shows it, the log says it once per outage."""
-        if isinstance(error, NoScriptError) or (self.cluster and "NoScriptError" in str(error)):
-            # Not an outage: a cluster node without our scripts (a pipeline's error names it). Load them; the
+        if isinstance(error, NoScriptError):
+            # Not an outage: a node without our scripts (a cluster's pipelines cannot load them). Load them; the
             # failed round goes again as it would after an outage.
             if self._loading is None or self._loading.done():
                 self._loading = asyncio.get_running_loop().create_task(self._load())

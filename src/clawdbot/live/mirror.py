@@ -241,9 +241,10 @@ class Mirror:
                 if not self.live.cluster:
                     self._mirror(pipe, mirrored, now, batch)
                     continue
-                part, first, offset = Ops(), len(batch.checks), sum(p.checks for p in parts)
+                part, first = Ops(), len(batch.checks)
                 self._mirror(part, mirrored, now, batch)
-                batch.checks[first:] = [(index + offset, m) for index, m in batch.checks[first:]]
+                # Its checks' answers come after those of the parts before it.
+                batch.checks[first:] = [(index + first, m) for index, m in batch.checks[first:]]
                 if len(part):
                     parts.append(part)
         grouped: dict[bytes, list[bytes]] = {}
