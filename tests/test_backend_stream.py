@@ -99,3 +99,23 @@ async def test_a_stream_that_goes_silent_fails_within_a_second_of_the_idle_timeo
         await collect([line(content="a"), line(content="b")], idle_timeout=1.0, pause=4.0)
     assert failed.value.kind == "idle_timeout"
     assert 1.0 <= asyncio.get_running_loop().time() - started < 3.0
+
+
+@pytest.mark.asyncio
+async def test_a_read_of_many_lines_is_read_as_the_lines_would_be_one_by_one() -> None:
+    """A read's lines are parsed in one call; whatever is not one JSON value per line is read again line by line:
+    blank lines are skipped, a line that is not JSON (or not an object) fails the reply as malformed, and an error
+    line fails it with the model's words."""
+    got = await collect([line(content="a") + b"\n   \n" + line(content="b") + line(content="c"), line(done=True)])
+    assert got[0] == Delta(content="abc", lines=3)
+    assert isinstance(got[1], Final)
+
+    with pytest.raises(BackendError) as failed:
+        await collect([line(content="a") + b'{"message": {"content": "b"}, \n' + line(content="c")])
+    assert failed.value.kind == "malformed"
+    with pytest.raises(BackendError) as failed:
+        await collect([line(content="a") + b"[1, 2]\n" + line(content="c")])
+    assert failed.value.kind == "malformed"  # JSON, but not an object
+    with pytest.raises(BackendError) as failed:
+        await collect([line(content="a") + orjson.dumps({"error": "out of memory"}) + b"\n" + line(content="c")])
+    assert (failed.value.kind, "out of memory" in failed.value.message) == ("error_line", True)

@@ -6,7 +6,8 @@ BackendError kinds), an HTTP error status told in the server's own words, and th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ from ..settings import Settings
 from . import h1
 from .base import BackendStatus, Upstream
 
-JSON = {"Content-Type": "application/json"}
+_POSTED = [("Content-Type", "application/json")]
 # What aiohttp must not add to a request of ours: a client's request goes on with its own headers only.
 _NOT_OURS: CIMultiDict[None] = CIMultiDict((name, None) for name in ("Accept-Encoding", "Content-Type", "User-Agent"))
 
@@ -100,6 +101,16 @@ class HttpBackend:
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise self.classify(error, started=False) from None
+
+    @contextlib.asynccontextmanager
+    async def posted(self, path: str, data: bytes) -> AsyncIterator[Upstream]:
+        """POST JSON to `path` through `send` (the lean client on plain http): the response, released on the way
+        out (one read to its end leaves its connection to the next request)."""
+        response = await self.send("POST", path, data, _POSTED)
+        try:
+            yield response
+        finally:
+            response.release()
 
     async def close(self) -> None:
         if self.pool is not None:

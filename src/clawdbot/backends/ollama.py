@@ -16,8 +16,8 @@ import orjson
 from ..errors import BackendError
 from ..modelnames import model_key
 from ..settings import Settings
-from .base import BackendStatus, Delta, Final, join
-from .http import JSON, HttpBackend
+from .base import BackendStatus, Delta, Final
+from .http import HttpBackend
 from .repeats import Repeats
 
 _SHOW_PER_CHECK = 20  # models whose parameters one health check reads; a long list is read over a few checks
@@ -63,7 +63,7 @@ class OllamaBackend(HttpBackend):
         try:
             async with (
                 asyncio.timeout(settings.first_byte_timeout) as deadline,
-                self.session.post(self.url + "/api/chat", data=request, headers=JSON) as response,
+                self.posted("/api/chat", request) as response,
             ):
                 if response.status != 200:
                     raise self.http_error(response.status, await response.read())
@@ -78,24 +78,16 @@ class OllamaBackend(HttpBackend):
                         deadline.reschedule(now + settings.idle_timeout + 1.0)
                         moved = now
                     *lines, pending = (pending + data).split(b"\n")
-                    deltas: list[Delta] = []  # the lines that arrived together, merged (base.join)
-                    final: Final | None = None
-                    for line in lines:
-                        if not line.strip():
-                            continue
-                        event = _event(self.url, line)
-                        if isinstance(event, Final):
-                            final = event
-                            break
-                        repeats.saw(event.content or event.thinking)
-                        join(deltas, event)
+                    if not lines:
+                        continue
+                    deltas, final = _read(self.url, _parsed(self.url, lines), repeats)
                     for delta in deltas:
                         yield delta
                     if final is not None:
                         yield final
                         return
                 if pending.strip():
-                    event = _event(self.url, pending)
+                    event = _event(self.url, _json(self.url, pending))
                     yield event
                     if isinstance(event, Final):
                         return
@@ -173,11 +165,53 @@ class OllamaBackend(HttpBackend):
             return data
 
 
-def _event(url: str, line: bytes) -> Delta | Final:
+def _parsed(url: str, lines: list[bytes]) -> list[Any]:
+    """One read's lines as JSON values, in one orjson call for them all: a call per line cost more than the rest of
+    the line's handling. A read that does not come out as one value per line (an empty line, one that is not
+    JSON) is read again line by line, which names the bad line. (Lines that are JSON only together, in as many
+    values as lines, pass: nothing a backend could not have sent as proper lines.)"""
     try:
-        chunk = orjson.loads(line)
+        values = orjson.loads(b"[" + b",".join(lines) + b"]")
+    except orjson.JSONDecodeError:
+        values = None
+    if isinstance(values, list) and len(values) == len(lines):
+        return values
+    return [_json(url, line) for line in lines if line.strip()]
+
+
+def _json(url: str, line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
     except orjson.JSONDecodeError:
         raise BackendError(f"backend {url} sent a line that is not JSON", backend=url, kind="malformed") from None
+
+
+def _read(url: str, chunks: list[Any], repeats: Repeats) -> tuple[list[Delta], Final | None]:
+    """The deltas of one read's lines, merged as base.join merges them (without a Delta per line: this runs for
+    every token), and the final line if it came; nothing after it counts."""
+    deltas: list[Delta] = []
+    last: Delta | None = None
+    for chunk in chunks:
+        message = chunk.get("message") if type(chunk) is dict else None
+        if type(message) is dict and not chunk.get("done") and "error" not in chunk:  # a token's line
+            thinking, content = str(message.get("thinking") or ""), str(message.get("content") or "")
+        else:
+            event = _event(url, chunk)
+            if isinstance(event, Final):
+                return deltas, event
+            thinking, content = event.thinking, event.content
+        repeats.saw(content or thinking)
+        if last is None or (thinking and last.content):
+            last = Delta(thinking, content)
+            deltas.append(last)
+        else:
+            last.thinking += thinking
+            last.content += content
+            last.lines += 1
+    return deltas, None
+
+
+def _event(url: str, chunk: Any) -> Delta | Final:
     if not isinstance(chunk, dict):
         raise BackendError(f"backend {url} sent JSON that is not an object", backend=url, kind="malformed")
     if "error" in chunk:

@@ -18,7 +18,7 @@ from ..errors import BackendError
 from ..modelnames import model_key
 from ..settings import Settings
 from .base import BackendStatus, Delta, Final
-from .http import JSON, HttpBackend
+from .http import HttpBackend
 from .openai_wire import Events, request
 
 _DETAILS_S = 10.0  # for /props and /slots after the server answered
@@ -43,7 +43,7 @@ class OpenAIBackend(HttpBackend):
         try:
             async with (
                 asyncio.timeout(settings.first_byte_timeout) as deadline,
-                self.session.post(self.url + "/v1/chat/completions", data=data, headers=JSON) as response,
+                self.posted("/v1/chat/completions", data) as response,
             ):
                 if response.status != 200:
                     raise self.http_error(response.status, await response.read())
