@@ -114,3 +114,36 @@ async def test_a_write_cut_off_by_closing_the_connection_ends_cleanly() -> None:
     writing.cancel()
     await asyncio.gather(drain, writing, return_exceptions=True)
     assert outbox.writing is None
+
+
+@pytest.mark.asyncio
+async def test_a_connection_that_writes_at_once_gets_events_by_plain_call_and_waits_through_send() -> None:
+    """The WebSocket's `write` takes an event in a plain call while its socket keeps up; once it says the socket must
+    wait, that event goes through the async send, and what comes after it queues behind it, in order."""
+    client, plain = Client(), []
+    waiting = False
+
+    def write(data: bytes) -> bool:
+        if waiting:
+            return False
+        plain.append(data)
+        return True
+
+    outbox = Outbox(client.send, actor(), write)
+    drain = asyncio.create_task(outbox.drain())
+    await asyncio.sleep(0)
+    outbox.push(b"1")
+    outbox.push(b"2")
+    assert (plain, client.got) == ([b"1", b"2"], [])  # written in the pusher's step, no coroutine
+    waiting, client.slow = True, asyncio.get_running_loop().create_future()
+    outbox.push(b"3")  # the socket is backed up: aiohttp's writer, which waits for the client
+    waiting = False
+    outbox.push(b"4")  # queues behind 3, though the socket would take it now: order first
+    assert (plain, client.got) == ([b"1", b"2"], [b"3"])
+    client.slow.set_result(None)
+    client.slow = None
+    await outbox.flush()
+    assert client.got == [b"3", b"4"]
+    outbox.push(b"5")  # nothing queued any more: the plain write again
+    assert plain == [b"1", b"2", b"5"]
+    drain.cancel()

@@ -4,8 +4,10 @@ to wait for a subscription).
 
 Every token's event passes through here. An event that finds the queue empty is written straight away, in the
 pusher's own step: handing it to the connection's drain task instead cost a task switch per token, a third of the
-chat path's CPU per token over the raw relay's (BENCHMARKS.md §12). Only a client that does not keep up makes
-events queue; the drain task writes those, in order, and one that falls too far behind is disconnected.
+chat path's CPU per token over the raw relay's (BENCHMARKS.md §12). Where the connection has a `Write` (the
+WebSocket's), that is a plain call; else the async `Send` is stepped by hand up to its first wait. Only a client
+that does not keep up makes events queue; the drain task writes those, in order, and one that falls too far behind
+is disconnected.
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ _OUTBOX = 4096  # events a client may lag behind before it is disconnected
 BEHIND = (1013, b"too far behind; reconnect and resume")
 
 Send = Callable[[bytes], Coroutine[Any, Any, Any]]
+# Writes the event at once and says True, or says False when the connection would have to wait (then `Send`).
+Write = Callable[[bytes], bool]
 
 
 class Outbox:
     """`closing` is set when the connection must end: the client fell too far behind, its connection failed, or
     the server is shutting down (`why` is the WebSocket close code and reason)."""
 
-    def __init__(self, send: Send, actor: Actor) -> None:
+    def __init__(self, send: Send, actor: Actor, write: Write | None = None) -> None:
         self.send = send
+        self.write = write
         self.actor = actor  # whose connection it is: signing out or disabling them closes it
         self.pending: deque[bytes] = deque()
         self.idle: asyncio.Future[None] | None = None  # the drain task's wait while `pending` is empty
@@ -45,7 +50,8 @@ class Outbox:
         if self.closing.is_set():
             return
         if self.idle is not None and self.writing is None:  # the drain task waits with nothing queued: write now
-            self._write_now(data)
+            if self.write is None or not self.write(data):
+                self._write_now(data)
             return
         if len(self.pending) >= _OUTBOX:
             self.closing.set()
