@@ -421,7 +421,7 @@ async def test_past_the_caps_redis_keeps_a_folded_base_and_any_process_replays_a
         lives = [Live(REDIS_URL, prefix), Live(REDIS_URL, prefix)]
         for live in lives:
             await live.open()
-        writer, reader = (RedisLog(live, max_events=16, tick=0.001) for live in lives)
+        writer, reader = (RedisLog(live, max_events=16, gap=0.001) for live in lives)
         message = new_message("c1", "assistant", status="waiting")
         reply_id = message.id
         writer.register(Job(reply_id, "c1", "someone", message))

@@ -39,7 +39,7 @@ from ..logs import LOG
 from ..metrics import Metrics
 from ..store.records import Message
 from .connection import Handler, Live
-from .mirror import Mirror, channel, entry_id, keys
+from .mirror import GAP, Mirror, channel, entry_id, keys
 
 _CANNOT_READ = "Redis is unavailable: a reply written by another gateway process cannot be read now; try again shortly"
 _REPLY_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what may go into a key name from a client's request
@@ -54,12 +54,12 @@ class RedisLog(MemoryLog):
         max_bytes: int = 1 << 20,
         retain: float = 60.0,
         max_finished: int = 2_000,
-        tick: float = 0.0,
+        gap: float = GAP,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(max_events=max_events, max_bytes=max_bytes, retain=retain, max_finished=max_finished)
         self.live = live
-        self.mirror = Mirror(live, retain=retain, tick=tick)
+        self.mirror = Mirror(live, retain=retain, gap=gap)
         if metrics is not None:
             metrics.labelled["clawdbot_reply_log_mirror"] = (
                 "The reply logs' copy in Redis: round_trips, events (stream entries), frames (events to other "

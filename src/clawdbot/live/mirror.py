@@ -1,11 +1,12 @@
 """The writer's side of the reply logs on Redis: this process's replies copied to Redis in batches, off the hot path.
 
 `append` only notes that a reply has new events and queues them for its conversation's channel; a task of its own
-then sends everything pending in one script run (atomic, one round trip) at once, and what comes meanwhile in the
-next: the new events of every reply (XADD, the seq as the entry id), each reply's registry hash (seq, status, queue
-position, the message as stored, its writer), the trimming of what the caps folded away, the expiry of finished
-replies, and the events for other processes, one PUBLISH per conversation with all of its events of the flush in
-order. The writer's own clients get an event once its flush is through (eventlog.py says why).
+then sends everything pending in one script run (atomic, one round trip), at once or, busy, `GAP` after the last
+one began, and what comes meanwhile in the next: the new events of every reply (XADD, the seq as the entry id),
+each reply's registry hash (seq, status, queue position, the message as stored, its writer), the trimming of what
+the caps folded away, the expiry of finished replies, and the events for other processes, one PUBLISH per
+conversation with all of its events of the flush in order. The writer's own clients get an event once its flush
+is through (eventlog.py says why).
 
 What is mirrored is read from the reply's log in memory, so nothing is lost while the round trip runs, while
 Redis is down or while the channel queue is full: the next flush sends whatever the stream lacks (and if the caps
@@ -46,6 +47,11 @@ ORPHAN_TTL = 3600
 # leaves the writer adding to keys that lack the start of the reply, its owner and its row, which nobody could
 # resume from or take over. Noticed, the keys are written again whole from the log in memory.
 CHECK_EVERY = 1.0
+# Seconds between the starts of two flushes at least. A flush costs the gateway ~150 µs of CPU whatever it
+# carries (redis-py's command, the script run's reply); flushing as soon as the last one was through made it one
+# round trip per ~5 events under load, ~8 µs of CPU per token. An idle writer still flushes at once; a busy one
+# holds its clients' events up to this long (BENCHMARKS.md §12).
+GAP = 0.005
 
 
 def keys(live: Live, job_id: str) -> tuple[str, str]:
@@ -120,8 +126,8 @@ class _Batch:
 
 
 class Mirror:
-    def __init__(self, live: Live, *, retain: float, tick: float = 0.02, max_frames: int = 20_000) -> None:
-        self.live, self.retain, self.tick, self.max_frames = live, retain, tick, max_frames
+    def __init__(self, live: Live, *, retain: float, gap: float = GAP, max_frames: int = 20_000) -> None:
+        self.live, self.retain, self.gap, self.max_frames = live, retain, gap, max_frames
         self.node = live.node.encode()
         self.jobs: dict[str, Mirrored] = {}  # this process's replies until their last state is in Redis
         self.dirty: set[str] = set()
@@ -196,11 +202,15 @@ class Mirror:
     # ---- the writer task -----------------------------------------------------------------------------------------
     async def _run(self) -> None:
         pause = 0.05
+        clock = asyncio.get_running_loop().time
+        began = -self.gap
         while True:
             await self.wake.wait()
-            if self.tick:
-                await asyncio.sleep(self.tick)  # what comes meanwhile goes in the same round trip
-            # Else at once: what comes while this flush is on its way goes in the next one (group commit).
+            # At once if the last flush began `gap` ago or more, else when it is that long: what comes meanwhile goes
+            # in the same round trip (and what comes while a flush is on its way, in the next: group commit).
+            if (wait := began + self.gap - clock()) > 0:
+                await asyncio.sleep(wait)
+            began = clock()
             self.wake.clear()
             try:
                 await self.flush()
