@@ -128,25 +128,34 @@ async def test_a_whole_reply_over_the_socket(
 
 @pytest.mark.asyncio
 async def test_events_of_every_size_arrive_whole_and_uncompressed_even_when_the_client_offers_deflate(
-    session: aiohttp.ClientSession, gateway: Server, api: ChatApi
+    session: aiohttp.ClientSession,
 ) -> None:
     """The gateway writes its text frames itself: a head of 2, 4 or 10 bytes by the event's size in bytes (not
     characters). A client that offers permessage-deflate (as browsers do) is not given it: frames of a token each
-    gain nothing from zlib but its CPU."""
-    socket = Socket(await session.ws_connect(gateway.url + "/chat/api/ws", compress=15))
-    assert socket.ws.compress == 0  # the extension was not agreed
-    assert (await socket.next())["type"] == "hello"
-    assert await socket.command("ping") == {"type": "pong", "ref": "r1"}  # under 126 bytes
-    for content in ("short, with é and 字", "é" * 20_000 + "字" * 5_000, "é" * 30_000 + "字" * 5_000):
-        # ~300 bytes, 55,000 bytes (a 16-bit length), 75,000 bytes in 35,000 characters (a 64-bit length)
-        conversation = api.create()["id"]
-        ack = await socket.command("send", conversation_id=conversation, content=content)
-        assert ack["message"]["content"] == content
-        news = [e for e in socket.seen if e["type"] == "message.new" and e["message"]["id"] == ack["message"]["id"]]
-        assert [e["message"]["content"] for e in news] == [content]  # sent before the ack
-        await socket.command("stop", conversation_id=conversation)  # the reply itself is not what this is about
-        await socket.until(done_of(ack["reply"]["id"]))
-    await socket.ws.close()
+    gain nothing from zlib but its CPU. A simulator and gateway of its own: prompts this long keep a simulator busy
+    for a while after their replies are stopped."""
+    simulator = start_simulator("--profile", "instant", "--tokens-per-second", "80")
+    gateway = start_gateway(simulator.url)
+    try:
+        socket = Socket(await session.ws_connect(gateway.url + "/chat/api/ws", compress=15))
+        assert socket.ws.compress == 0  # the extension was not agreed
+        assert (await socket.next())["type"] == "hello"
+        assert await socket.command("ping") == {"type": "pong", "ref": "r1"}  # under 126 bytes
+        with chat_api(gateway.url) as api:
+            for content in ("short, with é and 字", "é" * 20_000 + "字" * 5_000, "é" * 30_000 + "字" * 5_000):
+                # ~300 bytes, 55,000 bytes (a 16-bit length), 75,000 bytes in 35,000 characters (a 64-bit length)
+                conversation = api.create()["id"]
+                ack = await socket.command("send", conversation_id=conversation, content=content)
+                assert ack["message"]["content"] == content
+                sent = ack["message"]["id"]
+                news = [e for e in socket.seen if e["type"] == "message.new" and e["message"]["id"] == sent]
+                assert [e["message"]["content"] for e in news] == [content]  # sent before the ack
+                await socket.command("stop", conversation_id=conversation)  # the reply is not what this is about
+                await socket.until(done_of(ack["reply"]["id"]))
+        await socket.ws.close()
+    finally:
+        gateway.stop()
+        simulator.stop()
 
 
 @pytest.mark.asyncio
