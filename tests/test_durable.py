@@ -451,6 +451,28 @@ def test_a_refusing_backend_is_retried_then_reported(tmp_path: Path) -> None:
         down.stop()
 
 
+def test_a_reply_that_checkpointed_leaves_no_checkpoint_once_it_is_stored(
+    simulator: Server, spy: Spy, tmp_path: Path
+) -> None:
+    """A reply's checkpoint goes when its final row is stored (a reply that never checkpointed skips that
+    statement, so this is the case that must not)."""
+    database = tmp_path / "done.db"
+    httpx.delete(f"{simulator.url}/_sim/script")
+    script(simulator, {"reply": LONG, "thinking": ""})
+    gateway = start_gateway(spy.url, "--database-url", f"sqlite:///{database}", "--checkpoint-interval", "0.2")
+    try:
+        with chat_api(gateway.url) as api:
+            conversation = api.create()
+            reply_id = api.send(conversation["id"], "write for a while")["reply"]["id"]
+            checkpoints = "SELECT count(*) FROM reply_checkpoints WHERE id = ?"
+            wait_until(lambda: rows(database, checkpoints, reply_id) == [(1,)], "a checkpoint", timeout=10)
+            stored = lambda: api.view(conversation["id"])["messages"][-1]["status"]  # noqa: E731
+            wait_until(lambda: stored() == "done", "the reply stored", timeout=30)
+            assert rows(database, "SELECT count(*) FROM reply_checkpoints") == [(0,)]
+    finally:
+        gateway.stop()
+
+
 # ---- a crash ---------------------------------------------------------------------------------------------------------
 def test_kill_9_keeps_the_checkpointed_text_and_continue_goes_on_from_it(
     simulator: Server, spy: Spy, tmp_path: Path

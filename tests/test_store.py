@@ -24,9 +24,10 @@ from sqlalchemy import TextClause, bindparam, text
 from chat_support import ChatApi, chat_api, postgres_database, wait_until
 from clawdbot.auth.accounts import api_keys, sessions, users
 from clawdbot.store import migrations
-from clawdbot.store.conversations import Store, conversations, messages
+from clawdbot.store.conversations import Store
 from clawdbot.store.database import driver_url
 from clawdbot.store.records import ApiKey, Conversation, Message, Session, User, new_id
+from clawdbot.store.tables import conversations, messages
 from conftest import Server, script, start_gateway
 
 # Short replies with nothing a search could trip on (the simulator's own replies hold code, "_" and "%").

@@ -19,9 +19,9 @@ from sqlalchemy.exc import IntegrityError
 
 from ..errors import Forbidden
 from ..identity import OWNER_ID, Actor, Via
-from ..store.conversations import metadata
 from ..store.database import Database
 from ..store.records import ApiKey, Session, User, as_row, new_id, now_ms
+from ..store.tables import metadata
 
 users = Table(
     "users",

@@ -45,6 +45,7 @@ class Generation:
     thinking: list[str] = field(default_factory=list)
     streamed: bool = False  # text reached listeners: from here on, no silent retry
     dirty: bool = False  # text or status changed since the last checkpoint
+    checkpointed: bool = True  # a checkpoint row may exist (one was written, or by the process it came from)
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     thinking_from: float | None = None
@@ -76,7 +77,7 @@ class Generation:
     def checkpoint(self) -> Checkpoint:
         content, thinking = "".join(self.content), "".join(self.thinking)
         self.content[:], self.thinking[:] = [content], [thinking]  # joined once, not again next second
-        self.dirty = False
+        self.dirty, self.checkpointed = False, True
         return Checkpoint(self.id, self.status, content, thinking)
 
     def outcome(self) -> Outcome:

@@ -72,7 +72,7 @@ class Generations:
         owner: str,
         guard: Guard | None = None,
     ) -> Generation:
-        generation = Generation(reply, body, ticket, prompt=prompt, guard=guard)
+        generation = Generation(reply, body, ticket, prompt=prompt, guard=guard, checkpointed=False)  # a new row
         if reply.content:  # Continue: the reply goes on from the text it has
             generation.content.append(reply.content)
         if reply.thinking:
@@ -317,7 +317,7 @@ class Generations:
         if job is not None:  # a snapshot from now on shows the reply as stored
             job.message = generation.reply
         try:
-            await asyncio.shield(self.store.finish_reply(generation.id, outcome))
+            await asyncio.shield(self.store.finish_reply(generation.id, outcome, checkpointed=generation.checkpointed))
         except Exception:  # noqa: BLE001 - the reply is still sent to listeners; the failure is logged
             LOG.exception("could not store a finished reply", extra={"reply_id": generation.id})
         await self.active.remove(generation)

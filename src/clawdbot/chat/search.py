@@ -13,8 +13,9 @@ from typing import Any
 from sqlalchemy import Integer, column, func, literal_column, select, text
 from sqlalchemy.engine import Connection
 
-from ..store.conversations import Store, conversations, messages
+from ..store.conversations import Store
 from ..store.records import Conversation
+from ..store.tables import conversations, messages
 from .snippets import snippet
 
 

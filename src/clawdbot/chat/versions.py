@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
-from ..store.conversations import Store, messages
+from ..store.conversations import Store
 from ..store.records import Message
+from ..store.tables import messages
 from .results import Shown, Versions
 
 

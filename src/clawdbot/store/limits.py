@@ -21,9 +21,9 @@ from ..errors import BadRequest
 from ..logs import LOG
 from ..modelnames import model_key
 from ..settings import Settings
-from .conversations import metadata
 from .database import Database
 from .records import now_ms
+from .tables import metadata
 
 platform_settings = Table(
     "platform_settings",
