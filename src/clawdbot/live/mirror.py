@@ -137,6 +137,10 @@ class Mirror:
         self.counts = Counts()
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # A new reply goes to Redis without waiting out the gap: until its registry is there, a writer that dies
+        # leaves a reply nobody can take over (it ends interrupted).
+        self.urgent = False
+        self._gap: asyncio.Future[None] | None = None  # the writer task's wait for the gap to pass
         self._dropping = False
         self._script = live.script(FLUSH)
 
@@ -157,6 +161,9 @@ class Mirror:
         self.jobs[job.id] = Mirrored(
             job, channel(self.live, job.conversation_id), job.id.encode(), seq=job.seq, base_seq=job.base_seq
         )
+        self.urgent = True
+        if self._gap is not None and not self._gap.done():
+            self._gap.set_result(None)
         self.touch(job.id)
 
     def appended(self, job_id: str, seq: int, data: bytes, deliver: Callable[[], None] | None = None) -> bool:
@@ -202,15 +209,22 @@ class Mirror:
     # ---- the writer task -----------------------------------------------------------------------------------------
     async def _run(self) -> None:
         pause = 0.05
-        clock = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
         began = -self.gap
         while True:
             await self.wake.wait()
-            # At once if the last flush began `gap` ago or more, else when it is that long: what comes meanwhile goes
-            # in the same round trip (and what comes while a flush is on its way, in the next: group commit).
-            if (wait := began + self.gap - clock()) > 0:
-                await asyncio.sleep(wait)
-            began = clock()
+            # At once if the last flush began `gap` ago or more (or a new reply waits), else when it is that long:
+            # what comes meanwhile goes in the same round trip (and what comes while a flush is on its way, in the
+            # next: group commit).
+            if not self.urgent and (wait := began + self.gap - loop.time()) > 0:
+                self._gap = gap = loop.create_future()
+                timer = loop.call_later(wait, _passed, gap)
+                try:
+                    await gap
+                finally:
+                    timer.cancel()
+                    self._gap = None
+            began, self.urgent = loop.time(), False
             self.wake.clear()
             try:
                 await self.flush()
@@ -383,6 +397,11 @@ class Mirror:
         batch.sent.append(
             _Sent(mirrored, job.seq, base_seq, job.message, job.queue_position, status, job.finished, refreshed)
         )
+
+
+def _passed(gap: asyncio.Future[None]) -> None:
+    if not gap.done():
+        gap.set_result(None)
 
 
 def _status(event: dict[str, object], status: str) -> str:
