@@ -35,6 +35,21 @@ def answers(port: int) -> bool:
         return False
 
 
+def knows_the_replica(sentinel_port: int, replica_port: int) -> bool:
+    """Whether the replica is in sync and Sentinel has learned of it (from the primary's INFO, read every 10 s):
+    a primary killed before that leaves Sentinel nothing to promote."""
+    try:
+        listed = subprocess.run(
+            ["redis-cli", "-p", str(sentinel_port), "sentinel", "replicas", SERVICE], capture_output=True, timeout=2
+        ).stdout
+        state = subprocess.run(
+            ["redis-cli", "-p", str(replica_port), "info", "replication"], capture_output=True, timeout=2
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return str(replica_port).encode() in listed and b"master_link_status:up" in state
+
+
 @pytest.fixture
 def sentinel() -> Iterator[tuple[int, subprocess.Popen[bytes], int]]:
     """(Sentinel's port, the primary's process, the replica's port)."""
@@ -54,6 +69,7 @@ def sentinel() -> Iterator[tuple[int, subprocess.Popen[bytes], int]]:
     try:
         for port in (primary_port, replica_port, sentinel_port):
             wait_until(lambda port=port: answers(port), f"redis on {port}", timeout=10)
+        wait_until(lambda: knows_the_replica(sentinel_port, replica_port), "Sentinel to know the replica", timeout=25)
         yield sentinel_port, primary, replica_port
     finally:
         for proc in procs:
