@@ -16,7 +16,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -26,28 +25,17 @@ from pathlib import Path
 import orjson
 import redis
 from _harness import Gateway, memory_mib
+from _procs import free_port, listening
 
 ROOT = Path(__file__).resolve().parent.parent
 _UPSTREAM = re.compile(r"^    server 10\.0\.0\.\d+:18789 .*$", re.M)
 TAKEOVER = "took over a reply whose writer is gone"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"{what} did not start: {log.read_text(errors='replace')[-2000:]}")
+    if not listening(port, proc):
+        proc.kill()
+        raise SystemExit(f"{what} did not start: {log.read_text(errors='replace')[-2000:]}")
 
 
 # ---- processes ------------------------------------------------------------------------------------------------------

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -28,6 +30,24 @@ def start(args: list[str], cpus: str | None) -> tuple[subprocess.Popen[str], str
         proc.kill()
         raise SystemExit(f"could not start {args}: {line!r}")
     return proc, f"http://127.0.0.1:{match.group(1)}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def listening(port: int, proc: subprocess.Popen[Any], timeout: float = 15.0) -> bool:
+    """Whether `proc` (nginx, redis-server…) accepts connections on `port` within `timeout`, and has not exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def cpu_seconds(pid: int) -> float:

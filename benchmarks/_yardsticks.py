@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
+
+from _procs import free_port, listening
 
 # The yardstick: what any aiohttp relay costs. Keep-alive to the backend, the body read whole, the stream relayed
 # chunk by chunk as it arrives; no logging, metrics, admission or accounts.
@@ -83,23 +82,6 @@ http {{
 # ---- processes and their CPU -----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[Any], what: str) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not start")
-
-
 def start_plain(sim_url: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", PLAIN_RELAY, sim_url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -122,5 +104,6 @@ def start_nginx(sim_url: str, tmp: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [nginx, "-p", str(tmp), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
     )
-    wait_for_port(port, proc, "nginx")
+    if not listening(port, proc):
+        raise SystemExit("nginx did not start")
     return proc, f"http://127.0.0.1:{port}"
