@@ -13,20 +13,21 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import httpx
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy import TextClause, bindparam, select, text
+from sqlalchemy.exc import IntegrityError
 
 from chat_support import ChatApi, chat_api, postgres_database, wait_until
 from clawdbot.auth.accounts import api_keys, sessions, users
 from clawdbot.store import migrations
 from clawdbot.store.conversations import Store
 from clawdbot.store.database import driver_url
-from clawdbot.store.records import ApiKey, Conversation, Message, Session, User, new_id
+from clawdbot.store.records import ApiKey, Conversation, Message, Outcome, Session, User, new_id, new_message
 from clawdbot.store.tables import conversations, messages
 from conftest import Server, script, start_gateway
 
@@ -320,6 +321,42 @@ async def test_writes_queued_together_commit_together_and_one_failure_spares_the
         for conversation_id in ids:
             assert await store.get_conversation(conversation_id) is not None
             await store.delete_conversation(conversation_id)
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_turn_reads_back_as_sqlalchemy_reads_it_and_a_taken_id_is_an_integrity_error(database_url: str) -> None:
+    """The turn's statements run on the driver on SQLite (prepared.py): booleans, JSON and NULLs come back as
+    SQLAlchemy's own reads give them, and a driver error is SQLAlchemy's exception, as the service expects."""
+    store = Store(database_url)
+    await store.open()
+    try:
+        made = await store.create_conversation(user_id="u-prepared", model="m", title="named", think=False)
+        sent = new_message(made.id, "user", "question", status="done", client_id="tab-1")
+        reply = new_message(made.id, "assistant", status="waiting", model="m", parent_id=sent.id)
+        await store.record_turn(made.id, [sent, reply], title="ignored: the user named it")
+        switches = [{"from": "a", "to": "b", "at": 3}]
+        outcome = Outcome("done", "answer", "", 5, None, None, 40, None, 90, backend="b", switches=switches)
+        await store.finish_reply(reply.id, outcome)
+
+        conversation, shown = await store.conversation_and_messages(made.id, "u-prepared")
+        by_sqlalchemy = await store.read(
+            lambda conn: [Message(*row) for row in conn.execute(select(messages).order_by(messages.c.created_at))]
+        )
+        mine = [m for m in by_sqlalchemy if m.conversation_id == made.id]
+        assert shown == mine
+        assert conversation == replace(made, updated_at=conversation.updated_at)  # the turn touched it, kept its title
+        assert (conversation.title_set, conversation.think, conversation.pinned) == (True, False, False)
+        assert [type(m.superseded) for m in shown] == [bool, bool]
+        assert (shown[1].switches, shown[1].content, shown[1].error) == (switches, "answer", None)
+        assert await store.conversation_and_messages(made.id, "someone else") == (None, [])
+
+        duplicate = new_message(made.id, "user", "again", status="done", client_id="tab-1")
+        with pytest.raises(IntegrityError):
+            await store.record_turn(made.id, [duplicate])
+        assert len(await store.messages(made.id)) == 2  # nothing of the failed turn was kept
+        await store.delete_conversation(made.id)
     finally:
         await store.close()
 

@@ -107,7 +107,7 @@ class Database:
     async def read(self, query: Query[T]) -> T:
         """Run `query` on a reading connection, as one step."""
         if self._sync is not None:
-            return await asyncio.get_running_loop().run_in_executor(self._readers, _on_connection, self._sync, query)
+            return await asyncio.get_running_loop().run_in_executor(self._readers, _read, self._sync, query)
         assert self._async is not None
         try:
             async with self._async.connect() as conn:
@@ -189,6 +189,13 @@ class Database:
 
 def _on_connection(engine: Engine, query: Query[T]) -> T:
     with engine.connect() as conn:
+        return query(conn)
+
+
+def _read(engine: Engine, query: Query[T]) -> T:
+    # Begun here, not at the first statement: one that runs on the driver (prepared.py) begins nothing itself, and a
+    # read of several statements is to see one snapshot.
+    with engine.connect() as conn, conn.begin():
         return query(conn)
 
 
