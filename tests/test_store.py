@@ -342,7 +342,9 @@ async def test_a_turn_reads_back_as_sqlalchemy_reads_it_and_a_taken_id_is_an_int
 
         conversation, shown = await store.conversation_and_messages(made.id, "u-prepared")
         by_sqlalchemy = await store.read(
-            lambda conn: [Message(*row) for row in conn.execute(select(messages).order_by(messages.c.created_at))]
+            lambda conn: [
+                Message(*row) for row in conn.execute(select(messages).order_by(messages.c.created_at, messages.c.id))
+            ]
         )
         mine = [m for m in by_sqlalchemy if m.conversation_id == made.id]
         assert shown == mine

@@ -6,6 +6,8 @@ sqlite3 connection: a driver that hops to a thread per statement and per cursor 
 three hand-offs, each a GIL round trip, per statement; measured in BENCHMARKS.md §4. On PostgreSQL it is
 AsyncConnection.run_sync, so asyncpg's statements are awaited without any thread.
 
+The threads take their work from a queue the loop never waits on (threads.py).
+
 Every write goes through one writer that owns one connection and commits in groups: concurrent chats queue their
 writes instead of fighting for SQLite's lock, so none of them ever sees "database is locked", and a burst of
 writes costs one commit. Reads use other connections (SQLite in WAL mode lets them run alongside the writer).
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..logs import LOG
+from .threads import Threads
 
 T = TypeVar("T")
 Query = Callable[[Connection], T]
@@ -65,8 +67,8 @@ class Database:
             self._sync = create_engine(self.url, pool_size=readers + 1, max_overflow=readers)
             event.listen(self._sync, "connect", _sqlite_pragmas)
             event.listen(self._sync, "begin", _sqlite_begin)
-            self._readers = ThreadPoolExecutor(readers, thread_name_prefix="clawdbot-db-read")
-            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="clawdbot-db-write")
+            self._readers = Threads(readers, "clawdbot-db-read")
+            self._writer_thread = Threads(1, "clawdbot-db-write")
         else:
             # No ping on every checkout (it costs ~40 % of a read): a read on a connection the server dropped is
             # retried once on a fresh one, and the writer replaces its connection when it breaks.
@@ -98,8 +100,8 @@ class Database:
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
         if self._sync is not None:
-            self._readers.shutdown(wait=True)
-            self._writer_thread.shutdown(wait=True)
+            self._readers.shutdown()
+            self._writer_thread.shutdown()
             self._sync.dispose()
         if self._async is not None:
             await self._async.dispose()
@@ -107,7 +109,7 @@ class Database:
     async def read(self, query: Query[T]) -> T:
         """Run `query` on a reading connection, as one step."""
         if self._sync is not None:
-            return await asyncio.get_running_loop().run_in_executor(self._readers, _read, self._sync, query)
+            return await self._readers.run(_read, self._sync, query)
         assert self._async is not None
         try:
             async with self._async.connect() as conn:
@@ -127,16 +129,13 @@ class Database:
     async def _on_writer(self, query: Query[T]) -> T:
         """Run `query` on a fresh connection where the writer runs (its thread, or the event loop)."""
         if self._sync is not None:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._writer_thread, _on_connection, self._sync, query
-            )
+            return await self._writer_thread.run(_on_connection, self._sync, query)
         assert self._async is not None
         async with self._async.connect() as conn:
             return await conn.run_sync(query)
 
     async def _write_loop(self) -> None:
         connection: Connection | AsyncConnection | None = None
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 batch = [await self._writes.get()]
@@ -146,12 +145,12 @@ class Database:
                 try:
                     if self._sync is not None:
                         if connection is None:
-                            connection = await loop.run_in_executor(self._writer_thread, self._sync.connect)
+                            connection = await self._writer_thread.run(self._sync.connect)
                             # The write lock at BEGIN: another process (--workers) writing between this transaction's
                             # first read and its first write would otherwise fail it at once, whatever busy_timeout.
                             connection.execution_options(begin="BEGIN IMMEDIATE")
                         assert isinstance(connection, Connection)
-                        results = await loop.run_in_executor(self._writer_thread, _commit, connection, queries)
+                        results = await self._writer_thread.run(_commit, connection, queries)
                     else:
                         assert self._async is not None
                         if connection is None:
@@ -182,7 +181,7 @@ class Database:
             if isinstance(connection, AsyncConnection):
                 await connection.close()
             elif connection is not None:
-                await asyncio.get_running_loop().run_in_executor(self._writer_thread, connection.close)
+                await self._writer_thread.run(connection.close)
         except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped either way
             LOG.debug("closing a broken database connection failed")
 
