@@ -117,14 +117,15 @@ class _Handler(logging.Handler):
 
 
 class AccessLog:
-    """One JSON line per request, built as a dict by the caller and serialised off the event loop."""
+    """One JSON line per request (and per chat reply: `msg` "reply"), built as a dict by the caller and serialised off
+    the event loop."""
 
     def __init__(self, writer: LineWriter | None) -> None:
         self.writer = writer
 
-    def write(self, entry: dict[str, Any]) -> None:
+    def write(self, entry: dict[str, Any], msg: str = "request") -> None:
         if self.writer is not None:
-            head = {"time": _stamp(time.time()), "level": "info", "logger": "clawdbot.access", "msg": "request"}
+            head = {"time": _stamp(time.time()), "level": "info", "logger": "clawdbot.access", "msg": msg}
             self.writer.put(head | entry)
 
 

@@ -104,7 +104,7 @@ class Settings(SettingsModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log level written to stderr."
     )
-    access_log: bool = Field(True, description="Write one JSON access-log line per request.")
+    access_log: bool = Field(True, description="Write one JSON access-log line per request and per chat reply.")
     demo: bool = Field(
         False,
         description="Run the Ollama simulator in this process and proxy to it instead of "

@@ -12,6 +12,7 @@ from typing import Any
 from ..backends.admission import Ticket
 from ..backends.base import Final
 from ..store.records import Checkpoint, Message, Outcome, now_ms
+from ..timing import Clocks, received
 
 _ENDED_EARLY = ("interrupted", "failed", "stopped")
 # The done_reason of a reply cut off before the model ended it: Ollama's, at num_predict (or a full context), and
@@ -47,6 +48,8 @@ class Generation:
     dirty: bool = False  # text or status changed since the last checkpoint
     checkpointed: bool = True  # a checkpoint row may exist (one was written, or by the process it came from)
     started: float = field(default_factory=time.perf_counter)
+    # From the command that started it (a reply another process began: from when this one took it over).
+    clocks: Clocks = field(default_factory=lambda: Clocks(received()))
     first_token: float | None = None
     thinking_from: float | None = None
     thinking_until: float | None = None
@@ -85,6 +88,9 @@ class Generation:
         now = time.perf_counter()
         final = self.final
         thinking_until = self.thinking_until or (now if self.thinking_from else None)
+        self.clocks.first_sent = self.first_token or 0.0
+        load, prompt = (final.load_ns, final.prompt_eval_ns) if final is not None else (None, None)
+        timing = self.clocks.breakdown(now, load, prompt)
         ended = Outcome(
             status=self.status,
             content="".join(self.content),
@@ -92,11 +98,12 @@ class Generation:
             finished_at=now_ms(),
             error=self.error,
             error_kind=self.error_kind,
-            ttft_ms=_ms(self.first_token - self.started) if self.first_token else None,
+            ttft_ms=_ms(self.first_token - self.clocks.received) if self.first_token else None,
             thinking_ms=_ms(thinking_until - self.thinking_from) if self.thinking_from and thinking_until else None,
-            total_ms=_ms(now - self.started),
+            total_ms=_ms(now - self.clocks.received),
             backend=",".join(self.backends) or None,
             switches=self.switches or None,
+            timing=timing,
         )
         if final is not None:
             return replace(

@@ -151,6 +151,7 @@ class Generations:
         try:
             await self.admission.wait(ticket)
             slot_from = time.perf_counter()
+            generation.clocks.queued = slot_from - generation.started
             self.metrics.queue_wait.labels("chat").observe(slot_from - generation.started)
             self.log.queued(generation.id, None)
             await self._stream(generation)
@@ -183,6 +184,7 @@ class Generations:
         """The reply from the backend, within the guard's time; a failure before any text is retried once, and the
         user never sees it."""
         seconds = generation.guard.seconds if generation.guard is not None else None
+        clocks = generation.clocks
         try:
             async with asyncio.timeout(seconds) as deadline:
                 await self._attempts(generation)
@@ -190,6 +192,9 @@ class Generations:
             if not deadline.expired():
                 raise
             generation.cut = "time_limit"
+        finally:
+            if clocks.first_byte:
+                clocks.last_byte = time.perf_counter()
 
     async def _attempts(self, generation: Generation) -> None:
         tries = 0
@@ -197,6 +202,8 @@ class Generations:
         while True:
             member = self._placed(generation)
             granted, first = time.perf_counter(), True
+            if not generation.clocks.forwarded:  # a retry's wait counts as the backend's: it failed the first
+                generation.clocks.forwarded = granted
             try:
                 async with aclosing(member.backend.chat(self._body(generation))) as events:  # a cut closes it
                     async for event in events:
@@ -206,7 +213,9 @@ class Generations:
                             member.output_tokens += event.output_tokens
                             continue
                         if first:
-                            member.ttft.observe(time.perf_counter() - granted)
+                            now = time.perf_counter()
+                            member.ttft.observe(now - granted)
+                            generation.clocks.first_byte = generation.clocks.first_byte or now
                             first = False
                         self._delta(generation, event)
                         generation.tokens += event.lines
@@ -334,6 +343,7 @@ class Generations:
                     "eval_ms": outcome.eval_ms,
                     "ttft_ms": outcome.ttft_ms,
                     "total_ms": outcome.total_ms,
+                    "timing": outcome.timing,
                 },
             )
         if generation.error is not None:

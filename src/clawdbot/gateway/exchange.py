@@ -8,6 +8,7 @@ from typing import Any
 
 from ..backends.base import Upstream
 from ..backends.fleet import Member
+from ..timing import Clocks
 from .framing import GENERATION
 
 # Request headers that describe this hop, the browser, or our own credentials: never sent to the backend.
@@ -82,6 +83,9 @@ class Exchange:
     model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    load_ns: int | None = None
+    prompt_ns: int | None = None
+    first_byte: float = 0.0  # the first chunk of the body came from the backend
     chunks: int = 0
     bytes: int = 0
     stalled: bool = False
@@ -93,6 +97,11 @@ class Exchange:
     late: str | None = None  # why the watchdog cancelled that wait: "first_byte" or "limit"
     task: asyncio.Task[Any] | None = None  # the request's handler, which the watchdog cancels
     member: Member | None = None  # the backend it went to
+
+    def timing(self, ended: float) -> dict[str, float | None]:
+        """Where the request's time went (timing.py), once it `ended`."""
+        clocks = Clocks(self.received, self.queued, self.forwarded, self.first_byte, self.first_write, self.last_byte)
+        return clocks.breakdown(ended, self.load_ns, self.prompt_ns)
 
     def fail(self, outcome: str, kind: str | None) -> None:
         if self.outcome == "ok":

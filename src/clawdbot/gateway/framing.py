@@ -24,6 +24,8 @@ class Counted(Protocol):
     model: str | None
     prompt_tokens: int
     completion_tokens: int
+    load_ns: int | None  # Ollama's own durations (where the backend reports them): timing.py splits by them
+    prompt_ns: int | None
 
 
 def framing_of(route: str, upstream: Upstream) -> str | None:
@@ -59,6 +61,7 @@ def read_counts(ex: Counted, framing: str, tail: bytes) -> bool:
     ex.model = str(final.get("model") or "") or None
     ex.prompt_tokens = int(final.get("prompt_eval_count") or 0)
     ex.completion_tokens = int(final.get("eval_count") or 0)
+    _durations(ex, final)
     return True
 
 
@@ -69,7 +72,17 @@ def _read_whole(ex: Counted, body: bytes) -> bool:
     ex.model = str(reply.get("model") or "") or None
     ex.prompt_tokens = int(reply.get("prompt_eval_count") or usage.get("prompt_tokens") or 0)
     ex.completion_tokens = int(reply.get("eval_count") or usage.get("completion_tokens") or 0)
+    _durations(ex, reply)
     return bool(reply)
+
+
+def _durations(ex: Counted, final: dict[str, Any]) -> None:
+    """Ollama's load and prompt-reading durations (nanoseconds), where the reply has them as numbers."""
+    load, prompt = final.get("load_duration"), final.get("prompt_eval_duration")
+    if isinstance(load, int) and not isinstance(load, bool):
+        ex.load_ns = load
+    if isinstance(prompt, int) and not isinstance(prompt, bool):
+        ex.prompt_ns = prompt
 
 
 def _loads(data: bytes) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ..identity import Actor
 from ..logs import AccessLog
 from ..metrics import Metrics
 from ..store.limits import Limits
+from ..timing import received
 from . import placement, rawdefaults
 from .exchange import DROP_REQUEST, PASS_RESPONSE, Exchange, route_label
 from .framing import GENERATION, STREAMS, error_frame, framing_of, read_counts, repeated
@@ -64,7 +65,7 @@ class Relay:
         self.clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
 
     async def handle(self, request: web.Request, actor: Actor) -> web.StreamResponse:
-        ex = Exchange(request["request_id"], request.method, route_label(request.path), self.clock())
+        ex = Exchange(request["request_id"], request.method, route_label(request.path), received())
         self.active.add(ex)
         self.metrics.active_streams += 1
         ticket: Ticket | None = None
@@ -240,6 +241,7 @@ class Relay:
             now = clock()
             if ex.chunks:
                 gap.observe(now - last)
+            ex.first_byte = ex.first_byte or now
             last = ex.last_byte = now
             ex.chunks += 1
             ex.bytes += len(data)
@@ -354,6 +356,7 @@ class Relay:
                 "prompt_tokens": ex.prompt_tokens,
                 "completion_tokens": ex.completion_tokens,
                 "bytes": ex.bytes,
+                "timing": ex.timing(end),
             }
         )
 

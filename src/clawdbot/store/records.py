@@ -67,6 +67,7 @@ class Message:
     continued_by: str | None  # the reply Continue went on from this one with (then this one is no version)
     backend: str | None  # the backends that wrote the reply, comma-separated, in order (several after a failover)
     switches: list[dict[str, Any]] | None  # each failover: {"from", "to", "at"}, at the character where it moved
+    timing: dict[str, float | None] | None  # where its time went, in ms (timing.py); none before migration 0008
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,7 @@ class Outcome:
     eval_ms: int | None = None
     backend: str | None = None
     switches: list[dict[str, Any]] | None = None
+    timing: dict[str, float | None] | None = None
 
 
 def as_row(record: DataclassInstance) -> dict[str, Any]:
@@ -192,6 +194,7 @@ def new_message(
         continued_by=None,
         backend=None,
         switches=None,
+        timing=None,
     )
 
 

@@ -73,6 +73,7 @@ messages = Table(
     Column("continued_by", String(36)),
     Column("backend", Text),  # the backends that wrote a reply, in order (migration 0006)
     Column("switches", JSON),  # where it moved from one to the next: [{"from", "to", "at"}]
+    Column("timing", JSON),  # where its time went, in milliseconds (timing.py; migration 0008)
     Index("messages_by_conversation", "conversation_id", "created_at"),
     Index("messages_by_client_id", "conversation_id", "client_id", unique=True),
 )

@@ -41,6 +41,7 @@ from ..metrics import Metrics, merge
 from ..settings import Settings
 from ..store.conversations import Store, default_url
 from ..store.limits import Limits
+from ..store.records import Message
 from . import admin, authapi, chatapi, pages, realtime, sse
 from .admin import FLEET, LIMITS
 from .authenticate import AUTH, GATE, PUBLIC, Gate, Public, authenticate, current
@@ -240,6 +241,8 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         shared.take_over_orphans(chat, log)
         shared.open()
     titles = Titles(store, generations, app[FLEET], limits, admission, log, app[METRICS])
+    access = app[ACCESS]
+    generations.finished.append(lambda generation: access.write(_reply_line(generation.reply), "reply"))
     watching = asyncio.create_task(limits.watch(settings.health_interval))
     try:
         yield
@@ -325,3 +328,20 @@ def own_metrics_app(app: web.Application) -> web.Application:
     served = web.Application()
     served.router.add_get("/metrics", own)
     return served
+
+
+def _reply_line(reply: Message) -> dict[str, Any]:
+    """The access log's line for a chat reply once it is stored: how it ended and where its time went (no text)."""
+    return {
+        "reply_id": reply.id,
+        "conversation_id": reply.conversation_id,
+        "model": reply.model,
+        "backend": reply.backend,
+        "status": reply.status,
+        "error_kind": reply.error_kind,
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.output_tokens,
+        "ttft_ms": reply.ttft_ms,
+        "duration_ms": reply.total_ms,
+        "timing": reply.timing,
+    }

@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 
 from ..errors import BackendError, ClawdbotError, Conflict, NotFound, Overloaded, PayloadTooLarge, openai_error
 from ..logs import LOG, AccessLog
+from ..timing import RECEIVED
 from .http import SETTINGS
 from .http import json as json_response
 from .urls import conflict_details
@@ -33,6 +34,7 @@ def _fresh_id() -> str:
 @web.middleware
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Accept the caller's X-Request-ID when it is sane, or make one; it is returned and logged."""
+    RECEIVED.set(time.perf_counter())  # where a reply's time starts (timing.py); this request's task only
     given = request.headers.get("X-Request-ID", "")
     request["request_id"] = given if _REQUEST_ID.fullmatch(given) else _fresh_id()
     return await handler(request)

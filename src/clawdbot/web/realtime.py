@@ -23,6 +23,7 @@ from ..chat.service import Chat
 from ..errors import BadRequest, ClawdbotError, Conflict, Overloaded
 from ..identity import Actor
 from ..store.records import Message
+from ..timing import RECEIVED
 from .authenticate import AUTH, current
 from .chatapi import CHAT, EditedMessage, NewMessage, ShownVersion
 from .http import checked
@@ -142,6 +143,7 @@ async def _close_all(app: web.Application) -> None:
 
 async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], raw: str, actor: Actor) -> None:
     """Run one client command; its answer (or a clear error) goes back on the same socket."""
+    RECEIVED.set(time.perf_counter())  # a reply this command starts is timed from here (timing.py)
     chat, log = request.app[CHAT], request.app[EVENTS]
     reference = None
     try:
