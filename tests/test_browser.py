@@ -126,9 +126,23 @@ def test_reply_grows_while_streaming_then_shows_its_stats(page: Page, simulator:
 
     stored = view(gateway, conversation_id(page))["messages"][-1]
     stats = reply.get_by_test_id("message-stats").inner_text()
-    assert re.fullmatch(r"TTFT [\d.]+ s · [\d.]+ tok/s · [\d,]+ tokens · [\d.]+ s total", stats), stats
+    assert re.fullmatch(r"TTFT [\d.]+ m?s · [\d.]+ tok/s · [\d,]+ tokens · [\d.]+ s total", stats), stats
     assert f"{stored['output_tokens'] / stored['eval_ms'] * 1000:.1f} tok/s" in stats
     assert f"{stored['output_tokens']:,} tokens" in stats
+
+    # One click on the stats opens where the reply's time went: the stored parts, and their sums.
+    timing = reply.get_by_test_id("message-timing")
+    expect(timing).to_be_hidden()
+    reply.get_by_test_id("message-stats").click()
+    expect(timing).to_be_visible()
+    shown = {
+        dd.get_attribute("data-part"): float(dd.get_attribute("data-ms") or "nan") for dd in timing.locator("dd").all()
+    }
+    parts = {part: ms for part, ms in stored["timing"].items() if part not in ("ttft_ms", "total_ms")}
+    assert shown == {part: ms for part, ms in parts.items() if ms is not None}
+    expect(timing).to_contain_text("in all")
+    reply.get_by_test_id("message-stats").click()
+    expect(timing).to_be_hidden()
     for message in page.get_by_test_id("message").all():
         assert re.fullmatch(
             r"\d{4}-\d\d-\d\dT.*Z", message.get_by_test_id("message-time").get_attribute("datetime") or ""

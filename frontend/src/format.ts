@@ -35,7 +35,7 @@ export function fewTokens(n: number): string {
 /** TTFT, tokens/s, output tokens and total time, from whichever of them the finished reply has. */
 export function replyStats(message: Message): string[] {
   const parts: string[] = [];
-  if (message.ttft_ms != null) parts.push(`TTFT ${seconds(message.ttft_ms)}`);
+  if (message.ttft_ms != null) parts.push(`TTFT ${message.ttft_ms < 1000 ? `${message.ttft_ms} ms` : seconds(message.ttft_ms)}`);
   if (message.output_tokens && message.eval_ms) {
     parts.push(`${((message.output_tokens / message.eval_ms) * 1000).toFixed(1)} tok/s`);
   }

@@ -1,6 +1,7 @@
 // One message on the page. A reply re-renders from its whole text so far, at most once per frame (the caller's job).
 import { h } from "./dom";
 import { backendPath, messageTime, ordinal, replyStats, seconds } from "./format";
+import { timingPanel } from "./timing";
 import { icon } from "./icons";
 import type { IconName } from "./icons";
 import { renderMarkdown } from "./markdown";
@@ -69,7 +70,15 @@ export class MessageView {
   private readonly thinkingBody = h("div", { class: "thinking-body" });
   readonly body = h("div", { class: "msg-body", "data-testid": "message-content" });
   private readonly error = h("p", { class: "msg-error", "data-testid": "message-error", role: "note" });
-  private readonly stats = h("span", { class: "msg-stats", "data-testid": "message-stats" });
+  // The stats line opens where the reply's time went (timing.ts), once the reply has that.
+  private readonly stats = h("button", {
+    type: "button",
+    class: "msg-stats",
+    "data-testid": "message-stats",
+    "aria-expanded": "false",
+  });
+  private readonly timing = h("div", { class: "msg-timing", "data-testid": "message-timing", hidden: true });
+  private timingShown: Message["timing"] = null;
   private readonly backend = h("span", { class: "msg-backend", "data-testid": "message-backend" });
   private readonly copy = actionButton("copy", "Copy", "copy");
   private readonly edit = actionButton("edit", "Edit", "edit");
@@ -110,7 +119,8 @@ export class MessageView {
     const meta = h("div", { class: "msg-meta" }, h("span", { class: "msg-who", text: who }), this.time, this.status);
     const actions = h("div", { class: "msg-actions" }, this.copy, this.edit, this.regenerate, this.continue);
     const foot = h("div", { class: "msg-foot" }, this.versionSwitcher, this.stats, this.backend, actions);
-    this.element.append(meta, this.thinking, this.body, this.error, foot);
+    this.element.append(meta, this.thinking, this.body, this.error, foot, this.timing);
+    this.stats.addEventListener("click", () => this.toggleTiming());
     this.noteStatus(message.status);
   }
 
@@ -146,6 +156,9 @@ export class MessageView {
     const stats = this.live || m.role === "user" ? [] : replyStats(m);
     this.stats.textContent = stats.join(" · ");
     this.stats.hidden = stats.length === 0;
+    this.stats.disabled = !m.timing || this.live;
+    this.stats.title = this.stats.disabled ? "" : "Where this reply's time went";
+    if (!this.timing.hidden && m.timing !== this.timingShown) this.renderTiming();
     const path = this.live || m.role === "user" ? "" : backendPath(m.backend);
     this.backend.textContent = path; // a backend's name is the admin's text: never HTML
     this.backend.title = path && `Written by ${path.replaceAll(" → ", ", then ")}`;
@@ -155,6 +168,19 @@ export class MessageView {
     this.regenerate.hidden = !this.canRegenerate;
     this.continue.hidden = !this.canContinue;
     this.renderVersions();
+  }
+
+  private toggleTiming(): void {
+    const open = this.timing.hidden && !!this.message.timing;
+    this.timing.hidden = !open;
+    this.stats.setAttribute("aria-expanded", String(open));
+    if (open) this.renderTiming();
+  }
+
+  private renderTiming(): void {
+    const timing = this.message.timing;
+    this.timingShown = timing;
+    this.timing.replaceChildren(...(timing ? [timingPanel(timing)] : []));
   }
 
   /** The version `step` away from this one (-1: the previous, 1: the next), if there is one. */

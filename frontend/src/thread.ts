@@ -189,8 +189,8 @@ export class Thread {
         view.update({ content: m.content + (event.content ?? ""), thinking: m.thinking + (event.thinking ?? "") });
         break;
       case "reply.stats": {
-        const { done_reason, prompt_tokens, output_tokens, eval_ms, ttft_ms, total_ms } = event;
-        view.update({ done_reason, prompt_tokens, output_tokens, eval_ms, ttft_ms, total_ms });
+        const { done_reason, prompt_tokens, output_tokens, eval_ms, ttft_ms, total_ms, timing } = event;
+        view.update({ done_reason, prompt_tokens, output_tokens, eval_ms, ttft_ms, total_ms, timing });
         break;
       }
       case "reply.error": // shown once the reply.done that follows ends it

@@ -46,7 +46,23 @@ export interface Message {
   continued_by: string | null;
   backend?: string | null; // the backends that wrote a reply, comma-separated, in order (several after a failover)
   switches?: Switch[] | null; // where it moved from one backend to the next
+  timing?: Timing | null; // where a reply's time went (docs/monitoring.md); none for older replies
   queue_position?: number | null; // the page's own field, from reply.queue and snapshots: never stored
+}
+
+/** Where a reply's time went, in milliseconds: the parts to the first token add up to ttft_ms, all of them to
+ * total_ms; a part the reply never reached is null. */
+export interface Timing {
+  gateway_ms: number | null;
+  queue_ms: number | null;
+  model_load_ms: number | null;
+  prompt_eval_ms: number | null;
+  first_token_ms: number | null;
+  relay_ms: number | null;
+  generation_ms: number | null;
+  finish_ms: number | null;
+  ttft_ms: number | null;
+  total_ms: number;
 }
 
 /** A reply that moved to another backend mid-way: `at` is the character of its content where the new one went on. */
@@ -84,6 +100,7 @@ export type ReplyEvent =
       eval_ms: number | null;
       ttft_ms: number | null;
       total_ms: number | null;
+      timing?: Timing | null;
     })
   | (Numbered & { type: "reply.error"; code: string | null; message: string })
   | (Numbered & Switch & { type: "reply.switch" });
