@@ -105,6 +105,9 @@ class Settings(SettingsModel):
         "info", description="Least severe log level written to stderr."
     )
     access_log: bool = Field(True, description="Write one JSON access-log line per request and per chat reply.")
+    usage_retention_days: int = Field(
+        400, ge=1, description="Days the hourly usage rollups (requests, failures, tokens) are kept."
+    )
     demo: bool = Field(
         False,
         description="Run the Ollama simulator in this process and proxy to it instead of "

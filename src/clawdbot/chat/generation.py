@@ -63,6 +63,8 @@ class Generation:
     cut: str | None = None  # the done_reason when the guard cut the reply off
     backends: list[str] = field(default_factory=list)  # where it ran, in order (several after a failover)
     switches: list[dict[str, Any]] = field(default_factory=list)  # each failover: from, to, at (characters)
+    owner: str = ""  # whose conversation it is, and the API key that started it (usage is counted by them)
+    key: str | None = None
 
     @property
     def id(self) -> str:

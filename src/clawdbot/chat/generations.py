@@ -70,9 +70,11 @@ class Generations:
         *,
         prompt: Message | None = None,
         owner: str,
+        key: str | None = None,
         guard: Guard | None = None,
     ) -> Generation:
         generation = Generation(reply, body, ticket, prompt=prompt, guard=guard, checkpointed=False)  # a new row
+        generation.owner, generation.key = owner, key
         if reply.content:  # Continue: the reply goes on from the text it has
             generation.content.append(reply.content)
         if reply.thinking:
@@ -86,6 +88,7 @@ class Generations:
     async def adopt(self, generation: Generation, owner: str, seq: int) -> None:
         """Go on with a reply whose writer (another process) died: the same reply, its log numbered on from `seq`
         (the shared log has its events up to there), from the text `generation` holds."""
+        generation.owner = owner
         await self.active.add(generation)
         content, thinking, status = "".join(generation.content), "".join(generation.thinking), generation.status
         job = Job(generation.id, generation.conversation_id, owner, generation.reply, status=status, seq=seq)

@@ -367,7 +367,7 @@ class Chat:
         )
         prompt = next((m for m in new if m.role == "user"), None)
         guard = Guard(self.limits.max_num_predict, self.limits.max_reply_seconds)
-        await self.generations.start(reply, body, ticket, prompt=prompt, owner=actor.id, guard=guard)
+        await self.generations.start(reply, body, ticket, prompt=prompt, owner=actor.id, key=actor.key, guard=guard)
         return reply
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends.base import Upstream
-from ..backends.fleet import Member
+from ..backends.fleet import Fleet, Member
+from ..errors import BackendError
 from ..timing import Clocks
 from .framing import GENERATION
 
@@ -97,6 +98,8 @@ class Exchange:
     late: str | None = None  # why the watchdog cancelled that wait: "first_byte" or "limit"
     task: asyncio.Task[Any] | None = None  # the request's handler, which the watchdog cancels
     member: Member | None = None  # the backend it went to
+    user_id: str = ""  # who sent it, and with which API key (None: a session): what usage is counted by
+    key_id: str | None = None
 
     def timing(self, ended: float) -> dict[str, float | None]:
         """Where the request's time went (timing.py), once it `ended`."""
@@ -106,3 +109,18 @@ class Exchange:
     def fail(self, outcome: str, kind: str | None) -> None:
         if self.outcome == "ok":
             self.outcome, self.error_kind = outcome, kind
+
+
+def account(fleet: Fleet, ex: Exchange) -> None:
+    """The request's share of its backend's counters, and a passive health signal: a stream cut short by the
+    backend counts against it (its kind), an answer that came whole for it."""
+    member = ex.member
+    assert member is not None
+    member.prompt_tokens += ex.prompt_tokens
+    member.output_tokens += ex.completion_tokens
+    if ex.first_write and ex.headers_at:
+        member.ttft.observe(ex.first_write - ex.forwarded - ex.queued)
+    if ex.outcome == "backend_error" and ex.error_kind:
+        fleet.failed(member, BackendError("the stream failed", backend=member.url, kind=ex.error_kind))
+    elif ex.outcome == "ok" and ex.status < 500:
+        fleet.succeeded(member, ex.model)

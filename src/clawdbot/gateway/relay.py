@@ -28,9 +28,10 @@ from ..identity import Actor
 from ..logs import AccessLog
 from ..metrics import Metrics
 from ..store.limits import Limits
+from ..store.usage import Usage
 from ..timing import received
 from . import placement, rawdefaults
-from .exchange import DROP_REQUEST, PASS_RESPONSE, Exchange, route_label
+from .exchange import DROP_REQUEST, PASS_RESPONSE, Exchange, account, route_label
 from .framing import GENERATION, STREAMS, error_frame, framing_of, read_counts, repeated
 from .permissions import MODEL_LISTS, check_raw, visible_models
 
@@ -63,15 +64,17 @@ class Relay:
         self.access = access
         self.active: set[Exchange] = set()
         self.clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
+        self.usage: Usage | None = None  # where generations are counted, once the database is open (web/app.py)
 
     async def handle(self, request: web.Request, actor: Actor) -> web.StreamResponse:
         ex = Exchange(request["request_id"], request.method, route_label(request.path), received())
+        ex.user_id, ex.key_id = actor.id, actor.key
         self.active.add(ex)
         self.metrics.active_streams += 1
         ticket: Ticket | None = None
         try:
             body, parsed = await self._body(request, actor)
-            model = placement.model_of(request.path, parsed)
+            model = ex.model = placement.model_of(request.path, parsed)  # the backend's own name replaces it
             limit = None
             if request.method == "POST" and request.path in GENERATION:
                 limit = self.limits.max_reply_seconds
@@ -341,7 +344,18 @@ class Relay:
             m.prompt_tokens[ex.model] += ex.prompt_tokens
             m.completion_tokens[ex.model] += ex.completion_tokens
         if ex.member is not None:
-            _account(self.fleet, ex)
+            account(self.fleet, ex)
+            if self.usage is not None and ex.method == "POST" and ex.route in GENERATION:
+                self.usage.count(
+                    user_id=ex.user_id,
+                    key_id=ex.key_id,
+                    model=ex.model,
+                    backend=ex.member.name,
+                    source="raw",
+                    failed=ex.outcome == "backend_error",
+                    prompt_tokens=ex.prompt_tokens,
+                    output_tokens=ex.completion_tokens,
+                )
         self.access.write(
             {
                 "request_id": ex.request_id,
@@ -386,21 +400,6 @@ class Relay:
 
 def _named(ex: Exchange) -> dict[str, str]:
     return {placement.BACKEND_HEADER: ex.member.name} if ex.member is not None else {}
-
-
-def _account(fleet: Fleet, ex: Exchange) -> None:
-    """The request's share of its backend's counters, and a passive health signal: a stream cut short by the
-    backend counts against it (its kind), an answer that came whole for it."""
-    member = ex.member
-    assert member is not None
-    member.prompt_tokens += ex.prompt_tokens
-    member.output_tokens += ex.completion_tokens
-    if ex.first_write and ex.headers_at:
-        member.ttft.observe(ex.first_write - ex.forwarded - ex.queued)
-    if ex.outcome == "backend_error" and ex.error_kind:
-        fleet.failed(member, BackendError("the stream failed", backend=member.url, kind=ex.error_kind))
-    elif ex.outcome == "ok" and ex.status < 500:
-        fleet.succeeded(member, ex.model)
 
 
 def _cut(request: web.Request) -> None:

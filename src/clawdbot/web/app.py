@@ -24,6 +24,7 @@ from ..backends.fleet import Member
 from ..backends.fleetmetrics import families, register_metrics
 from ..backends.setup import build_fleet
 from ..chat.eventlog import MemoryLog
+from ..chat.generation import Generation
 from ..chat.generations import Generations
 from ..chat.service import Chat
 from ..chat.state import MemoryRunningReplies, MemorySendResults
@@ -42,7 +43,8 @@ from ..settings import Settings
 from ..store.conversations import Store, default_url
 from ..store.limits import Limits
 from ..store.records import Message
-from . import admin, authapi, chatapi, pages, realtime, sse
+from ..store.usage import Usage
+from . import admin, authapi, chatapi, pages, realtime, sse, usage
 from .admin import FLEET, LIMITS
 from .authenticate import AUTH, GATE, PUBLIC, Gate, Public, authenticate, current
 from .chatapi import CHAT
@@ -99,6 +101,7 @@ def create_app(settings: Settings, stand_in: StandIn | None = None, worker: Work
     chatapi.routes(app)
     authapi.routes(app)
     admin.routes(app)
+    usage.routes(app)
     realtime.routes(app)
     sse.routes(app)
     pages.routes(app)
@@ -188,6 +191,9 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.database_url or default_url(settings.data_dir))
     await store.open()
+    counted = app[usage.USAGE] = Usage(store.db, retention_days=settings.usage_retention_days)
+    counted.start()
+    app[RELAY].usage = counted
     limits = app[LIMITS]
     await limits.open(store.db)
     accounts = app[authapi.ACCOUNTS] = Accounts(store.db)
@@ -243,6 +249,7 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     titles = Titles(store, generations, app[FLEET], limits, admission, log, app[METRICS])
     access = app[ACCESS]
     generations.finished.append(lambda generation: access.write(_reply_line(generation.reply), "reply"))
+    generations.finished.append(lambda generation: _count(counted, generation))
     watching = asyncio.create_task(limits.watch(settings.health_interval))
     try:
         yield
@@ -258,6 +265,8 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
             await shared.hand_over(handed)  # once their every event is in Redis
             await shared.close()
         await app[AUTH].close()
+        app[RELAY].usage = None
+        await counted.close()
         await store.close()
 
 
@@ -345,3 +354,18 @@ def _reply_line(reply: Message) -> dict[str, Any]:
         "duration_ms": reply.total_ms,
         "timing": reply.timing,
     }
+
+
+def _count(counted: Usage, generation: Generation) -> None:
+    """A stored chat reply into the usage rollups: where it ended (its last backend), its counts."""
+    reply = generation.reply
+    counted.count(
+        user_id=generation.owner,
+        key_id=generation.key,
+        model=reply.model,
+        backend=generation.backends[-1] if generation.backends else None,
+        source="chat",
+        failed=reply.status == "failed",
+        prompt_tokens=reply.prompt_tokens,
+        output_tokens=reply.output_tokens,
+    )
