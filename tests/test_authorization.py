@@ -67,6 +67,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("PATCH", "/chat/api/users/{id}"): ADMIN,
     ("GET", "/chat/api/admin/settings"): ADMIN,
     ("GET", "/chat/api/admin/usage"): ADMIN,
+    ("GET", "/chat/api/admin/monitor"): ADMIN,
     ("PATCH", "/chat/api/admin/settings"): ADMIN,
     ("GET", "/chat/api/admin/backends"): ADMIN,
     ("PATCH", "/chat/api/admin/backends/{name}"): ADMIN,

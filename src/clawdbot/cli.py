@@ -186,8 +186,10 @@ def user_list(config_file: Path | None, **database: Any) -> None:
 
 def _register_bench() -> None:
     from .bench.cli import bench
+    from .top import top
 
     main.add_command(bench)
+    main.add_command(top)
 
 
 _register_bench()

@@ -32,6 +32,8 @@ class BackendStatus:
     error: str | None = "not checked yet"
     checked_at: float = 0.0
     loaded: dict[str, int] = field(default_factory=dict)  # models in memory and their context size (/api/ps)
+    # The same models' size in memory and how much of it is in GPU memory (/api/ps size, size_vram), in bytes.
+    resident: dict[str, dict[str, int]] = field(default_factory=dict)
     # Each model's own num_ctx and num_predict, from its Modelfile's PARAMETERs (/api/show), by limits.model_key():
     # the gateway's defaults give way to them.
     own: dict[str, dict[str, int]] = field(default_factory=dict)

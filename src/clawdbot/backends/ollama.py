@@ -128,23 +128,27 @@ class OllamaBackend(HttpBackend):
         if status.reachable:  # what is loaded, and new models' parameters: bounded, so a slow answer never stalls
             with contextlib.suppress(TimeoutError):  # the health check (what was not read is read next time)
                 async with asyncio.timeout(_DETAILS_S):
-                    status.loaded = await self._loaded()
+                    status.loaded, status.resident = await self._loaded()
                     await self._show_new(status.models)
             status.own = {model_key(str(m.get("name"))): self._shown.get(_digest(m), {}) for m in status.models}
         self.status = status
         return status
 
-    async def _loaded(self) -> dict[str, int]:
-        """The context size each loaded model runs with; none where the backend does not say (older Ollama)."""
+    async def _loaded(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """The context size each loaded model runs with (none where the backend does not say: older Ollama), and
+        each one's size in memory and in GPU memory."""
         try:
             running = (await self._get_json("/api/ps")).get("models") or []
         except (aiohttp.ClientError, OSError, ValueError):
-            return {}
-        return {
-            str(m.get("name")): int(m["context_length"])
-            for m in running
-            if isinstance(m, dict) and isinstance(m.get("context_length"), int)
+            return {}, {}
+        listed = [m for m in running if isinstance(m, dict)]
+        contexts = {str(m.get("name")): int(m["context_length"]) for m in listed if _whole(m.get("context_length"))}
+        sizes = {
+            str(m.get("name")): {"size": int(m["size"]), "size_vram": int(m["size_vram"])}
+            for m in listed
+            if _whole(m.get("size")) and _whole(m.get("size_vram"))
         }
+        return contexts, sizes
 
     async def _show_new(self, models: list[dict[str, Any]]) -> None:
         """The num_ctx and num_predict PARAMETERs of models not seen before, asked of /api/show once per model
@@ -228,3 +232,7 @@ def _event(url: str, chunk: Any) -> Delta | Final:
         )
     message = chunk.get("message") or {}
     return Delta(thinking=str(message.get("thinking") or ""), content=str(message.get("content") or ""))
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -9,6 +9,8 @@ from typing import Any
 from ..backends.base import Upstream
 from ..backends.fleet import Fleet, Member
 from ..errors import BackendError
+from ..monitor import Monitor
+from ..store.usage import Usage
 from ..timing import Clocks
 from .framing import GENERATION
 
@@ -105,6 +107,28 @@ class Exchange:
         """Where the request's time went (timing.py), once it `ended`."""
         clocks = Clocks(self.received, self.queued, self.forwarded, self.first_byte, self.first_write, self.last_byte)
         return clocks.breakdown(ended, self.load_ns, self.prompt_ns)
+
+    def counted(self, ended: float, usage: Usage | None, monitor: Monitor | None) -> None:
+        """A generation that reached a backend, into the usage rollups and the live view."""
+        failed = self.outcome == "backend_error"
+        if usage is not None:
+            backend = self.member.name if self.member is not None else None
+            usage.count(
+                user_id=self.user_id,
+                key_id=self.key_id,
+                model=self.model,
+                backend=backend,
+                source="raw",
+                failed=failed,
+                prompt_tokens=self.prompt_tokens,
+                output_tokens=self.completion_tokens,
+            )
+        if monitor is not None:
+            ttft = self.first_write - self.received if self.first_write else None
+            tokens = self.completion_tokens
+            monitor.ended(
+                "raw", ttft=ttft, duration=ended - self.received, failed=failed, cause=self.error_kind, tokens=tokens
+            )
 
     def fail(self, outcome: str, kind: str | None) -> None:
         if self.outcome == "ok":

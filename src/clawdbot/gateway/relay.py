@@ -27,6 +27,7 @@ from ..errors import BackendError, BackendTimeout, Forbidden, Overloaded, RedisU
 from ..identity import Actor
 from ..logs import AccessLog
 from ..metrics import Metrics
+from ..monitor import Monitor
 from ..store.limits import Limits
 from ..store.usage import Usage
 from ..timing import received
@@ -65,6 +66,7 @@ class Relay:
         self.active: set[Exchange] = set()
         self.clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
         self.usage: Usage | None = None  # where generations are counted, once the database is open (web/app.py)
+        self.monitor: Monitor | None = None
 
     async def handle(self, request: web.Request, actor: Actor) -> web.StreamResponse:
         ex = Exchange(request["request_id"], request.method, route_label(request.path), received())
@@ -345,17 +347,8 @@ class Relay:
             m.completion_tokens[ex.model] += ex.completion_tokens
         if ex.member is not None:
             account(self.fleet, ex)
-            if self.usage is not None and ex.method == "POST" and ex.route in GENERATION:
-                self.usage.count(
-                    user_id=ex.user_id,
-                    key_id=ex.key_id,
-                    model=ex.model,
-                    backend=ex.member.name,
-                    source="raw",
-                    failed=ex.outcome == "backend_error",
-                    prompt_tokens=ex.prompt_tokens,
-                    output_tokens=ex.completion_tokens,
-                )
+            if ex.method == "POST" and ex.route in GENERATION:
+                ex.counted(end, self.usage, self.monitor)
         self.access.write(
             {
                 "request_id": ex.request_id,

@@ -39,12 +39,13 @@ from ..live.signins import RedisThrottle
 from ..logs import LOG, AccessLog, LineWriter
 from ..logs import setup as setup_logging
 from ..metrics import Metrics, merge
+from ..monitor import Monitor
 from ..settings import Settings
 from ..store.conversations import Store, default_url
 from ..store.limits import Limits
 from ..store.records import Message
 from ..store.usage import Usage
-from . import admin, authapi, chatapi, pages, realtime, sse, usage
+from . import admin, authapi, chatapi, monitor, pages, realtime, sse, usage
 from .admin import FLEET, LIMITS
 from .authenticate import AUTH, GATE, PUBLIC, Gate, Public, authenticate, current
 from .chatapi import CHAT
@@ -102,6 +103,7 @@ def create_app(settings: Settings, stand_in: StandIn | None = None, worker: Work
     authapi.routes(app)
     admin.routes(app)
     usage.routes(app)
+    monitor.routes(app)
     realtime.routes(app)
     sse.routes(app)
     pages.routes(app)
@@ -250,11 +252,18 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     access = app[ACCESS]
     generations.finished.append(lambda generation: access.write(_reply_line(generation.reply), "reply"))
     generations.finished.append(lambda generation: _count(counted, generation))
+    watched = app[monitor.WATCHED] = monitor.Watched(
+        Monitor(), app[FLEET], admission, app[RELAY], app[realtime.OUTBOXES], generations.active.here
+    )
+    app[RELAY].monitor = watched.monitor
+    generations.finished.append(lambda generation: _watch(watched.monitor, generation.reply))
+    sampling = asyncio.create_task(watched.sampling())
     watching = asyncio.create_task(limits.watch(settings.health_interval))
     try:
         yield
     finally:
         watching.cancel()
+        sampling.cancel()
         await titles.close()
         await chat.finish_turns()
         # Shared state: a rolling restart hands the replies in flight over to the processes that live on.
@@ -368,4 +377,16 @@ def _count(counted: Usage, generation: Generation) -> None:
         failed=reply.status == "failed",
         prompt_tokens=reply.prompt_tokens,
         output_tokens=reply.output_tokens,
+    )
+
+
+def _watch(watched: Monitor, reply: Message) -> None:
+    """A stored chat reply into the live view's records."""
+    watched.ended(
+        "chat",
+        ttft=reply.ttft_ms / 1000 if reply.ttft_ms is not None else None,
+        duration=(reply.total_ms or 0) / 1000,
+        failed=reply.status == "failed",
+        cause=reply.error_kind,
+        tokens=reply.output_tokens or 0,
     )

@@ -37,6 +37,7 @@ class Outbox:
         self.send = send
         self.write = write
         self.actor = actor  # whose connection it is: signing out or disabling them closes it
+        self.kind = "websocket"  # or "sse": what the live view counts it as
         self.pending: deque[bytes] = deque()
         self.idle: asyncio.Future[None] | None = None  # the drain task's wait while `pending` is empty
         self.writing: asyncio.Future[None] | None = None  # a write begun at once that had to wait for the client

@@ -137,6 +137,7 @@ async def _event_stream(
 
     outbox = Outbox(send, actor)
     outbox.event({"type": "hello", "version": __version__, "heartbeat": settings.heartbeat})
+    outbox.kind = "sse"
     request.app[OUTBOXES].add(outbox)
     if sending:
         _send(outbox, request, actor)

@@ -1,0 +1,124 @@
+"""The live operations view (monitor.py, web/monitor.py, `clawdbot top`): under traffic the test sends and counts
+itself, the view's numbers match: requests, failures and their cause, tokens, and the TTFT the client measured; the
+backend's resident models and the model server's memory are shown, the GPU is "not visible from here"."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from chat_support import chat_api, wait_until
+from conftest import Server, script, start_gateway, start_simulator
+
+
+@pytest.fixture(scope="module")
+def watched_simulator() -> Iterator[Server]:
+    server = start_simulator("--profile", "h100", "--speed", "10", "--num-parallel", "4")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def watched(watched_simulator: Server) -> Iterator[Server]:
+    server = start_gateway(watched_simulator.url)
+    yield server
+    server.stop()
+
+
+def view(gateway: Server) -> dict[str, Any]:
+    answer = httpx.get(f"{gateway.url}/chat/api/admin/monitor", timeout=10)
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def test_the_view_counts_what_the_test_sent(watched: Server, watched_simulator: Server) -> None:
+    raw_ttfts, raw_tokens = [], 0
+    body = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 15}}
+    for _ in range(4):
+        # http.client sends the headers and the body in one write: no wait on Nagle and a delayed ACK (~40 ms)
+        # that would be the client's own and not the gateway's.
+        connection = http.client.HTTPConnection("127.0.0.1", watched.port, timeout=30)
+        started = time.perf_counter()
+        connection.request(
+            "POST", "/api/chat", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        answer = connection.getresponse()
+        lines = [answer.readline()]
+        raw_ttfts.append(time.perf_counter() - started)
+        lines += [line for line in answer.read().split(b"\n") if line]
+        connection.close()
+        raw_tokens += json.loads(lines[-1])["eval_count"]
+    script(watched_simulator, {"match": "break", "fault": {"kind": "error_line", "after": 2, "message": "oom"}})
+    with chat_api(watched.url) as api:
+        conversation = api.create(num_predict=10, think=False)["id"]
+        replies = [api.wait_reply(conversation, api.send(conversation, text)["reply"]["id"]) for text in ("a", "break")]
+    assert [r["status"] for r in replies] == ["done", "failed"]
+
+    seen = view(watched)
+    minute = seen["windows"]["1m"]
+    assert (minute["raw"]["requests"], minute["raw"]["failures"]) == (4, 0)
+    assert (minute["chat"]["requests"], minute["chat"]["failures"]) == (2, 1)
+    assert minute["chat"]["causes"] == {replies[1]["error_kind"]: 1}
+    assert (minute["all"]["requests"], minute["all"]["failures"]) == (6, 1)
+    tokens = raw_tokens + sum(r["output_tokens"] or 0 for r in replies)
+    assert minute["all"]["tokens_per_s"] == pytest.approx(tokens / 60, abs=0.1)
+    # The gateway's TTFT against the client's: the client's includes its own side of the connection.
+    assert minute["raw"]["ttft_ms"]["p50"] == pytest.approx(1000 * statistics.median_low(raw_ttfts), abs=25, rel=0.2)
+    assert minute["chat"]["ttft_ms"]["p50"] is not None
+    assert seen["windows"]["60m"]["all"]["requests"] == 6
+
+    [backend] = seen["backends"]
+    assert backend["state"] == "healthy"
+    wait_until(lambda: view(watched)["backends"][0]["resident"], "the health check's /api/ps", timeout=15)
+    [model] = view(watched)["backends"][0]["resident"]
+    assert model["name"] == "qwen3:32b"
+    assert model["spilled"] is (model["size_vram"] < model["size"])
+    memory = backend["server_memory"]
+    assert memory["visible"], memory  # the simulator runs on this machine, as this user
+    assert memory["pid"] == watched_simulator.proc.pid
+    assert memory["rss_bytes"] > 10_000_000
+    assert seen["gpu"]["visible"] is False
+    assert seen["gpu"]["why"].startswith("not visible from here")
+
+
+def test_history_and_now_follow_the_samples(watched: Server) -> None:
+    wait_until(lambda: len(view(watched)["history"]) >= 1, "ten seconds of samples", timeout=25)
+    seen = view(watched)
+    assert seen["now"]["rss_bytes"] > 10_000_000
+    assert seen["now"]["open"] == {"websocket": 0, "sse": 0, "raw": 0}
+    point = seen["history"][-1]
+    assert set(point) == {"at", "connections", "running", "waiting", "tokens_per_s", "cpu_percent", "rss_bytes"}
+    assert httpx.get(f"{watched.url}/chat/api/admin/monitor", params={"hours": "48"}).status_code == 400
+
+
+def test_clawdbot_top_prints_the_same_view(watched: Server) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "clawdbot", "top", watched.url, "--once"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "clawdbot top" in out
+    assert "backends:" in out
+    assert "qwen3:32b" in out
+    assert "GPU: not visible from here" in out
+    minute = view(watched)["windows"]["1m"]
+    row = next(line for line in out.splitlines() if line.startswith("1m"))
+    assert f" {minute['chat']['requests']} " in row
+    gone = subprocess.run(
+        [sys.executable, "-m", "clawdbot", "top", "http://127.0.0.1:9", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert gone.returncode != 0
+    assert "cannot reach" in gone.stderr
