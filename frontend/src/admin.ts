@@ -1,11 +1,12 @@
 // The admin view: every user with their role, state and limits; add a user; disable, edit or reset one; the
-// backends (backends.ts) and the platform's settings (platform.ts).
+// backends (backends.ts), the platform's settings (platform.ts), and the live view and usage (monitor.ts).
 import { api, plain } from "./api";
 import type { UserChange } from "./api";
 import { BackendsPanel } from "./backends";
 import { byId, h } from "./dom";
 import { when } from "./format";
 import type { Toast } from "./notify";
+import { MonitorPanel, UsagePanel } from "./monitor";
 import { PlatformPanel } from "./platform";
 import type { User } from "./types";
 
@@ -27,6 +28,8 @@ export class AdminPanel {
   private readonly editor: UserEditor;
   private readonly platform: PlatformPanel;
   private readonly backends: BackendsPanel;
+  private readonly monitor = new MonitorPanel();
+  private readonly usage = new UsagePanel();
   private users: User[] = [];
   private models: string[] = [];
   private me = "";
@@ -39,7 +42,10 @@ export class AdminPanel {
     this.platform = new PlatformPanel(toast);
     this.backends = new BackendsPanel(toast);
     byId("admin-close").addEventListener("click", () => this.dialog.close());
-    this.dialog.addEventListener("close", () => hooks.closed());
+    this.dialog.addEventListener("close", () => {
+      this.monitor.stop();
+      hooks.closed();
+    });
     this.addForm.addEventListener("submit", (event) => {
       event.preventDefault();
       void this.add();
@@ -62,6 +68,8 @@ export class AdminPanel {
     void this.load();
     void this.platform.load();
     void this.backends.load();
+    this.monitor.start();
+    void this.usage.load();
   }
 
   close(): void {

@@ -6,11 +6,13 @@ import type {
   Conversation,
   ConversationView,
   Models,
+  MonitorView,
   PlatformChange,
   PlatformSettings,
   SearchResult,
   Session,
   TurnResult,
+  UsageReport,
   User,
 } from "./types";
 
@@ -180,7 +182,14 @@ export const api = {
   backends: () => call<{ backends: BackendReport[] }>("GET", "/admin/backends"),
   drain: (name: string, draining: boolean) =>
     call<BackendReport>("PATCH", "/admin/backends/" + encodeURIComponent(name), { draining }),
+  monitor: () => call<MonitorView>("GET", "/admin/monitor"),
+  usage: (params: Record<string, string>) => call<UsageReport>("GET", "/admin/usage?" + new URLSearchParams(params)),
 };
+
+/** Everyone's usage as a CSV file to download (an admin's). */
+export function usageUrl(params: Record<string, string>): string {
+  return `${BASE}/admin/usage?${new URLSearchParams(params)}`;
+}
 
 /** What an admin may change about a user; null clears a limit (models: null is every model). */
 export type UserChange = Partial<

@@ -278,3 +278,70 @@ export interface BackendReport {
   last_error: string | null;
   checked_at: number | null;
 }
+
+/** One window of the live view's table (docs/monitoring.md). */
+export interface SourceTable {
+  requests: number;
+  failures: number;
+  causes: Record<string, number>;
+  ttft_ms: { mean: number | null; p50: number | null; p99: number | null };
+  duration_ms: { mean: number | null; p99: number | null };
+  tokens_per_s: number;
+}
+
+export interface WindowTable {
+  seconds: number;
+  connections: { peak: number; mean: number };
+  chat: SourceTable;
+  raw: SourceTable;
+  all: SourceTable;
+}
+
+export interface MonitorView {
+  at: number;
+  now: {
+    connections: number;
+    running: number;
+    waiting: number;
+    tokens_per_s: number;
+    cpu_percent: number;
+    rss_bytes: number;
+    open: { websocket: number; sse: number; raw: number };
+    running_by_model: Record<string, number>;
+  };
+  windows: Record<string, WindowTable>;
+  backends: Array<{
+    name: string;
+    state: string;
+    slots: number;
+    running: number;
+    queued: number;
+    resident: Array<{ name: string; size: number; size_vram: number; spilled: boolean }>;
+    server_memory: { visible: boolean; why: string | null; pid?: number; rss_bytes?: number };
+  }>;
+  gpu: {
+    visible: boolean;
+    why: string | null;
+    devices: Array<{ index: number; name: string; memory_used: number; memory_total: number; utilisation_percent: number }>;
+  };
+  history: Array<{ at: number; connections: number; running: number; waiting: number; tokens_per_s: number }>;
+}
+
+export interface UsageRow {
+  bucket: number;
+  user?: string;
+  key?: string;
+  model?: string;
+  backend?: string;
+  source?: string;
+  requests: number;
+  failures: number;
+  prompt_tokens: number;
+  output_tokens: number;
+}
+
+export interface UsageReport {
+  rows: UsageRow[];
+  totals: { requests: number; failures: number; prompt_tokens: number; output_tokens: number };
+  names: { users: Record<string, string>; keys: Record<string, string> };
+}

@@ -1,0 +1,114 @@
+"""The admin's Monitor and Usage in a real browser: under traffic the test sends and counts itself, the numbers the
+page shows match (requests, failures, tokens), the charts draw, and the CSV link downloads the same figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, expect
+
+from browser_support import chromium, new_page, page_gateway
+from chat_support import wait_until
+from conftest import Server, script
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    yield from chromium()
+
+
+@pytest.fixture(scope="module")
+def gateway(simulator: Server) -> Iterator[Server]:
+    server = page_gateway(simulator.url, "--auth")
+    data_dir = server.args[server.args.index("--data-dir") + 1]
+    command = [
+        sys.executable,
+        "-m",
+        "clawdbot",
+        "user",
+        "add",
+        "ops",
+        "--password-stdin",
+        "--admin",
+        "--data-dir",
+        data_dir,
+    ]
+    done = subprocess.run(command, input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    yield server
+    server.stop()
+
+
+def test_monitor_and_usage_show_what_the_test_sent(browser: Browser, gateway: Server, simulator: Server) -> None:
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        answer = client.post("/chat/api/session", json={"name": "ops", "password": PASSWORD})
+        client.headers["X-CSRF-Token"] = answer.json()["csrf_token"]
+        key = client.post("/chat/api/keys", json={"name": "script"}).json()["secret"]
+        script(simulator, {"match": "break", "fault": {"kind": "error_line", "after": 1, "message": "oom"}, "times": -1})
+        out_tokens, statuses = 0, []
+        for text in ("one", "two", "break"):
+            conversation = client.post("/chat/api/conversations", json={"num_predict": 8, "think": False}).json()
+            cid = conversation["conversation"]["id"]
+            reply_id = client.post(f"/chat/api/conversations/{cid}/messages", json={"content": text}).json()["reply"][
+                "id"
+            ]
+            found: dict[str, object] = {}
+
+            def finished(cid: str = cid, reply_id: str = reply_id, found: dict[str, object] = found) -> bool:
+                view = client.get(f"/chat/api/conversations/{cid}").json()
+                found.update(next(m for m in view["messages"] if m["id"] == reply_id))
+                return found["status"] in ("done", "failed") and view["active"] is None
+
+            wait_until(finished, "the reply", timeout=15)
+            statuses.append(found["status"])
+            out_tokens += int(found["output_tokens"] or 0)  # type: ignore[call-overload]
+        body = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 7}}
+        for _ in range(2):
+            raw = httpx.post(
+                f"{gateway.url}/api/chat", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
+            )
+            out_tokens += httpx.Response(200, text=raw.text.strip().splitlines()[-1]).json()["eval_count"]
+    assert statuses == ["done", "done", "failed"]
+
+    problems: list[str] = []
+    page = new_page(browser, gateway, problems, viewport={"width": 1280, "height": 900})
+    page.goto("/chat")
+    page.get_by_test_id("login-name").fill("ops")
+    page.get_by_test_id("login-password").fill(PASSWORD)
+    page.get_by_test_id("login-submit").click()
+    page.get_by_test_id("account-menu").click()
+    page.get_by_test_id("admin-open").click()
+
+    minute = page.locator("[data-testid=monitor-table] tr[data-window='1m']")
+    expect(minute.and_(page.locator("[data-source=all]")).locator("[data-field=requests]")).to_have_text("5")
+    expect(minute.and_(page.locator("[data-source=all]")).locator("[data-field=failures]")).to_have_text("1")
+    expect(minute.and_(page.locator("[data-source=chat]")).locator("[data-field=requests]")).to_have_text("3")
+    expect(minute.and_(page.locator("[data-source=raw]")).locator("[data-field=requests]")).to_have_text("2")
+    expect(page.get_by_test_id("monitor-gpu")).to_have_text("GPU: not visible from here (NVMLError_LibraryNotFound)")
+    expect(page.get_by_test_id("monitor-backends")).to_contain_text("qwen3:32b")
+
+    ops = page.locator("[data-testid=usage-list] tr").filter(has_text="ops")
+    expect(ops.locator("[data-field=requests]")).to_have_text("5")
+    expect(ops.locator("[data-field=failures]")).to_have_text("1")
+    expect(ops.locator("[data-field=output_tokens]")).to_have_text(f"{out_tokens:,}")
+    page.get_by_test_id("usage-group").select_option("source")
+    expect(page.locator("[data-testid=usage-list] tr[data-name=raw] [data-field=requests]")).to_have_text("2")
+    expect(page.locator("[data-testid=usage-chart] canvas")).to_have_count(1)
+    expect(page.locator("[data-testid=monitor-chart] canvas")).to_have_count(1)
+
+    href = page.get_by_test_id("usage-csv").get_attribute("href") or ""
+    assert "format=csv" in href
+    download = page.request.get(gateway.url + href)
+    rows = list(csv.DictReader(io.StringIO(download.text())))
+    assert {row["source"]: int(row["requests"]) for row in rows} == {"chat": 3, "raw": 2}
+    page.screenshot(path=str(gateway.stderr_path.with_suffix(".monitor.png")), full_page=True)
+    page.context.close()
+    assert not problems
