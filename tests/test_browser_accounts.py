@@ -464,12 +464,13 @@ def test_the_admin_adds_a_user_and_sets_limits_models_and_a_new_password(pages: 
     edit.get_by_test_id("admin-edit-role").select_option("user")
     edit.get_by_test_id("admin-edit-max-running").fill("2")
     edit.get_by_test_id("admin-edit-rpm").fill("30")
+    edit.get_by_test_id("admin-edit-tokens-day").fill("50000")
     edit.locator("[data-testid=admin-edit-model][data-model='qwen3:32b']").check()
     edit.get_by_test_id("admin-edit-password").fill("carols new password")
     edit.get_by_test_id("admin-edit-save").click()
     expect(edit).to_be_hidden()
     expect(row.get_by_test_id("admin-user-role")).to_have_text("user")
-    expect(row.get_by_test_id("admin-user-limits")).to_have_text("2 at once · 30/min")
+    expect(row.get_by_test_id("admin-user-limits")).to_have_text("2 at once · 30/min · 50,000 tokens/day")
     expect(row.get_by_test_id("admin-user-models")).to_have_text("qwen3:32b")
 
     carol = next(u for u in admin.request.get(gateway.url + "/chat/api/users").json()["users"] if u["name"] == "carol")
@@ -479,6 +480,7 @@ def test_the_admin_adds_a_user_and_sets_limits_models_and_a_new_password(pages: 
         30,
         ["qwen3:32b"],
     )
+    assert (carol["tokens_per_day"], carol["tokens_per_month"]) == (50000, None)
     old = httpx.post(gateway.url + "/chat/api/session", json={"name": "carol", "password": PASSWORD})
     assert old.status_code == 401
     new = httpx.post(gateway.url + "/chat/api/session", json={"name": "carol", "password": "carols new password"})
@@ -488,6 +490,7 @@ def test_the_admin_adds_a_user_and_sets_limits_models_and_a_new_password(pages: 
     row.get_by_test_id("admin-edit-open").click()
     expect(edit.get_by_test_id("admin-edit-max-running")).to_have_value("2")
     edit.get_by_test_id("admin-edit-max-running").fill("")
+    edit.get_by_test_id("admin-edit-tokens-day").fill("")
     edit.locator("[data-testid=admin-edit-model][data-model='qwen3:32b']").uncheck()
     edit.get_by_test_id("admin-edit-save").click()
     expect(row.get_by_test_id("admin-user-limits")).to_have_text("30/min")

@@ -184,3 +184,50 @@ def test_a_report_by_hour_and_bad_parameters(usage_simulator: Server, database_u
             assert answer.json()["error"]
     finally:
         gateway.stop()
+
+
+def test_a_token_quota_refuses_chat_and_raw_once_used_up_and_an_admin_lifts_it(
+    usage_simulator: Server, database_url: str
+) -> None:
+    gateway = start(usage_simulator, tempfile.mkdtemp(prefix="clawdbot-data-"), database_url)
+    try:
+        gateway.add_user("dee", admin=True)
+        gateway.add_user("eve")
+        dee, eve = sign_in(gateway.url, "dee"), sign_in(gateway.url, "eve")
+        eve_id = eve.get("/chat/api/session").json()["user"]["id"]
+        key = new_key(eve, "script")
+        changed = dee.patch(f"/chat/api/users/{eve_id}", json={"tokens_per_day": 20})
+        assert changed.status_code == 200, changed.text
+        assert (changed.json()["user"]["tokens_per_day"], changed.json()["user"]["tokens_per_month"]) == (20, None)
+
+        first = chat_turn(eve, "a question that uses some tokens")  # under the quota when sent
+        assert first["status"] == "done"
+        assert (first["prompt_tokens"] or 0) + (first["output_tokens"] or 0) >= 20
+
+        conversation = eve.post("/chat/api/conversations", json={"num_predict": 5}).json()["conversation"]["id"]
+        refused = eve.post(f"/chat/api/conversations/{conversation}/messages", json={"content": "one more"})
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["code"] == "quota_reached"
+        assert "quota of 20 tokens today" in refused.json()["error"]
+        assert 0 < int(refused.headers["Retry-After"]) <= 86_400
+        assert eve.get(f"/chat/api/conversations/{conversation}").json()["messages"] == []  # nothing stored
+
+        body = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}]}
+        raw = httpx.post(f"{gateway.url}/api/chat", json=body, headers=bearer(key), timeout=30)
+        assert raw.status_code == 429
+        assert "quota" in raw.json()["error"]
+        # Others are not held back by eve's quota.
+        assert chat_turn(dee, "and mine")["status"] == "done"
+
+        assert dee.patch(f"/chat/api/users/{eve_id}", json={"tokens_per_day": None}).status_code == 200
+        again = eve.post(f"/chat/api/conversations/{conversation}/messages", json={"content": "one more"})
+        assert again.status_code == 202, again.text
+        monthly = dee.patch(f"/chat/api/users/{eve_id}", json={"tokens_per_month": 1})
+        assert monthly.status_code == 200
+        wait_until(lambda: eve.get(f"/chat/api/conversations/{conversation}").json()["active"] is None, "the reply", 15)
+        refused = eve.post(f"/chat/api/conversations/{conversation}/messages", json={"content": "and more"})
+        assert refused.status_code == 429
+        assert "this month" in refused.json()["error"]
+        assert dee.patch(f"/chat/api/users/{eve_id}", json={"tokens_per_day": 0}).status_code == 400
+    finally:
+        gateway.stop()

@@ -186,6 +186,8 @@ function limits(user: User): string {
   const parts: string[] = [];
   if (user.max_running != null) parts.push(`${user.max_running} at once`);
   if (user.requests_per_minute != null) parts.push(`${user.requests_per_minute}/min`);
+  if (user.tokens_per_day != null) parts.push(`${user.tokens_per_day.toLocaleString()} tokens/day`);
+  if (user.tokens_per_month != null) parts.push(`${user.tokens_per_month.toLocaleString()} tokens/month`);
   return parts.join(" · ") || "none";
 }
 
@@ -198,6 +200,8 @@ class UserEditor {
   private readonly disabled = byId<HTMLInputElement>("user-edit-disabled");
   private readonly running = byId<HTMLInputElement>("user-edit-running");
   private readonly rpm = byId<HTMLInputElement>("user-edit-rpm");
+  private readonly day = byId<HTMLInputElement>("user-edit-day");
+  private readonly month = byId<HTMLInputElement>("user-edit-month");
   private readonly models = byId("user-edit-models");
   private readonly password = byId<HTMLInputElement>("user-edit-password");
   private readonly error = byId("user-edit-error");
@@ -223,6 +227,8 @@ class UserEditor {
     this.disabled.checked = user.disabled;
     this.running.value = user.max_running == null ? "" : String(user.max_running);
     this.rpm.value = user.requests_per_minute == null ? "" : String(user.requests_per_minute);
+    this.day.value = user.tokens_per_day == null ? "" : String(user.tokens_per_day);
+    this.month.value = user.tokens_per_month == null ? "" : String(user.tokens_per_month);
     this.password.value = "";
     this.error.hidden = true;
     const allowed = new Set(user.models ?? []);
@@ -252,6 +258,8 @@ class UserEditor {
     if (this.role.value !== user.role) change.role = this.role.value as User["role"];
     if (number(this.running) !== user.max_running) change.max_running = number(this.running);
     if (number(this.rpm) !== user.requests_per_minute) change.requests_per_minute = number(this.rpm);
+    if (number(this.day) !== user.tokens_per_day) change.tokens_per_day = number(this.day);
+    if (number(this.month) !== user.tokens_per_month) change.tokens_per_month = number(this.month);
     const ticked = [...this.models.querySelectorAll<HTMLInputElement>("input:checked")].map((box) => box.value);
     const models = ticked.length ? ticked : null;
     const same = (a: string[] | null, b: string[] | null): boolean =>

@@ -193,7 +193,9 @@ export function usageUrl(params: Record<string, string>): string {
 
 /** What an admin may change about a user; null clears a limit (models: null is every model). */
 export type UserChange = Partial<
-  Pick<User, "disabled" | "role" | "max_running" | "requests_per_minute" | "models"> & { password: string }
+  Pick<User, "disabled" | "role" | "max_running" | "requests_per_minute" | "tokens_per_day" | "tokens_per_month" | "models"> & {
+    password: string;
+  }
 >;
 
 export function exportUrl(conversationId: string, format: "markdown" | "json"): string {

@@ -16,6 +16,8 @@ const NOBODY: Session = {
     sso: false,
     max_running: null,
     requests_per_minute: null,
+    tokens_per_day: null,
+    tokens_per_month: null,
     models: null,
     created_at: 0,
     last_login_at: null,

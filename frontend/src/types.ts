@@ -209,6 +209,8 @@ export interface User {
   sso: boolean;
   max_running: number | null;
   requests_per_minute: number | null;
+  tokens_per_day: number | null;
+  tokens_per_month: number | null;
   models: string[] | null; // null: every model
   created_at: number;
   last_login_at: number | null;

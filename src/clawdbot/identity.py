@@ -22,6 +22,8 @@ class Actor:
     queue: str  # the fairness key: the user's id, or without accounts the client's address
     max_running: int | None = None
     requests_per_minute: int | None = None
+    tokens_per_day: int | None = None  # quotas of tokens in and out (store/usage.py enforces them)
+    tokens_per_month: int | None = None
     models: tuple[str, ...] | None = None  # None: every model
     session: str | None = None  # the session's id (a hash), when signed in with the cookie
     csrf_token: str | None = None

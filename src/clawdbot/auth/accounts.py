@@ -37,6 +37,8 @@ users = Table(
     Column("models", Text),
     Column("created_at", BigInteger, nullable=False),
     Column("last_login_at", BigInteger),
+    Column("tokens_per_day", BigInteger),  # quotas of tokens in and out, per UTC day and month (migration 0010)
+    Column("tokens_per_month", BigInteger),
 )
 
 sessions = Table(
@@ -111,6 +113,8 @@ def actor(user: User, via: Via, session: Session | None = None, key: str | None 
         queue=user.id,
         max_running=user.max_running,
         requests_per_minute=user.requests_per_minute,
+        tokens_per_day=user.tokens_per_day,
+        tokens_per_month=user.tokens_per_month,
         models=None if (allowed := allowed_models(user)) is None else tuple(allowed),
         session=session.id if session else None,
         csrf_token=session.csrf_token if session else None,

@@ -36,6 +36,8 @@ async def list_users(settings: Settings) -> None:
         given = {
             "max_running": user.max_running,
             "requests_per_minute": user.requests_per_minute,
+            "tokens_per_day": user.tokens_per_day,
+            "tokens_per_month": user.tokens_per_month,
             "models": user.models,
         }
         limits = ", ".join(f"{key}={value}" for key, value in given.items() if value is not None)

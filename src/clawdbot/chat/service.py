@@ -21,6 +21,7 @@ from ..settings import Settings
 from ..store.conversations import Store
 from ..store.limits import Limits
 from ..store.records import Conversation, Message, new_message
+from ..store.usage import Usage
 from . import catalog, context, versions
 from .eventlog import GenerationLog, Job
 from .generation import Guard, ended_early
@@ -52,6 +53,7 @@ class Chat:
         results: SendResults,
     ) -> None:
         self.store = store
+        self.usage: Usage | None = None  # token quotas, once web/app.py has the rollups
         self.generations = generations
         self.log, self.admission = log, admission
         self.fleet = fleet
@@ -334,7 +336,9 @@ class Chat:
             thinking=prefix.thinking if prefix else "",
         )
         superseded = [m.id for m in supersede]
-        # Overloaded when the queue is full or the user over their rate: nothing is stored yet
+        # Overloaded when the queue is full, or the user over their rate or token quota: nothing is stored yet
+        if self.usage is not None:
+            await self.usage.check(actor)
         ticket = await self.admission.enter(
             actor.queue,
             max_running=actor.max_running,

@@ -84,6 +84,8 @@ class Relay:
                 # The same slots and fair queue as the chat page: a script cannot jump the line.
                 # Which backend held this conversation's context last: a question only where there is a choice.
                 key = placement.affinity_key(request, parsed) if len(self.fleet.members) > 1 else None
+                if self.usage is not None:
+                    await self.usage.check(actor)  # a user past their token quota: 429 before any queue
                 ticket = await self.admission.enter(
                     actor.queue,
                     max_running=actor.max_running,

@@ -83,6 +83,8 @@ class User:
     models: str | None  # a JSON list of the models the user may use; None: every model
     created_at: int
     last_login_at: int | None
+    tokens_per_day: int | None = None  # quotas of tokens in and out (migration 0010); None: none
+    tokens_per_month: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,14 +10,18 @@ is the sum of its hours. A process that dies loses at most the counts of its las
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, PrimaryKeyConstraint, String, Table, Text, delete, select
+from sqlalchemy import BigInteger, Column, Index, PrimaryKeyConstraint, String, Table, Text, case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from ..errors import Overloaded
+from ..identity import Actor
 from ..logs import LOG
 from .database import Database
 from .records import now_ms
@@ -68,6 +72,7 @@ class Usage:
         self.db, self.interval, self.retention_days = db, interval, retention_days
         self._tally: dict[tuple[int, str, str, str, str, str], list[int]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._used_cache: dict[str, tuple[float, tuple[int, int], int, int]] = {}  # user: (until, periods, day, month)
         self._writing = asyncio.Lock()
 
     def count(
@@ -122,6 +127,53 @@ class Usage:
         """The hourly rows that match, this process's tally written first (a report shows what was just done)."""
         await self.flush()
         return await self.db.read(lambda conn: _rows(conn, filters))
+
+    async def check(self, actor: Actor) -> None:
+        """Refuse a request of a user who has used their tokens (in and out) of this UTC day or month: 429,
+        `quota_reached`, with when it starts again. Counted within seconds: other processes' counts arrive with
+        their next write, and a reply already running finishes."""
+        if actor.tokens_per_day is None and actor.tokens_per_month is None:
+            return
+        today, month, tomorrow, next_month = _periods(datetime.now(UTC))
+        used_today, used_month = await self._used(actor.id, today, month)
+        for quota, used, period, again in (
+            (actor.tokens_per_day, used_today, "today", tomorrow),
+            (actor.tokens_per_month, used_month, "this month", next_month),
+        ):
+            if quota is not None and used >= quota:
+                wait = max(1, (again - now_ms()) // 1000)
+                at = datetime.fromtimestamp(again / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+                raise Overloaded(
+                    f"you have used your quota of {quota:,} tokens {period} ({used:,} in and out); it starts again "
+                    f"at {at}. Ask an admin for more.",
+                    retry_after=int(wait),
+                    status=429,
+                    code="quota_reached",
+                )
+
+    async def _used(self, user_id: str, today: int, month: int) -> tuple[int, int]:
+        """The user's tokens since `today` and since `month` (ms): the rows (read at most every few seconds) and
+        what this process has not written yet."""
+        cached = self._used_cache.get(user_id)
+        clock = time.monotonic()
+        if cached is None or cached[0] < clock or cached[1] != (today, month):
+
+            def query(conn: Connection) -> tuple[int, int]:
+                spent = usage.c.prompt_tokens + usage.c.output_tokens
+                day = func.coalesce(func.sum(case((usage.c.hour >= today, spent), else_=0)), 0)
+                mine = (usage.c.user_id == user_id) & (usage.c.hour >= month)
+                found = conn.execute(select(day, func.coalesce(func.sum(spent), 0)).where(mine)).one()
+                return int(found[0]), int(found[1])
+
+            cached = (clock + self.interval, (today, month), *await self.db.read(query))
+            self._used_cache[user_id] = cached
+        used_today, used_month = cached[2], cached[3]
+        for key, counts in self._tally.items():
+            if key[1] == user_id and key[0] >= month:
+                used_month += counts[2] + counts[3]
+                if key[0] >= today:
+                    used_today += counts[2] + counts[3]
+        return used_today, used_month
 
     async def prune(self, before: int) -> int:
         """Delete the rows of the hours before `before` (ms); how many there were."""
@@ -191,3 +243,13 @@ def totals(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
         for name in COUNTS:
             out[name] += row[name]
     return out
+
+
+def _periods(now: datetime) -> tuple[int, int, int, int]:
+    """The starts of this UTC day and month, and of the next ones, in ms since the epoch."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    following = (
+        month.replace(year=month.year + 1, month=1) if month.month == 12 else month.replace(month=month.month + 1)
+    )
+    return tuple(round(t.timestamp() * 1000) for t in (day, month, day + timedelta(days=1), following))  # type: ignore[return-value]

@@ -244,6 +244,7 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     chat = app[CHAT] = Chat(
         store, generations, app[FLEET], settings, limits, log=log, admission=admission, results=results
     )
+    chat.usage = counted
     if shared is not None:
         assert isinstance(log, RedisLog)
         shared.take_over_orphans(chat, log)

@@ -56,6 +56,8 @@ class UserChange(Strict):
     role: Literal["admin", "user"] | None = None
     max_running: int | None = Field(None, ge=1, le=10_000)
     requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    tokens_per_day: int | None = Field(None, ge=1, le=10**15)
+    tokens_per_month: int | None = Field(None, ge=1, le=10**15)
     models: list[str] | None = Field(None, max_length=200)
     password: Password | None = None
 

@@ -36,6 +36,8 @@ def public_user(user: User) -> dict[str, Any]:
         "sso": user.sso,
         "max_running": user.max_running,
         "requests_per_minute": user.requests_per_minute,
+        "tokens_per_day": user.tokens_per_day,
+        "tokens_per_month": user.tokens_per_month,
         "models": allowed_models(user),
         "created_at": user.created_at,
         "last_login_at": user.last_login_at,
