@@ -52,7 +52,8 @@ def test_monitor_and_usage_show_what_the_test_sent(browser: Browser, gateway: Se
         answer = client.post("/chat/api/session", json={"name": "ops", "password": PASSWORD})
         client.headers["X-CSRF-Token"] = answer.json()["csrf_token"]
         key = client.post("/chat/api/keys", json={"name": "script"}).json()["secret"]
-        script(simulator, {"match": "break", "fault": {"kind": "error_line", "after": 1, "message": "oom"}, "times": -1})
+        fault = {"kind": "error_line", "after": 1, "message": "oom"}
+        script(simulator, {"match": "break", "fault": fault, "times": -1})
         out_tokens, statuses = 0, []
         for text in ("one", "two", "break"):
             conversation = client.post("/chat/api/conversations", json={"num_predict": 8, "think": False}).json()
