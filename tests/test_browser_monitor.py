@@ -113,3 +113,41 @@ def test_monitor_and_usage_show_what_the_test_sent(browser: Browser, gateway: Se
     page.screenshot(path=str(gateway.stderr_path.with_suffix(".monitor.png")), full_page=True)
     page.context.close()
     assert not problems
+
+
+def test_a_user_sees_their_own_usage_only(browser: Browser, gateway: Server) -> None:
+    with httpx.Client(base_url=gateway.url, timeout=30) as admin:
+        answer = admin.post("/chat/api/session", json={"name": "ops", "password": PASSWORD})
+        admin.headers["X-CSRF-Token"] = answer.json()["csrf_token"]
+        made = admin.post("/chat/api/users", json={"name": "ann", "password": PASSWORD, "role": "user"})
+        assert made.status_code == 201, made.text
+    problems: list[str] = []
+    page = new_page(browser, gateway, problems)
+    page.goto("/chat")
+    page.get_by_test_id("login-name").fill("ann")
+    page.get_by_test_id("login-password").fill(PASSWORD)
+    page.get_by_test_id("login-submit").click()
+    page.get_by_test_id("composer-input").fill("a question of ann's")
+    page.get_by_test_id("composer-input").press("Enter")
+    expect(page.locator("[data-testid=message][data-role=assistant][data-status=done]")).to_have_count(1)
+    # The reply is counted as it is stored, moments after the page shows it done.
+    wait_until(
+        lambda: page.request.get(gateway.url + "/chat/api/usage").json()["totals"]["requests"] == 1, "the count", 10
+    )
+
+    page.get_by_test_id("account-menu").click()
+    expect(page.get_by_test_id("admin-open")).to_be_hidden()
+    page.get_by_test_id("my-usage-open").click()
+    dialog = page.get_by_test_id("my-usage-dialog")
+    expect(dialog).to_be_visible()
+    row = dialog.locator("[data-testid=my-usage-list] tr[data-name='qwen3:32b']")
+    expect(row.locator("[data-field=requests]")).to_have_text("1")  # ann's turn, not the admin's traffic
+    expect(dialog.locator("[data-testid=my-usage-chart] canvas")).to_have_count(1)
+    href = dialog.get_by_test_id("my-usage-csv").get_attribute("href") or ""
+    assert href.startswith("/chat/api/usage?")
+    rows = list(csv.DictReader(io.StringIO(page.request.get(gateway.url + href).text())))
+    assert [(row["model"], row["requests"]) for row in rows] == [("qwen3:32b", "1")]
+    page.get_by_test_id("my-usage-close").click()
+    expect(dialog).to_be_hidden()
+    page.context.close()
+    assert not problems

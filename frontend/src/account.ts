@@ -1,8 +1,9 @@
-// The signed-in user's menu in the header: API keys, password, the admin view, sign out.
+// The signed-in user's menu in the header: API keys, their usage, password, the admin view, sign out.
 import { api, ApiError, plain } from "./api";
 import { confirmDialog } from "./confirm";
 import { byId, copyText, flash, h, openDialog } from "./dom";
 import { when } from "./format";
+import { UsagePanel } from "./monitor";
 import type { Toast } from "./notify";
 import type { ApiKey, Session } from "./types";
 
@@ -21,6 +22,7 @@ export class AccountMenu {
   private readonly signOutItem = byId("sign-out");
   private readonly password: PasswordDialog;
   private readonly keys: KeysDialog;
+  private readonly usage = new UsagePanel(true);
 
   constructor(hooks: AccountHooks, toast: Toast) {
     this.password = new PasswordDialog(toast);
@@ -42,6 +44,12 @@ export class AccountMenu {
         run();
       });
     item("account-keys", () => this.keys.open());
+    item("account-usage", () => {
+      const dialog = byId<HTMLDialogElement>("my-usage");
+      openDialog(dialog, byId("my-usage-close"));
+      void this.usage.load();
+    });
+    byId("my-usage-close").addEventListener("click", () => byId<HTMLDialogElement>("my-usage").close());
     item("account-password", () => this.password.open());
     item("account-admin", () => hooks.admin());
     item("sign-out", () => hooks.signOut());

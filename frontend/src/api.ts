@@ -183,12 +183,13 @@ export const api = {
   drain: (name: string, draining: boolean) =>
     call<BackendReport>("PATCH", "/admin/backends/" + encodeURIComponent(name), { draining }),
   monitor: () => call<MonitorView>("GET", "/admin/monitor"),
-  usage: (params: Record<string, string>) => call<UsageReport>("GET", "/admin/usage?" + new URLSearchParams(params)),
+  usage: (params: Record<string, string>, own = false) =>
+    call<UsageReport>("GET", (own ? "/usage?" : "/admin/usage?") + new URLSearchParams(params)),
 };
 
-/** Everyone's usage as a CSV file to download (an admin's). */
-export function usageUrl(params: Record<string, string>): string {
-  return `${BASE}/admin/usage?${new URLSearchParams(params)}`;
+/** Usage as a CSV file to download: everyone's (an admin's), or `own`. */
+export function usageUrl(params: Record<string, string>, own = false): string {
+  return `${BASE}/${own ? "usage" : "admin/usage"}?${new URLSearchParams(params)}`;
 }
 
 /** What an admin may change about a user; null clears a limit (models: null is every model). */

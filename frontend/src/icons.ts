@@ -21,6 +21,7 @@ const PATHS = {
   more: "M5 12h.01M12 12h.01M19 12h.01",
   search: "M11 18a7 7 0 1 0 0-14 7 7 0 0 0 0 14zM20 20l-4-4",
   download: "M12 4v12M6 10l6 6 6-6M4 20h16",
+  chart: "M4 20h16M7 16v-5M12 16V6M17 16v-8",
   close: "M6 6l12 12M18 6L6 18",
   check: "M5 12l5 5 9-11",
   user: "M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8zM4 21a8 8 0 0 1 16 0",

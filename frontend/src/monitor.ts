@@ -136,16 +136,24 @@ function windowRow(name: string, source: string, window: WindowTable): HTMLTable
   );
 }
 
+/** Everyone's usage in the admin view (`usage-…` elements), or with `own` the user's own (`my-usage-…`). */
 export class UsagePanel {
-  private readonly range = byId<HTMLSelectElement>("usage-range");
-  private readonly group = byId<HTMLSelectElement>("usage-group");
-  private readonly list = byId("usage-list");
-  private readonly csv = byId<HTMLAnchorElement>("usage-csv");
-  private readonly chartBox = byId("usage-chart");
-  private readonly error = byId("usage-error");
+  private readonly range: HTMLSelectElement;
+  private readonly group: HTMLSelectElement;
+  private readonly list: HTMLElement;
+  private readonly csv: HTMLAnchorElement;
+  private readonly chartBox: HTMLElement;
+  private readonly error: HTMLElement;
   private plot: Plot | null = null;
 
-  constructor() {
+  constructor(private readonly own = false) {
+    const prefix = own ? "my-usage" : "usage";
+    this.range = byId<HTMLSelectElement>(`${prefix}-range`);
+    this.group = byId<HTMLSelectElement>(`${prefix}-group`);
+    this.list = byId(`${prefix}-list`);
+    this.csv = byId<HTMLAnchorElement>(`${prefix}-csv`);
+    this.chartBox = byId(`${prefix}-chart`);
+    this.error = byId(`${prefix}-error`);
     for (const select of [this.range, this.group]) select.addEventListener("change", () => void this.load());
   }
 
@@ -163,9 +171,9 @@ export class UsagePanel {
 
   async load(): Promise<void> {
     const params = this.params();
-    this.csv.href = usageUrl({ ...params, format: "csv" });
+    this.csv.href = usageUrl({ ...params, format: "csv" }, this.own);
     try {
-      const report = await api.usage(params);
+      const report = await api.usage(params, this.own);
       this.error.hidden = true;
       this.render(report);
       const days = [...new Set(report.rows.map((r) => r.bucket))].sort((a, b) => a - b);
