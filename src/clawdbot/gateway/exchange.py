@@ -102,6 +102,9 @@ class Exchange:
     member: Member | None = None  # the backend it went to
     user_id: str = ""  # who sent it, and with which API key (None: a session): what usage is counted by
     key_id: str | None = None
+    # The model the request named: what it is counted under until the backend's last line names it. Never logged:
+    # a client may put anything there.
+    asked: str | None = None
 
     def timing(self, ended: float) -> dict[str, float | None]:
         """Where the request's time went (timing.py), once it `ended`."""
@@ -109,14 +112,15 @@ class Exchange:
         return clocks.breakdown(ended, self.load_ns, self.prompt_ns)
 
     def counted(self, ended: float, usage: Usage | None, monitor: Monitor | None) -> None:
-        """A generation that reached a backend, into the usage rollups and the live view."""
+        """A generation that reached a backend, into the usage rollups and the live view; one the backend refused
+        (4xx: no such model, a bad request) is no usage."""
         failed = self.outcome == "backend_error"
-        if usage is not None:
+        if usage is not None and not 400 <= self.status < 500:
             backend = self.member.name if self.member is not None else None
             usage.count(
                 user_id=self.user_id,
                 key_id=self.key_id,
-                model=self.model,
+                model=self.model or self.asked,
                 backend=backend,
                 source="raw",
                 failed=failed,

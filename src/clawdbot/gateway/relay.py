@@ -76,7 +76,7 @@ class Relay:
         ticket: Ticket | None = None
         try:
             body, parsed = await self._body(request, actor)
-            model = ex.model = placement.model_of(request.path, parsed)  # the backend's own name replaces it
+            model = ex.asked = placement.model_of(request.path, parsed)
             limit = None
             if request.method == "POST" and request.path in GENERATION:
                 limit = self.limits.max_reply_seconds

@@ -69,7 +69,8 @@ async def monitor(request: web.Request) -> web.Response:
     finished, samples = list(watched.monitor.finished), list(watched.monitor.samples)
     kinds = Counter(outbox.kind for outbox in watched.outboxes)
     by_model: Counter[str] = Counter(str(g.body.get("model") or "") for g in watched.replies())
-    by_model.update(ex.model for ex in watched.relay.active if ex.member is not None and ex.model)
+    raw = [ex.model or ex.asked for ex in watched.relay.active if ex.member is not None and ex.status == 200]
+    by_model.update(model for model in raw if model)
     members = watched.fleet.members
     reports = watched.fleet.report(watched.admission.waiting_for())
     residents = [dict(m.backend.status.resident) for m in members]
