@@ -170,7 +170,7 @@ async def drive(args: argparse.Namespace, gateway: Gateway | None, replicas: Dep
             with contextlib.suppress(asyncio.CancelledError):
                 crash = await crash_task
         watcher.cancel()
-        final_metrics = merged([await scrape(session, url) for url in targets_of()])
+        final_metrics = merged([found for url in targets_of() if (found := await _scraped(session, url)) is not None])
     errors = [t.exception() for t in done if t.exception() is not None]
     pids = [gateway.pid] if gateway is not None else [r.pid for r in replicas.live()] if replicas else []
     return {
@@ -187,6 +187,15 @@ async def drive(args: argparse.Namespace, gateway: Gateway | None, replicas: Dep
         "user_errors": [repr(e) for e in errors[:5]],
         "crashed": isinstance(crash, Crash) and crash.at > 0,
     }
+
+
+async def _scraped(session: aiohttp.ClientSession, url: str) -> dict[str, dict[str, float]] | None:
+    """A replica's /metrics; None for one still restarting (the run can end during a rolling restart, whose new
+    process starts with fresh counters anyway)."""
+    try:
+        return await scrape(session, url)
+    except aiohttp.ClientConnectionError:
+        return None
 
 
 # ---- report -------------------------------------------------------------------------------------------------------
