@@ -10,28 +10,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from chat_support import chat_api, wait_until
-from conftest import Server, script, start_gateway, start_simulator
-
-
-@pytest.fixture(scope="module")
-def watched_simulator() -> Iterator[Server]:
-    server = start_simulator("--profile", "h100", "--speed", "10", "--num-parallel", "4")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def watched(watched_simulator: Server) -> Iterator[Server]:
-    server = start_gateway(watched_simulator.url)
-    yield server
-    server.stop()
+from conftest import Server, script
 
 
 def view(gateway: Server) -> dict[str, Any]:
@@ -41,13 +26,13 @@ def view(gateway: Server) -> dict[str, Any]:
     return body
 
 
-def test_the_view_counts_what_the_test_sent(watched: Server, watched_simulator: Server) -> None:
+def test_the_view_counts_what_the_test_sent(timed_gateway: Server, timed_simulator: Server) -> None:
     raw_ttfts, raw_tokens = [], 0
     body = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 15}}
     for _ in range(4):
         # http.client sends the headers and the body in one write: no wait on Nagle and a delayed ACK (~40 ms)
         # that would be the client's own and not the gateway's.
-        connection = http.client.HTTPConnection("127.0.0.1", watched.port, timeout=30)
+        connection = http.client.HTTPConnection("127.0.0.1", timed_gateway.port, timeout=30)
         started = time.perf_counter()
         connection.request(
             "POST", "/api/chat", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -58,13 +43,13 @@ def test_the_view_counts_what_the_test_sent(watched: Server, watched_simulator: 
         lines += [line for line in answer.read().split(b"\n") if line]
         connection.close()
         raw_tokens += json.loads(lines[-1])["eval_count"]
-    script(watched_simulator, {"match": "break", "fault": {"kind": "error_line", "after": 2, "message": "oom"}})
-    with chat_api(watched.url) as api:
+    script(timed_simulator, {"match": "break", "fault": {"kind": "error_line", "after": 2, "message": "oom"}})
+    with chat_api(timed_gateway.url) as api:
         conversation = api.create(num_predict=10, think=False)["id"]
         replies = [api.wait_reply(conversation, api.send(conversation, text)["reply"]["id"]) for text in ("a", "break")]
     assert [r["status"] for r in replies] == ["done", "failed"]
 
-    seen = view(watched)
+    seen = view(timed_gateway)
     minute = seen["windows"]["1m"]
     assert (minute["raw"]["requests"], minute["raw"]["failures"]) == (4, 0)
     assert (minute["chat"]["requests"], minute["chat"]["failures"]) == (2, 1)
@@ -79,31 +64,34 @@ def test_the_view_counts_what_the_test_sent(watched: Server, watched_simulator: 
 
     [backend] = seen["backends"]
     assert backend["state"] == "healthy"
-    wait_until(lambda: view(watched)["backends"][0]["resident"], "the health check's /api/ps", timeout=15)
-    [model] = view(watched)["backends"][0]["resident"]
+    wait_until(lambda: view(timed_gateway)["backends"][0]["resident"], "the health check's /api/ps", timeout=15)
+    [model] = view(timed_gateway)["backends"][0]["resident"]
     assert model["name"] == "qwen3:32b"
     assert model["spilled"] is (model["size_vram"] < model["size"])
     memory = backend["server_memory"]
     assert memory["visible"], memory  # the simulator runs on this machine, as this user
-    assert memory["pid"] == watched_simulator.proc.pid
+    assert memory["pid"] == timed_simulator.proc.pid
     assert memory["rss_bytes"] > 10_000_000
     assert seen["gpu"]["visible"] is False
     assert seen["gpu"]["why"].startswith("not visible from here")
 
 
-def test_history_and_now_follow_the_samples(watched: Server) -> None:
-    wait_until(lambda: len(view(watched)["history"]) >= 1, "ten seconds of samples", timeout=25)
-    seen = view(watched)
+def test_history_and_now_follow_the_samples(timed_gateway: Server) -> None:
+    wait_until(lambda: len(view(timed_gateway)["history"]) >= 1, "ten seconds of samples", timeout=25)
+    seen = view(timed_gateway)
     assert seen["now"]["rss_bytes"] > 10_000_000
     assert seen["now"]["open"] == {"websocket": 0, "sse": 0, "raw": 0}
     point = seen["history"][-1]
     assert set(point) == {"at", "connections", "running", "waiting", "tokens_per_s", "cpu_percent", "rss_bytes"}
-    assert httpx.get(f"{watched.url}/chat/api/admin/monitor", params={"hours": "48"}).status_code == 400
+    assert httpx.get(f"{timed_gateway.url}/chat/api/admin/monitor", params={"hours": "48"}).status_code == 400
 
 
-def test_clawdbot_top_prints_the_same_view(watched: Server) -> None:
+def test_clawdbot_top_prints_the_same_view(timed_gateway: Server) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "clawdbot", "top", watched.url, "--once"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "clawdbot", "top", timed_gateway.url, "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -111,7 +99,7 @@ def test_clawdbot_top_prints_the_same_view(watched: Server) -> None:
     assert "backends:" in out
     assert "qwen3:32b" in out
     assert "GPU: not visible from here" in out
-    minute = view(watched)["windows"]["1m"]
+    minute = view(timed_gateway)["windows"]["1m"]
     row = next(line for line in out.splitlines() if line.startswith("1m"))
     assert f" {minute['chat']['requests']} " in row
     gone = subprocess.run(

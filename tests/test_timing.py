@@ -5,7 +5,6 @@ simulator whose model times are known (the h100 profile at 10× speed: a 0.6 s c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -14,23 +13,9 @@ import pytest
 
 from chat_support import chat_api, connect, done_of, wait_until
 from clawdbot.timing import PARTS, Clocks
-from conftest import Server, start_gateway, start_simulator
+from conftest import Server
 
 TO_FIRST_TOKEN = ("gateway_ms", "queue_ms", "model_load_ms", "prompt_eval_ms", "first_token_ms", "relay_ms")
-
-
-@pytest.fixture(scope="module")
-def timed_simulator() -> Iterator[Server]:
-    server = start_simulator("--profile", "h100", "--speed", "10", "--num-parallel", "4")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def timed_gateway(timed_simulator: Server) -> Iterator[Server]:
-    server = start_gateway(timed_simulator.url)
-    yield server
-    server.stop()
 
 
 def adds_up(timing: dict[str, Any]) -> None:

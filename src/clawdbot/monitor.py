@@ -66,25 +66,9 @@ class Monitor:
     def now(self) -> dict[str, Any]:
         """The latest sample, with the CPU and token rates over the last five seconds."""
         if not self.samples:
-            return {
-                "connections": 0,
-                "running": 0,
-                "waiting": 0,
-                "tokens_per_s": 0.0,
-                "cpu_percent": 0.0,
-                "rss_bytes": _rss(),
-            }
-        last = self.samples[-1]
-        first = self.samples[max(0, len(self.samples) - 6)]
-        span = max(last.at - first.at, 1e-9)
-        return {
-            "connections": last.connections,
-            "running": last.running,
-            "waiting": last.waiting,
-            "tokens_per_s": round((last.tokens - first.tokens) / span, 1) if last is not first else 0.0,
-            "cpu_percent": round(100 * (last.cpu - first.cpu) / span, 1) if last is not first else 0.0,
-            "rss_bytes": last.rss,
-        }
+            empty = Sample(time.time(), 0, 0, 0, self.tokens, time.process_time(), _rss())
+            return _point(empty, empty, with_time=False)
+        return _point(self.samples[max(0, len(self.samples) - 6)], self.samples[-1], with_time=False)
 
 
 def windows(finished: list[Finished], samples: list[Sample], now: float) -> dict[str, dict[str, Any]]:
@@ -106,21 +90,22 @@ def windows(finished: list[Finished], samples: list[Sample], now: float) -> dict
 def history(samples: list[Sample], since: float, step: int = 10) -> list[dict[str, Any]]:
     """Every `step`-th second's sample since `since`, with the rates between it and the one before."""
     kept = [s for s in samples if s.at >= since - step]
-    out = []
-    for before, after in zip(kept[::step], kept[step::step], strict=False):
-        span = max(after.at - before.at, 1e-9)
-        out.append(
-            {
-                "at": round(after.at * 1000),
-                "connections": after.connections,
-                "running": after.running,
-                "waiting": after.waiting,
-                "tokens_per_s": round((after.tokens - before.tokens) / span, 1),
-                "cpu_percent": round(100 * (after.cpu - before.cpu) / span, 1),
-                "rss_bytes": after.rss,
-            }
-        )
-    return out
+    return [_point(before, after) for before, after in zip(kept[::step], kept[step::step], strict=False)]
+
+
+def _point(before: Sample, after: Sample, *, with_time: bool = True) -> dict[str, Any]:
+    """`after`'s state, with the token and CPU rates since `before` (none between a sample and itself)."""
+    span = after.at - before.at
+    rate = (lambda change: round(change / span, 1)) if after is not before and span > 0 else (lambda _: 0.0)
+    point = {"at": round(after.at * 1000)} if with_time else {}
+    return point | {
+        "connections": after.connections,
+        "running": after.running,
+        "waiting": after.waiting,
+        "tokens_per_s": rate(after.tokens - before.tokens),
+        "cpu_percent": rate(100 * (after.cpu - before.cpu)),
+        "rss_bytes": after.rss,
+    }
 
 
 def _table(done: list[Finished], seconds: float) -> dict[str, Any]:
