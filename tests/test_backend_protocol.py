@@ -64,6 +64,9 @@ class FakeBackend:
     async def probe(self) -> BackendStatus:
         return self.status
 
+    async def residency(self, max_age: float) -> dict[str, dict[str, int]]:
+        return self.status.resident
+
     async def watch(self, on_change: Callable[[BackendStatus], object] | None = None) -> None:
         await asyncio.Event().wait()
 

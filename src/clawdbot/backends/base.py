@@ -108,6 +108,12 @@ class Backend(Protocol):
         """Check the backend now and keep the result as `status`; never raises."""
         ...
 
+    async def residency(self, max_age: float) -> dict[str, dict[str, int]]:
+        """`status.resident`, asked of the server again first when the last answer is older than `max_age` seconds
+        (the health check asks only every --health-interval; the live view wants what is loaded now); never
+        raises."""
+        ...
+
     async def watch(self, on_change: Callable[[BackendStatus], object] | None = None) -> None:
         """Probe forever, telling `on_change` when the backend comes or goes."""
         ...

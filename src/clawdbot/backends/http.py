@@ -77,6 +77,9 @@ class HttpBackend:
             )
             self.prefix = parsed.raw_path.rstrip("/")
 
+    async def residency(self, max_age: float) -> dict[str, dict[str, int]]:
+        return self.status.resident  # a server that does not say what it holds in memory
+
     async def probe(self) -> BackendStatus:
         raise NotImplementedError
 

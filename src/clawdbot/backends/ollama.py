@@ -22,6 +22,7 @@ from .repeats import Repeats
 
 _SHOW_PER_CHECK = 20  # models whose parameters one health check reads; a long list is read over a few checks
 _DETAILS_S = 10.0  # for /api/ps and /api/show after the backend answered
+_RESIDENCY_S = 1.5  # for the live view's own /api/ps: it asks again every 2 s
 
 
 def _digest(model: dict[str, Any]) -> str:
@@ -54,6 +55,7 @@ class OllamaBackend(HttpBackend):
         super().__init__(settings, url)
         self.simulated = simulated
         self._shown: dict[str, dict[str, int]] = {}  # a model's own parameters, by its digest: asked once
+        self._asked_ps = 0.0  # when /api/ps was last asked (monotonic)
 
     async def chat(self, body: dict[str, Any]) -> AsyncGenerator[Delta | Final]:
         """Stream one /api/chat reply as typed events; every failure becomes a BackendError naming its cause."""
@@ -128,11 +130,21 @@ class OllamaBackend(HttpBackend):
         if status.reachable:  # what is loaded, and new models' parameters: bounded, so a slow answer never stalls
             with contextlib.suppress(TimeoutError):  # the health check (what was not read is read next time)
                 async with asyncio.timeout(_DETAILS_S):
+                    self._asked_ps = time.monotonic()
                     status.loaded, status.resident = await self._loaded()
                     await self._show_new(status.models)
             status.own = {model_key(str(m.get("name"))): self._shown.get(_digest(m), {}) for m in status.models}
         self.status = status
         return status
+
+    async def residency(self, max_age: float) -> dict[str, dict[str, int]]:
+        status = self.status
+        if status.reachable and time.monotonic() - self._asked_ps >= max_age:
+            self._asked_ps = time.monotonic()  # before the await: callers meanwhile take the last answer
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_RESIDENCY_S):
+                    status.loaded, status.resident = await self._loaded()
+        return status.resident
 
     async def _loaded(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
         """The context size each loaded model runs with (none where the backend does not say: older Ollama), and

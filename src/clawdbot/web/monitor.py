@@ -27,6 +27,7 @@ from .authenticate import current
 from .http import json
 from .outbox import Outbox
 
+_RESIDENT_AGE_S = 1.0  # under the page's 2-s poll, so each poll sees /api/ps as it is now
 _LOCAL = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
 
 
@@ -65,15 +66,16 @@ async def monitor(request: web.Request) -> web.Response:
     if hours not in ("1", "3", "6"):
         raise BadRequest("hours: 1, 3 or 6 (how much history)")
     watched = request.app[WATCHED]
+    members = watched.fleet.members
+    # What the model servers hold in memory, asked first: the rest is copied in one go after it.
+    residents = [dict(r) for r in await asyncio.gather(*(m.backend.residency(_RESIDENT_AGE_S) for m in members))]
     # What changes under the event loop is copied here; the sums, /proc and NVML run off it.
     finished, samples = list(watched.monitor.finished), list(watched.monitor.samples)
     kinds = Counter(outbox.kind for outbox in watched.outboxes)
     by_model: Counter[str] = Counter(str(g.body.get("model") or "") for g in watched.replies())
     raw = [ex.model or ex.asked for ex in watched.relay.active if ex.member is not None and ex.status == 200]
     by_model.update(model for model in raw if model)
-    members = watched.fleet.members
     reports = watched.fleet.report(watched.admission.waiting_for())
-    residents = [dict(m.backend.status.resident) for m in members]
     now_view = {
         **watched.monitor.now(),
         "open": {"websocket": kinds["websocket"], "sse": kinds["sse"], "raw": len(watched.relay.active)},
