@@ -16,6 +16,7 @@ import click
 import orjson
 import uvloop
 
+from . import html
 from .client import RequestShape
 from .report import render_level, render_table, summarise
 from .runner import FAILED, FINISHED, IN_FLIGHT, STARTED, Counters, Plan, WorkerResult, run_in_processes, run_plan
@@ -147,6 +148,13 @@ def _numbers(value: str | None) -> list[float]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the summary and every request's raw measurements here.",
 )
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the run as one self-contained HTML page here: the table, and charts of TTFT and full-reply time "
+    "per level and of tokens/s and requests in flight over time.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
 @click.option(
     "--max-loop-lag-ms",
@@ -178,6 +186,7 @@ def bench(
     workers: int,
     seed: int,
     json_path: Path | None,
+    report_path: Path | None,
     progress: bool | None,
     max_loop_lag_ms: float,
 ) -> None:
@@ -237,26 +246,18 @@ def bench(
         summaries.append(summary)
         click.echo(render_level(summary, header))
     click.echo("\n" + render_table(summaries))
+    config = _config(url, target, model, turns, conversations_per_user, think_time, max_tokens, think, workers, seed)
+    config.update(mode="users" if users else "rate", levels=users or rates)
     if json_path is not None:
-        _write_json(
-            json_path,
-            summaries,
-            _config(
-                url,
-                target,
-                model,
-                turns,
-                conversations_per_user,
-                think_time,
-                max_tokens,
-                think,
-                workers,
-                seed,
-                users or rates,
-                bool(users),
-            ),
+        json_path.write_bytes(
+            orjson.dumps(
+                {"config": config, "environment": _environment(), "levels": summaries}, option=orjson.OPT_INDENT_2
+            )
         )
         click.echo(f"\nraw results: {json_path}")
+    if report_path is not None:
+        report_path.write_text(html.render(summaries, config, _environment()), encoding="utf-8")
+        click.echo(f"report: {report_path}")
 
 
 def _warm_up(base: Plan, count: int) -> None:
@@ -346,15 +347,11 @@ def _config(
     think: bool | None,
     workers: int,
     seed: int,
-    levels: list[float],
-    closed: bool,
 ) -> dict[str, Any]:
     return {
         "url": url,
         "target": target,
         "model": model,
-        "mode": "users" if closed else "rate",
-        "levels": levels,
         "turns": turns,
         "conversations_per_user": conversations_per_user,
         "think_time": think_time,
@@ -377,14 +374,11 @@ def _redacted(argv: list[str]) -> list[str]:
     return out
 
 
-def _write_json(path: Path, summaries: list[dict[str, Any]], config: dict[str, Any]) -> None:
-    environment = {
+def _environment() -> dict[str, Any]:
+    return {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "command": " ".join(_redacted(sys.argv)),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    path.write_bytes(
-        orjson.dumps({"config": config, "environment": environment, "levels": summaries}, option=orjson.OPT_INDENT_2)
-    )
