@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from chat_support import chat_api, wait_until
+from clawdbot.monitor import Sample, combined, history
 from conftest import Server, script
 
 
@@ -110,3 +111,24 @@ def test_clawdbot_top_prints_the_same_view(timed_gateway: Server) -> None:
     )
     assert gone.returncode != 0
     assert "cannot reach" in gone.stderr
+
+
+def test_workers_samples_add_up_on_the_longest_running_ones_seconds() -> None:
+    def series(start: float, count: int, connections: int, tokens_per_s: int, offset: float = 0.0) -> list[Sample]:
+        return [Sample(start + i + offset, connections, 1, 0, tokens_per_s * i, 0.5 * i, 100) for i in range(count)]
+
+    first = series(1000.0, 30, connections=3, tokens_per_s=10)
+    second = series(1005.0, 10, connections=2, tokens_per_s=20, offset=0.4)  # started later, died at 1014.4
+    merged = combined([second, first])
+    assert [s.at for s in merged] == [s.at for s in first]  # the one that ran longest sets the seconds
+    by_second = {int(s.at): s for s in merged}
+    assert by_second[1003].connections == 3  # before the second started
+    assert by_second[1010].connections == 5
+    assert by_second[1010].rss == 200
+    assert by_second[1010].tokens == 10 * 10 + 20 * 4  # its sample at 1009.4
+    assert by_second[1020].connections == 3  # gone: its connections no longer count…
+    assert by_second[1020].tokens == 10 * 20 + 20 * 9  # …its tokens still do, so the rate does not fall below zero
+    points = history(merged, 1000.0, step=5)
+    assert all(point["tokens_per_s"] >= 0 for point in points)
+    assert combined([first]) == first
+    assert combined([[], first]) == first

@@ -85,6 +85,21 @@ def test_metrics_count_the_whole_instance(instance: Server) -> None:
         assert float(slots.split()[-1]) == 64.0  # the same fleet seen twice is still one fleet
 
 
+def test_the_live_view_counts_the_whole_instance(instance: Server) -> None:
+    body = {**chat_body(stream=False), "options": {"num_predict": 5}}
+    for _ in range(10):  # each on a new connection: the kernel spreads them over both workers
+        with httpx.Client() as client:
+            client.post(instance.url + "/api/chat", json=body, timeout=30).raise_for_status()
+    for _ in range(6):  # whichever worker answers, it adds its sibling's replies and state to its own
+        with httpx.Client() as client:
+            view = client.get(instance.url + "/chat/api/admin/monitor", timeout=10).json()
+        assert view["process"]["workers"] == 2
+        minute = view["windows"]["1m"]
+        assert (minute["raw"]["requests"], minute["raw"]["failures"]) == (10, 0)
+        assert minute["all"]["tokens_per_s"] == pytest.approx(10 * 5 / 60, abs=0.1)
+        assert view["now"]["open"]["raw"] == 0
+
+
 def test_a_dead_worker_is_started_again(instance: Server) -> None:
     first = children(instance.proc.pid)
     os.kill(first[0], signal.SIGKILL)

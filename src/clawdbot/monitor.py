@@ -14,6 +14,7 @@ import math
 import os
 import resource
 import time
+from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,37 @@ class Monitor:
         return _point(self.samples[max(0, len(self.samples) - 6)], self.samples[-1], with_time=False)
 
 
+def combined(series: list[list[Sample]]) -> list[Sample]:
+    """Several processes' samples (--workers) as the instance's: on the seconds of the one that has run longest,
+    each field summed with every other's latest sample at or before it. Tokens and CPU are each process's running
+    totals, so theirs always count (their sums stay running totals; one that died stops adding); connections,
+    running, waiting and memory count only from a sample of the two seconds before (the process ran then)."""
+    series = [s for s in series if s]
+    if len(series) < 2:
+        return series[0] if series else []
+    base = min(series, key=lambda s: s[0].at)
+    others = [(other, [x.at for x in other]) for other in series if other is not base]
+    out = []
+    for sample in base:
+        connections, running, waiting, rss = sample.connections, sample.running, sample.waiting, sample.rss
+        tokens, cpu = sample.tokens, sample.cpu
+        for other, times in others:
+            found = bisect_right(times, sample.at) - 1
+            if found < 0:
+                continue
+            x = other[found]
+            tokens, cpu = tokens + x.tokens, cpu + x.cpu
+            if x.at >= sample.at - 2:
+                connections, running, waiting, rss = (
+                    connections + x.connections,
+                    running + x.running,
+                    waiting + x.waiting,
+                    rss + x.rss,
+                )
+        out.append(Sample(sample.at, connections, running, waiting, tokens, cpu, rss))
+    return out
+
+
 def windows(finished: list[Finished], samples: list[Sample], now: float) -> dict[str, dict[str, Any]]:
     """The seed's table for each window: per source and together, and the connections' peak and mean."""
     out: dict[str, dict[str, Any]] = {}
@@ -96,7 +128,7 @@ def history(samples: list[Sample], since: float, step: int = 10) -> list[dict[st
 def _point(before: Sample, after: Sample, *, with_time: bool = True) -> dict[str, Any]:
     """`after`'s state, with the token and CPU rates since `before` (none between a sample and itself)."""
     span = after.at - before.at
-    rate = (lambda change: round(change / span, 1)) if after is not before and span > 0 else (lambda _: 0.0)
+    rate = (lambda change: round(max(change, 0) / span, 1)) if after is not before and span > 0 else (lambda _: 0.0)
     point = {"at": round(after.at * 1000)} if with_time else {}
     return point | {
         "connections": after.connections,

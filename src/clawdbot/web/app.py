@@ -254,7 +254,7 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     generations.finished.append(lambda generation: access.write(_reply_line(generation.reply), "reply"))
     generations.finished.append(lambda generation: _count(counted, generation))
     watched = app[monitor.WATCHED] = monitor.Watched(
-        Monitor(), app[FLEET], admission, app[RELAY], app[realtime.OUTBOXES], generations.active.here
+        Monitor(), app[FLEET], admission, app[RELAY], app[realtime.OUTBOXES], generations.active.here, app[WORKER]
     )
     app[RELAY].monitor = watched.monitor
     generations.finished.append(lambda generation: _watch(watched.monitor, generation.reply))
@@ -334,18 +334,21 @@ async def metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS].render()
     worker = request.app[WORKER]
     if worker is not None:
-        body = merge([body, *await worker.sibling_metrics()])
+        body = merge([body, *await worker.from_siblings("/metrics")])
     return web.Response(body=body, headers={"Content-Type": _METRICS_TYPE})
 
 
 def own_metrics_app(app: web.Application) -> web.Application:
-    """What a worker serves its siblings on its Unix socket: its own figures, nothing else."""
+    """What a worker serves its siblings on its Unix socket: its own figures (/metrics, the monitor's), nothing
+    else."""
 
     async def own(request: web.Request) -> web.Response:
         return web.Response(body=app[METRICS].render(), headers={"Content-Type": _METRICS_TYPE})
 
     served = web.Application()
     served.router.add_get("/metrics", own)
+    served.router.add_get("/monitor", monitor.own_state)
+    served[monitor.WATCHED] = app[monitor.WATCHED]
     return served
 
 

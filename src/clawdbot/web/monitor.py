@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from ..backends.admission import Admission
@@ -22,10 +23,11 @@ from ..backends.fleet import Fleet
 from ..chat.generation import Generation
 from ..errors import BadRequest, Forbidden
 from ..gateway.relay import Relay
-from ..monitor import Monitor, history, windows
+from ..monitor import Finished, Monitor, Sample, combined, history, windows
 from .authenticate import current
 from .http import json
 from .outbox import Outbox
+from .workers import Worker
 
 _RESIDENT_AGE_S = 1.0  # under the page's 2-s poll, so each poll sees /api/ps as it is now
 _LOCAL = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
@@ -41,6 +43,7 @@ class Watched:
     relay: Relay
     outboxes: set[Outbox]
     replies: Callable[[], Iterable[Generation]]  # the chat replies this process is writing
+    worker: Worker | None = None  # with --workers: the view adds in the siblings' figures
 
     async def sampling(self) -> None:
         """Once a second, this process's state into the monitor's history."""
@@ -62,39 +65,113 @@ def routes(app: web.Application) -> None:
 async def monitor(request: web.Request) -> web.Response:
     if not current(request).admin:
         raise Forbidden("only an admin may see the operations view")
-    hours = request.query.get("hours", "1")
-    if hours not in ("1", "3", "6"):
-        raise BadRequest("hours: 1, 3 or 6 (how much history)")
+    hours = _hours(request)
     watched = request.app[WATCHED]
     members = watched.fleet.members
-    # What the model servers hold in memory, asked first: the rest is copied in one go after it.
-    residents = [dict(r) for r in await asyncio.gather(*(m.backend.residency(_RESIDENT_AGE_S) for m in members))]
-    # What changes under the event loop is copied here; the sums, /proc and NVML run off it.
-    finished, samples = list(watched.monitor.finished), list(watched.monitor.samples)
+    # What the model servers hold in memory, and the --workers siblings' own figures, asked first: the rest is
+    # copied in one go after them.
+    residents, theirs = await asyncio.gather(
+        asyncio.gather(*(m.backend.residency(_RESIDENT_AGE_S) for m in members)),
+        watched.worker.from_siblings(f"/monitor?hours={hours}") if watched.worker is not None else _nothing(),
+    )
+    mine = _own(watched)
+    reports = watched.fleet.report(watched.admission.waiting_for())
+
+    def rest() -> dict[str, Any]:
+        now = time.time()
+        states = [mine, *(_state(orjson.loads(body)) for body in theirs)]
+        finished = [f for state in states for f in state.finished]
+        samples = combined([state.samples for state in states])
+        return {
+            "at": round(now * 1000),
+            "process": {"pid": os.getpid(), "workers": len(states)},
+            "now": _summed([state.now for state in states]),
+            "windows": windows(finished, samples, now),
+            "backends": [_backend(report, dict(resident)) for report, resident in zip(reports, residents, strict=True)],
+            "gpu": _gpu(),
+            "history": history(samples, now - hours * 3600),
+        }
+
+    return json(await asyncio.get_running_loop().run_in_executor(None, rest))
+
+
+async def own_state(request: web.Request) -> web.Response:
+    """What a --workers process gives a sibling that was asked for the view (on its private Unix socket): its
+    replies of the last hour, its samples of the hours asked and its state now."""
+    hours, watched = _hours(request), request.app[WATCHED]
+    mine = _own(watched)
+
+    def encoded() -> bytes:
+        since, cutoff = time.time() - hours * 3600 - 10, time.time() - 3600
+        return orjson.dumps(
+            {
+                "now": mine.now,
+                "finished": [_row(f) for f in mine.finished if f.at >= cutoff],
+                "samples": [_row(s) for s in mine.samples if s.at >= since],
+            }
+        )
+
+    body = await asyncio.get_running_loop().run_in_executor(None, encoded)
+    return web.Response(body=body, content_type="application/json")
+
+
+@dataclass(slots=True)
+class _State:
+    now: dict[str, Any]
+    finished: list[Finished]
+    samples: list[Sample]
+
+
+def _own(watched: Watched) -> _State:
+    """This process's figures, copied on the event loop (what changes under it); the sums run off it."""
     kinds = Counter(outbox.kind for outbox in watched.outboxes)
     by_model: Counter[str] = Counter(str(g.body.get("model") or "") for g in watched.replies())
     raw = [ex.model or ex.asked for ex in watched.relay.active if ex.member is not None and ex.status == 200]
     by_model.update(model for model in raw if model)
-    reports = watched.fleet.report(watched.admission.waiting_for())
-    now_view = {
+    now = {
         **watched.monitor.now(),
         "open": {"websocket": kinds["websocket"], "sse": kinds["sse"], "raw": len(watched.relay.active)},
+        "running_by_model": dict(by_model),
+    }
+    return _State(now, list(watched.monitor.finished), list(watched.monitor.samples))
+
+
+def _state(data: dict[str, Any]) -> _State:
+    return _State(data["now"], [Finished(*row) for row in data["finished"]], [Sample(*row) for row in data["samples"]])
+
+
+def _row(record: Finished | Sample) -> list[Any]:
+    return [getattr(record, name) for name in record.__slots__]
+
+
+def _summed(nows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The processes' states now, added up: the instance's."""
+    total: dict[str, Any] = {key: value for key, value in nows[0].items() if not isinstance(value, dict)}
+    for now in nows[1:]:
+        for key, value in now.items():
+            if not isinstance(value, dict):
+                total[key] = round(total[key] + value, 1)
+    opened: Counter[str] = Counter()
+    by_model: Counter[str] = Counter()
+    for now in nows:
+        opened.update(now["open"])
+        by_model.update(now["running_by_model"])
+    return {
+        **total,
+        "open": {kind: opened[kind] for kind in ("websocket", "sse", "raw")},
         "running_by_model": dict(by_model.most_common()),
     }
 
-    def rest() -> dict[str, Any]:
-        now = time.time()
-        return {
-            "at": round(now * 1000),
-            "process": {"pid": os.getpid(), "workers": 1},
-            "now": now_view,
-            "windows": windows(finished, samples, now),
-            "backends": [_backend(*each) for each in zip(reports, residents, strict=True)],
-            "gpu": _gpu(),
-            "history": history(samples, now - int(hours) * 3600),
-        }
 
-    return json(await asyncio.get_running_loop().run_in_executor(None, rest))
+def _hours(request: web.Request) -> int:
+    hours = request.query.get("hours", "1")
+    if hours not in ("1", "3", "6"):
+        raise BadRequest("hours: 1, 3 or 6 (how much history)")
+    return int(hours)
+
+
+async def _nothing() -> list[bytes]:
+    return []
 
 
 def _backend(report: dict[str, Any], resident: dict[str, dict[str, int]]) -> dict[str, Any]:

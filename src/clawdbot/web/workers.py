@@ -6,8 +6,9 @@ startup line once all are up, starts again a worker that dies (with a growing pa
 the signal on and waits for every worker to finish its replies. The workers share their live state through Redis
 (--redis-url, required), so any of them can serve any request; a worker whose supervisor is gone stops itself.
 
-`/metrics` on any worker answers for the whole instance: each worker also serves its own figures on a Unix socket
-in a private folder the supervisor made, and the one asked adds its siblings' to its own (metrics.merge).
+`/metrics` and the live operations view on any worker answer for the whole instance: each worker also serves its
+own figures on a Unix socket in a private folder the supervisor made, and the one asked adds its siblings' to its
+own (metrics.merge, web/monitor.py).
 """
 
 from __future__ import annotations
@@ -57,16 +58,17 @@ class Worker:
     def siblings(self) -> list[Path]:
         return sorted(path for path in self.folder.glob("worker-*.sock") if path != self.socket)
 
-    async def sibling_metrics(self) -> list[bytes]:
-        """Each sibling's own /metrics; one that does not answer within a second is left out (it is starting
-        again, or stuck: its figures come back with it)."""
+    async def from_siblings(self, target: str) -> list[bytes]:
+        """Each sibling's answer to GET `target` on its Unix socket (its own /metrics, its own monitor figures);
+        one that does not answer within a second is left out (it is starting again, or stuck: its figures come
+        back with it)."""
 
         async def one(path: Path) -> bytes | None:
             try:
                 connector = aiohttp.UnixConnector(path=str(path))
                 async with (
                     aiohttp.ClientSession(connector=connector, timeout=_SIBLING_TIMEOUT) as session,
-                    session.get("http://worker/metrics") as response,
+                    session.get(f"http://worker{target}") as response,
                 ):
                     return await response.read() if response.status == 200 else None
             except (aiohttp.ClientError, OSError, TimeoutError):
