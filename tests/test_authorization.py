@@ -68,6 +68,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/chat/api/admin/settings"): ADMIN,
     ("GET", "/chat/api/admin/usage"): ADMIN,
     ("GET", "/chat/api/admin/monitor"): ADMIN,
+    ("GET", "/chat/api/admin/monitor/events"): ADMIN,
     ("PATCH", "/chat/api/admin/settings"): ADMIN,
     ("GET", "/chat/api/admin/backends"): ADMIN,
     ("PATCH", "/chat/api/admin/backends/{name}"): ADMIN,
@@ -248,9 +249,12 @@ async def _websocket_as_bo(world: World) -> None:
         ]:
             answer = await socket.command(kind, **fields)
             assert (answer["type"], answer["status"]) == ("error", 404), (kind, answer)
-        await asyncio.sleep(0.3)  # nothing of Ana's arrives afterwards either
+        watching = await socket.command("monitor", hours=1)  # the operations view is an admin's
+        assert (watching["type"], watching["status"]) == ("error", 403), watching
+        await asyncio.sleep(0.3)  # nothing of Ana's arrives afterwards either, and no view
         assert (await socket.command("ping"))["type"] == "pong"
         assert all("zanzibar" not in json.dumps(e) for e in socket.seen)
+        assert all(e["type"] != "monitor" for e in socket.seen)
 
 
 def test_after_a_restart_only_the_database_knows_the_reply_and_still_only_for_its_owner(

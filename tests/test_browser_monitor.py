@@ -4,9 +4,13 @@ page shows match (requests, failures, tokens), the charts draw, and the CSV link
 from __future__ import annotations
 
 import csv
+import http.client
 import io
+import json
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -47,6 +51,28 @@ def gateway(simulator: Server) -> Iterator[Server]:
     server.stop()
 
 
+def raw_request(gateway: Server, key: str) -> tuple[float, int]:
+    """One raw /api/chat as an API client sends it: its time to the first line, and the tokens it reports.
+    (http.client sends the headers and the body in one write: no wait on Nagle and a delayed ACK.)"""
+    body = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 7}}
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+    started = time.perf_counter()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    connection.request("POST", "/api/chat", body=json.dumps(body).encode(), headers=headers)
+    answer = connection.getresponse()
+    answer.readline()
+    ttft = time.perf_counter() - started
+    last = [line for line in answer.read().split(b"\n") if line][-1]
+    connection.close()
+    return ttft, int(json.loads(last)["eval_count"])
+
+
+def milliseconds(shown: str) -> float:
+    """A duration as the page writes it ("0.4 ms", "12 ms", "1.20 s")."""
+    value, unit = shown.split()
+    return float(value) * (1000 if unit == "s" else 1)
+
+
 def test_monitor_and_usage_show_what_the_test_sent(browser: Browser, gateway: Server, simulator: Server) -> None:
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         answer = client.post("/chat/api/session", json={"name": "ops", "password": PASSWORD})
@@ -71,16 +97,17 @@ def test_monitor_and_usage_show_what_the_test_sent(browser: Browser, gateway: Se
             wait_until(finished, "the reply", timeout=15)
             statuses.append(found["status"])
             out_tokens += int(found["output_tokens"] or 0)  # type: ignore[call-overload]
-        body = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 7}}
+        ttfts = []
         for _ in range(2):
-            raw = httpx.post(
-                f"{gateway.url}/api/chat", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
-            )
-            out_tokens += httpx.Response(200, text=raw.text.strip().splitlines()[-1]).json()["eval_count"]
+            ttft, tokens = raw_request(gateway, key)
+            ttfts.append(ttft)
+            out_tokens += tokens
     assert statuses == ["done", "done", "failed"]
 
     problems: list[str] = []
     page = new_page(browser, gateway, problems, viewport={"width": 1280, "height": 900})
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     page.goto("/chat")
     page.get_by_test_id("login-name").fill("ops")
     page.get_by_test_id("login-password").fill(PASSWORD)
@@ -92,16 +119,28 @@ def test_monitor_and_usage_show_what_the_test_sent(browser: Browser, gateway: Se
     expect(minute.and_(page.locator("[data-source=all]")).locator("[data-field=requests]")).to_have_text("5")
     expect(minute.and_(page.locator("[data-source=all]")).locator("[data-field=failures]")).to_have_text("1")
     expect(minute.and_(page.locator("[data-source=chat]")).locator("[data-field=requests]")).to_have_text("3")
-    expect(minute.and_(page.locator("[data-source=raw]")).locator("[data-field=requests]")).to_have_text("2")
+    raw_row = minute.and_(page.locator("[data-source=raw]"))
+    expect(raw_row.locator("[data-field=requests]")).to_have_text("2")
+    # One more while the page is open: the server pushes the view, the page asks for nothing.
+    ttft, tokens = raw_request(gateway, key)
+    ttfts.append(ttft)
+    out_tokens += tokens
+    expect(raw_row.locator("[data-field=requests]")).to_have_text("3")
+    shown = milliseconds(raw_row.locator("[data-field=ttft]").inner_text().split(" / ")[1])
+    # The gateway's TTFT against the client's: the client's includes its own side of the connection.
+    assert shown == pytest.approx(1000 * statistics.median_low(ttfts), abs=25, rel=0.2)
+    assert any(url.endswith("/chat/api/admin/monitor/events?hours=1") for url in asked)
+    assert not any(url.split("?")[0].endswith("/chat/api/admin/monitor") for url in asked)  # no polling
     expect(page.get_by_test_id("monitor-gpu")).to_have_text("GPU: not visible from here (NVMLError_LibraryNotFound)")
     expect(page.get_by_test_id("monitor-backends")).to_contain_text("qwen3:32b")
 
     ops = page.locator("[data-testid=usage-list] tr").filter(has_text="ops")
-    expect(ops.locator("[data-field=requests]")).to_have_text("5")
+    page.get_by_test_id("usage-range").select_option("30")  # loaded again: the last request came after it opened
+    expect(ops.locator("[data-field=requests]")).to_have_text("6")
     expect(ops.locator("[data-field=failures]")).to_have_text("1")
     expect(ops.locator("[data-field=output_tokens]")).to_have_text(f"{out_tokens:,}")
     page.get_by_test_id("usage-group").select_option("source")
-    expect(page.locator("[data-testid=usage-list] tr[data-name=raw] [data-field=requests]")).to_have_text("2")
+    expect(page.locator("[data-testid=usage-list] tr[data-name=raw] [data-field=requests]")).to_have_text("3")
     expect(page.locator("[data-testid=usage-chart] canvas")).to_have_count(1)
     expect(page.locator("[data-testid=monitor-chart] canvas")).to_have_count(1)
 
@@ -109,7 +148,7 @@ def test_monitor_and_usage_show_what_the_test_sent(browser: Browser, gateway: Se
     assert "format=csv" in href
     download = page.request.get(gateway.url + href)
     rows = list(csv.DictReader(io.StringIO(download.text())))
-    assert {row["source"]: int(row["requests"]) for row in rows} == {"chat": 3, "raw": 2}
+    assert {row["source"]: int(row["requests"]) for row in rows} == {"chat": 3, "raw": 3}
     page.screenshot(path=str(gateway.stderr_path.with_suffix(".monitor.png")), full_page=True)
     page.context.close()
     assert not problems

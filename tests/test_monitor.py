@@ -4,6 +4,7 @@ backend's resident models and the model server's memory are shown, the GPU is "n
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import statistics
@@ -12,10 +13,11 @@ import sys
 import time
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
-from chat_support import chat_api, wait_until
+from chat_support import chat_api, connect, wait_until
 from clawdbot.monitor import Sample, combined, history
 from conftest import Server, script
 
@@ -132,3 +134,40 @@ def test_workers_samples_add_up_on_the_longest_running_ones_seconds() -> None:
     assert all(point["tokens_per_s"] >= 0 for point in points)
     assert combined([first]) == first
     assert combined([[], first]) == first
+
+
+def test_the_view_is_pushed_as_an_event_stream(timed_gateway: Server) -> None:
+    url = f"{timed_gateway.url}/chat/api/admin/monitor/events"
+    assert httpx.get(url, params={"hours": "2"}, timeout=10).status_code == 400
+    events: list[dict[str, Any]] = []
+    with httpx.stream("GET", url, params={"hours": "3"}, timeout=30) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+            if sum(e["type"] == "monitor" for e in events) == 2:
+                break
+    assert events[0]["type"] == "hello"
+    first, second = (e for e in events if e["type"] == "monitor")
+    assert first["hours"] == 3
+    assert set(first["view"]) == set(view(timed_gateway))  # the same view as the plain GET
+    assert 1500 <= second["view"]["at"] - first["view"]["at"] <= 6000  # one a tick (2 s), not one a request
+
+
+def test_the_view_is_pushed_over_the_websocket_until_told_to_stop(timed_gateway: Server) -> None:
+    async def watch() -> None:
+        async with aiohttp.ClientSession() as session:
+            socket = await connect(session, timed_gateway.url)
+            bad = await socket.command("monitor", hours=2)
+            assert (bad["type"], bad["status"]) == ("error", 400)
+            assert (await socket.command("monitor", hours=1))["hours"] == 1
+            pushed = await socket.until(lambda e: e["type"] == "monitor")
+            assert pushed[-1]["view"]["windows"]["1m"]["all"]["requests"] >= 0
+            await socket.until(lambda e: e["type"] == "monitor")  # and the next tick's
+            assert (await socket.command("monitor", hours=0))["hours"] == 0
+            await asyncio.sleep(2.5)  # a tick: nothing more comes
+            assert (await socket.command("ping"))["type"] == "pong"
+            [stopped] = [i for i, e in enumerate(socket.seen) if e.get("command") == "monitor" and e["hours"] == 0]
+            assert all(e["type"] != "monitor" for e in socket.seen[stopped:])
+
+    asyncio.run(watch())

@@ -209,6 +209,11 @@ export function eventsUrl(conversationId: string, lastEventId?: string): string 
   return `${BASE}${id(conversationId)}/events${after}`;
 }
 
+/** The live operations view as an event stream: a `monitor` event at once and every 2 s. */
+export function monitorEventsUrl(hours: 1 | 3 | 6): string {
+  return `${BASE}/admin/monitor/events?hours=${hours}`;
+}
+
 export function socketUrl(): string {
   return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}${BASE}/ws`;
 }

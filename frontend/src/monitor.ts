@@ -1,6 +1,7 @@
-// The admin's Monitor and Usage (docs/monitoring.md): the live operations view, redrawn every 2 s while the admin
-// view is open, and the usage rollups with a CSV export. The charts' library (uPlot) loads only here.
-import { api, usageUrl } from "./api";
+// The admin's Monitor and Usage (docs/monitoring.md): the live operations view, redrawn with each view the server
+// pushes (every 2 s) while the admin view is open, and the usage rollups with a CSV export. The charts' library
+// (uPlot) loads only here.
+import { api, monitorEventsUrl, usageUrl } from "./api";
 import { byId, h } from "./dom";
 import { tokens } from "./format";
 import { duration } from "./timing";
@@ -8,7 +9,7 @@ import type { MonitorView, UsageReport, WindowTable } from "./types";
 
 type Plot = import("uplot");
 const SOURCES = ["chat", "raw", "all"] as const;
-const EVERY_MS = 2000;
+const RETRY_MS = 5000;
 
 function ms(value: number | null): string {
   return value == null ? "–" : duration(value);
@@ -48,7 +49,8 @@ async function chart(box: HTMLElement, series: string[], data: number[][], old: 
 }
 
 export class MonitorPanel {
-  private timer: number | null = null;
+  private source: EventSource | null = null;
+  private retry: number | undefined;
   private readonly now = byId("monitor-now");
   private readonly table = byId("monitor-table");
   private readonly backends = byId("monitor-backends");
@@ -56,35 +58,50 @@ export class MonitorPanel {
   private readonly error = byId("monitor-error");
   private plot: Plot | null = null;
 
+  /** Reads the view's event stream: the server pushes it at once and every 2 s, built once for all who watch. */
   start(): void {
     this.stop();
-    void this.tick();
-    this.timer = window.setInterval(() => void this.tick(), EVERY_MS);
+    const source = new EventSource(monitorEventsUrl(1));
+    source.onmessage = (message: MessageEvent<string>) => {
+      const event = JSON.parse(message.data) as { type: string; view?: MonitorView };
+      if (event.type === "monitor" && event.view) void this.show(event.view);
+    };
+    source.onerror = () => void this.lost(source);
+    this.source = source;
   }
 
   stop(): void {
-    if (this.timer !== null) window.clearInterval(this.timer);
-    this.timer = null;
+    window.clearTimeout(this.retry);
+    this.source?.close();
+    this.source = null;
   }
 
-  private async tick(): Promise<void> {
+  /** The browser reconnects a dropped stream by itself; one the server refused (signed out, no longer an admin) it
+   * gives up on: the plain request says why, and the stream is tried again a while later. */
+  private async lost(source: EventSource): Promise<void> {
+    this.error.textContent = "The live view lost its connection; reconnecting…";
+    this.error.hidden = false;
+    if (source.readyState !== EventSource.CLOSED || source !== this.source) return;
     try {
-      const view = await api.monitor();
-      this.error.hidden = true;
-      this.render(view);
-      const history = view.history;
-      const data = [
-        history.map((p) => p.at / 1000),
-        history.map((p) => p.connections),
-        history.map((p) => p.running),
-        history.map((p) => p.waiting),
-        history.map((p) => p.tokens_per_s),
-      ];
-      this.plot = await chart(this.chartBox, ["connections", "running", "waiting", "tokens/s"], data, this.plot);
+      await api.monitor();
     } catch (error) {
       this.error.textContent = error instanceof Error ? error.message : String(error);
-      this.error.hidden = false;
     }
+    if (source === this.source) this.retry = window.setTimeout(() => this.start(), RETRY_MS);
+  }
+
+  private async show(view: MonitorView): Promise<void> {
+    this.error.hidden = true;
+    this.render(view);
+    const history = view.history;
+    const data = [
+      history.map((p) => p.at / 1000),
+      history.map((p) => p.connections),
+      history.map((p) => p.running),
+      history.map((p) => p.waiting),
+      history.map((p) => p.tokens_per_s),
+    ];
+    this.plot = await chart(this.chartBox, ["connections", "running", "waiting", "tokens/s"], data, this.plot);
   }
 
   private render(view: MonitorView): void {
@@ -130,7 +147,7 @@ function windowRow(name: string, source: string, window: WindowTable): HTMLTable
     h("td", { text: source }),
     h("td", { "data-field": "requests", text: String(t.requests) }),
     h("td", { "data-field": "failures", text: String(t.failures), title: Object.entries(t.causes).map(([c, n]) => `${c}: ${n}`).join(", ") }),
-    h("td", { text: `${ms(t.ttft_ms.mean)} / ${ms(t.ttft_ms.p50)} / ${ms(t.ttft_ms.p99)}` }),
+    h("td", { "data-field": "ttft", text: `${ms(t.ttft_ms.mean)} / ${ms(t.ttft_ms.p50)} / ${ms(t.ttft_ms.p99)}` }),
     h("td", { text: `${ms(t.duration_ms.mean)} / ${ms(t.duration_ms.p99)}` }),
     h("td", { "data-field": "tokens_per_s", text: t.tokens_per_s.toFixed(1) }),
   );

@@ -259,12 +259,14 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     app[RELAY].monitor = watched.monitor
     generations.finished.append(lambda generation: _watch(watched.monitor, generation.reply))
     sampling = asyncio.create_task(watched.sampling())
+    feeding = asyncio.create_task(watched.feeding())
     watching = asyncio.create_task(limits.watch(settings.health_interval))
     try:
         yield
     finally:
         watching.cancel()
         sampling.cancel()
+        feeding.cancel()
         await titles.close()
         await chat.finish_turns()
         # Shared state: a rolling restart hands the replies in flight over to the processes that live on.

@@ -7,11 +7,12 @@ server's memory where this machine can see them, and the history of the last hou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,14 @@ from ..backends.fleet import Fleet
 from ..chat.generation import Generation
 from ..errors import BadRequest, Forbidden
 from ..gateway.relay import Relay
+from ..logs import LOG
 from ..monitor import Finished, Monitor, Sample, combined, history, windows
 from .authenticate import current
 from .http import json
 from .outbox import Outbox
 from .workers import Worker
 
+FEED_EVERY_S = 2.0  # how often the view is pushed to those watching it
 _RESIDENT_AGE_S = 1.0  # under the page's 2-s poll, so each poll sees /api/ps as it is now
 _LOCAL = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
 
@@ -44,6 +47,37 @@ class Watched:
     outboxes: set[Outbox]
     replies: Callable[[], Iterable[Generation]]  # the chat replies this process is writing
     worker: Worker | None = None  # with --workers: the view adds in the siblings' figures
+    watchers: dict[Outbox, int] = field(default_factory=dict)  # connections the view is pushed to, and their hours
+    _woken: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def watch(self, outbox: Outbox, hours: object) -> int:
+        """Push the view to `outbox` (an admin's WebSocket or event stream) now and every 2 s until `unwatch`."""
+        self.watchers[outbox] = history_hours(hours)
+        self._woken.set()
+        return self.watchers[outbox]
+
+    def unwatch(self, outbox: Outbox) -> None:
+        self.watchers.pop(outbox, None)
+
+    async def feeding(self) -> None:
+        """While anyone watches: the view built once per tick for each history length asked, pushed to each."""
+        while True:
+            await self._woken.wait()
+            self._woken.clear()
+            while self.watchers:
+                for hours in sorted(set(self.watchers.values())):
+                    try:
+                        event = orjson.dumps({"type": "monitor", "hours": hours, "view": await build(self, hours)})
+                    except Exception:  # noqa: BLE001 - the feed outlives one bad tick; the next one tries again
+                        LOG.exception("the live view could not be built")
+                        continue
+                    for outbox, wanted in list(self.watchers.items()):
+                        if wanted == hours:
+                            outbox.push(event)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FEED_EVERY_S):
+                        await self._woken.wait()  # a new watcher gets the view at once
+                self._woken.clear()
 
     async def sampling(self) -> None:
         """Once a second, this process's state into the monitor's history."""
@@ -65,8 +99,11 @@ def routes(app: web.Application) -> None:
 async def monitor(request: web.Request) -> web.Response:
     if not current(request).admin:
         raise Forbidden("only an admin may see the operations view")
-    hours = _hours(request)
-    watched = request.app[WATCHED]
+    return json(await build(request.app[WATCHED], history_hours(request.query.get("hours", "1"))))
+
+
+async def build(watched: Watched, hours: int) -> dict[str, Any]:
+    """The view, with `hours` of history: what GET /chat/api/admin/monitor answers and the feed pushes."""
     members = watched.fleet.members
     # What the model servers hold in memory, and the --workers siblings' own figures, asked first: the rest is
     # copied in one go after them.
@@ -92,13 +129,13 @@ async def monitor(request: web.Request) -> web.Response:
             "history": history(samples, now - hours * 3600),
         }
 
-    return json(await asyncio.get_running_loop().run_in_executor(None, rest))
+    return await asyncio.get_running_loop().run_in_executor(None, rest)
 
 
 async def own_state(request: web.Request) -> web.Response:
     """What a --workers process gives a sibling that was asked for the view (on its private Unix socket): its
     replies of the last hour, its samples of the hours asked and its state now."""
-    hours, watched = _hours(request), request.app[WATCHED]
+    hours, watched = history_hours(request.query.get("hours", "1")), request.app[WATCHED]
     mine = _own(watched)
 
     def encoded() -> bytes:
@@ -163,11 +200,11 @@ def _summed(nows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _hours(request: web.Request) -> int:
-    hours = request.query.get("hours", "1")
-    if hours not in ("1", "3", "6"):
+def history_hours(hours: object) -> int:
+    """`hours` of history (a query's text, or a WebSocket command's number): 1, 3 or 6."""
+    if str(hours) not in ("1", "3", "6") or isinstance(hours, bool):
         raise BadRequest("hours: 1, 3 or 6 (how much history)")
-    return int(hours)
+    return int(str(hours))
 
 
 async def _nothing() -> list[bytes]:

@@ -20,13 +20,14 @@ from .. import __version__
 from ..auth.state import Ended
 from ..chat.eventlog import Before, GenerationLog
 from ..chat.service import Chat
-from ..errors import BadRequest, ClawdbotError, Conflict, Overloaded
+from ..errors import BadRequest, ClawdbotError, Conflict, Forbidden, Overloaded
 from ..identity import Actor
 from ..store.records import Message
 from ..timing import RECEIVED
 from .authenticate import AUTH, current
 from .chatapi import CHAT, EditedMessage, NewMessage, ShownVersion
 from .http import checked
+from .monitor import WATCHED
 from .outbox import Outbox, Write
 from .shapes import plain, stopping, turn
 from .urls import conflict_details
@@ -78,6 +79,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 break
     finally:
         request.app[OUTBOXES].discard(outbox)
+        request.app[WATCHED].unwatch(outbox)
         for conversation_id in subscribed:
             log.unsubscribe(conversation_id, outbox)
         for task in tasks:
@@ -155,7 +157,9 @@ async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], r
         if kind == "ping":
             outbox.event({"type": "pong", "ref": reference})
             return
-        if kind == "resume":
+        if kind == "monitor":
+            result = _monitor(request, outbox, command, actor)
+        elif kind == "resume":
             result = await _resume(chat, log, outbox, subscribed, command, actor.id)
         else:
             if not isinstance(conversation_id, str):
@@ -186,6 +190,18 @@ async def _command(request: web.Request, outbox: Outbox, subscribed: set[str], r
                 **details,
             }
         )
+
+
+def _monitor(request: web.Request, outbox: Outbox, command: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    """`monitor`: the live operations view (docs/monitoring.md) pushed to this socket as `monitor` events, now and
+    every 2 s, with `hours` (1, 3 or 6) of history; `hours` 0 stops it. Admins only."""
+    if not actor.admin:
+        raise Forbidden("only an admin may see the operations view")
+    watched, hours = request.app[WATCHED], command.get("hours", 1)
+    if hours == 0 and not isinstance(hours, bool):
+        watched.unwatch(outbox)
+        return {"hours": 0}
+    return {"hours": watched.watch(outbox, hours)}
 
 
 async def _listen(
@@ -259,5 +275,5 @@ async def _run(chat: Chat, kind: str, conversation_id: str, command: dict[str, A
         return stopping(await chat.stop(conversation_id, actor.id))
     raise BadRequest(
         f"unknown command {kind!r}; use subscribe, unsubscribe, resume, send, edit, regenerate, continue, switch, "
-        "stop or ping"
+        "stop, monitor or ping"
     )

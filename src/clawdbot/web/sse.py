@@ -12,10 +12,11 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
-from ..errors import BadRequest
+from ..errors import BadRequest, Forbidden
 from ..identity import Actor
 from .authenticate import current
 from .chatapi import CHAT
+from .monitor import WATCHED, history_hours
 from .outbox import Outbox
 from .realtime import EVENTS, OUTBOXES, close_at_expiry, snapshot_of, stored_reply
 
@@ -23,6 +24,7 @@ from .realtime import EVENTS, OUTBOXES, close_at_expiry, snapshot_of, stored_rep
 def routes(app: web.Application) -> None:
     app.router.add_get("/chat/api/conversations/{id}/events", events, allow_head=False)
     app.router.add_get("/chat/api/generations/{id}/events", generation_events, allow_head=False)
+    app.router.add_get("/chat/api/admin/monitor/events", monitor_events, allow_head=False)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -99,6 +101,24 @@ class _Finisher:
         self.outbox.push(data)
         if data.startswith(b'{"type":"reply.done"'):
             self.ended.set()
+
+
+async def monitor_events(request: web.Request) -> web.StreamResponse:
+    """The live operations view as it changes (admins only): a `monitor` event now and every 2 s, with `?hours=`
+    (1, 3 or 6) of history; the page's Monitor view reads it, and so can curl."""
+    actor = current(request)
+    if not actor.admin:
+        raise Forbidden("only an admin may see the operations view")
+    watched = request.app[WATCHED]
+    hours = history_hours(request.query.get("hours", "1"))
+    response, outbox = await _event_stream(request, actor, reply_stream=False)
+    watched.watch(outbox, hours)
+    try:
+        await outbox.closing.wait()
+    finally:
+        watched.unwatch(outbox)
+        await _stop(request, outbox)
+    return response
 
 
 def _last_event(request: web.Request) -> str:
