@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,7 @@ import pytest
 
 from chat_support import chat_api, connect, wait_until
 from clawdbot.monitor import Sample, combined, history
-from conftest import Server, script
+from conftest import Server, script, start_gateway
 
 
 def view(gateway: Server) -> dict[str, Any]:
@@ -171,3 +172,33 @@ def test_the_view_is_pushed_over_the_websocket_until_told_to_stop(timed_gateway:
             assert all(e["type"] != "monitor" for e in socket.seen[stopped:])
 
     asyncio.run(watch())
+
+
+def test_replies_running_and_waiting_by_model(timed_simulator: Server) -> None:
+    gateway = start_gateway(timed_simulator.url, "--max-running", "1")  # one slot: the rest wait in the queue
+    # Each first token 2.5 s late: the state holds still long enough to be read twice.
+    script(timed_simulator, {"match": "hold on", "fault": {"kind": "slow_first", "seconds": 2.5}, "times": 3})
+    try:
+        body = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hold on"}]}
+        with ThreadPoolExecutor(3) as pool:
+            sent = [pool.submit(httpx.post, f"{gateway.url}/api/chat", json=body, timeout=60) for _ in range(2)]
+            with chat_api(gateway.url) as api:
+                conversation = api.create(think=False)["id"]
+                api.send(conversation, "hold on, a chat reply")
+                seen: dict[str, Any] = {}
+
+                def queued() -> bool:
+                    seen.update(view(gateway)["now"])
+                    return sum(seen["waiting_by_model"].values()) == 2
+
+                wait_until(queued, "two replies waiting")
+                assert seen["running_by_model"] == {"qwen3:32b": 1}
+                assert seen["waiting_by_model"] == {"qwen3:32b": 2}
+                top = [sys.executable, "-m", "clawdbot", "top", gateway.url, "--once"]
+                shown = subprocess.run(top, capture_output=True, text=True, timeout=60).stdout
+                assert "by model: qwen3:32b 1 running, 2 waiting" in shown
+                assert all(answer.result().status_code == 200 for answer in sent)
+        wait_until(lambda: not view(gateway)["now"]["running_by_model"], "every reply done", timeout=20)
+        assert view(gateway)["now"]["waiting_by_model"] == {}
+    finally:
+        gateway.stop()

@@ -52,6 +52,7 @@ export class MonitorPanel {
   private source: EventSource | null = null;
   private retry: number | undefined;
   private readonly now = byId("monitor-now");
+  private readonly models = byId("monitor-models");
   private readonly table = byId("monitor-table");
   private readonly backends = byId("monitor-backends");
   private readonly chartBox = byId("monitor-chart");
@@ -111,6 +112,15 @@ export class MonitorPanel {
       `Open: ${open.websocket} WebSocket, ${open.sse} event streams, ${open.raw} raw · ` +
       `replies running ${now.running}, waiting ${now.waiting} · ${now.tokens_per_s.toFixed(1)} tokens/s · ` +
       `gateway CPU ${Math.round(now.cpu_percent)} %, memory ${bytes(now.rss_bytes)}`;
+    const models = [...new Set([...Object.keys(now.running_by_model), ...Object.keys(now.waiting_by_model)])].sort();
+    this.models.replaceChildren(
+      ...models.map((model) =>
+        h("li", {
+          "data-model": model,
+          text: `${model || "?"}: ${now.running_by_model[model] ?? 0} running, ${now.waiting_by_model[model] ?? 0} waiting`,
+        }),
+      ),
+    );
     const rows: HTMLTableRowElement[] = [];
     for (const [name, window] of Object.entries(view.windows)) {
       for (const source of SOURCES) rows.push(windowRow(name, source, window));

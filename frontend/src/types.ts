@@ -310,6 +310,7 @@ export interface MonitorView {
     rss_bytes: number;
     open: { websocket: number; sse: number; raw: number };
     running_by_model: Record<string, number>;
+    waiting_by_model: Record<string, number>;
   };
   windows: Record<string, WindowTable>;
   backends: Array<{

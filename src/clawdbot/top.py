@@ -35,8 +35,8 @@ def render(view: dict[str, Any], url: str) -> str:
         f"replies running {now['running']}, waiting {now['waiting']}  ·  {now['tokens_per_s']:.1f} tokens/s  ·  "
         f"gateway CPU {now['cpu_percent']:.0f} %, memory {_bytes(now['rss_bytes'])}",
     ]
-    if now["running_by_model"]:
-        lines.append("running by model: " + ", ".join(f"{m or '?'} {n}" for m, n in now["running_by_model"].items()))
+    if models := _by_model(now["running_by_model"], now["waiting_by_model"]):
+        lines.append("by model: " + models)
     lines += [
         "",
         _row("window", "conn peak/mean", "source", "done", "failed", "TTFT mean/p50/p99", "total mean/p99", "tok/s"),
@@ -131,3 +131,11 @@ def top(url: str, key: str | None, interval: float, once: bool) -> None:
             time.sleep(interval)
         except KeyboardInterrupt:
             return
+
+
+def _by_model(running: dict[str, int], waiting: dict[str, int]) -> str:
+    """Each model's replies running and waiting: "qwen3:32b 3 running, 2 waiting · llama3 1 running"."""
+    return " · ".join(
+        f"{model or '?'} {running.get(model, 0)} running, {waiting.get(model, 0)} waiting"
+        for model in sorted({*running, *waiting})
+    )

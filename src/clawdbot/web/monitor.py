@@ -23,6 +23,7 @@ from ..backends.admission import Admission
 from ..backends.fleet import Fleet
 from ..chat.generation import Generation
 from ..errors import BadRequest, Forbidden
+from ..gateway.framing import GENERATION
 from ..gateway.relay import Relay
 from ..logs import LOG
 from ..monitor import Finished, Monitor, Sample, combined, history, windows
@@ -162,13 +163,22 @@ class _State:
 def _own(watched: Watched) -> _State:
     """This process's figures, copied on the event loop (what changes under it); the sums run off it."""
     kinds = Counter(outbox.kind for outbox in watched.outboxes)
-    by_model: Counter[str] = Counter(str(g.body.get("model") or "") for g in watched.replies())
-    raw = [ex.model or ex.asked for ex in watched.relay.active if ex.member is not None and ex.status == 200]
-    by_model.update(model for model in raw if model)
+    running: Counter[str] = Counter()
+    waiting: Counter[str] = Counter()
+    for generation in watched.replies():
+        (running if generation.ticket.running else waiting)[str(generation.body.get("model") or "")] += 1
+    for ex in watched.relay.active:
+        model = ex.model or ex.asked
+        if model and ex.route in GENERATION:  # a raw generation has no backend until admission gives it a slot
+            if ex.member is None:
+                waiting[model] += 1
+            elif ex.status in (0, 200):  # sent, its answer not begun yet (a model loading), or streaming
+                running[model] += 1
     now = {
         **watched.monitor.now(),
         "open": {"websocket": kinds["websocket"], "sse": kinds["sse"], "raw": len(watched.relay.active)},
-        "running_by_model": dict(by_model),
+        "running_by_model": dict(running),
+        "waiting_by_model": dict(waiting),
     }
     return _State(now, list(watched.monitor.finished), list(watched.monitor.samples))
 
@@ -189,14 +199,17 @@ def _summed(nows: list[dict[str, Any]]) -> dict[str, Any]:
             if not isinstance(value, dict):
                 total[key] = round(total[key] + value, 1)
     opened: Counter[str] = Counter()
-    by_model: Counter[str] = Counter()
+    running: Counter[str] = Counter()
+    waiting: Counter[str] = Counter()
     for now in nows:
         opened.update(now["open"])
-        by_model.update(now["running_by_model"])
+        running.update(now["running_by_model"])
+        waiting.update(now["waiting_by_model"])
     return {
         **total,
         "open": {kind: opened[kind] for kind in ("websocket", "sse", "raw")},
-        "running_by_model": dict(by_model.most_common()),
+        "running_by_model": dict(running.most_common()),
+        "waiting_by_model": dict(waiting.most_common()),
     }
 
 
