@@ -747,7 +747,7 @@ def test_coming_back_online_reconnects_without_waiting_out_the_backoff(page: Pag
         open_chat(page, relay.url + "/chat")
         relay.refuse_websockets = True
         relay.cut()
-        assert wait_for(lambda: relay.refused >= 3, timeout=20)  # 2–4 s apart, more on a busy machine
+        assert wait_for(lambda: relay.refused >= 3, timeout=40)  # seconds apart at most; more on a busy machine
         time.sleep(0.2)
         relay.refuse_websockets = False
         upgrades = relay.upgrades
