@@ -379,6 +379,6 @@ def _environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "command": " ".join(_redacted(sys.argv)),
+        "command": " ".join(_redacted(["clawdbot", *sys.argv[1:]])),  # as typed, not where it was installed
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
