@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from conftest import Server, chat_body, start_simulator
+from conftest import Server, chat_body, script, start_simulator
 from fleet_support import wait_until
 from live_support import redis_prefix, start_replica
 
@@ -98,6 +99,25 @@ def test_the_live_view_counts_the_whole_instance(instance: Server) -> None:
         assert (minute["raw"]["requests"], minute["raw"]["failures"]) == (10, 0)
         assert minute["all"]["tokens_per_s"] == pytest.approx(10 * 5 / 60, abs=0.1)
         assert view["now"]["open"]["raw"] == 0
+
+
+def test_the_live_view_counts_every_workers_slots(instance: Server, simulator: Server) -> None:
+    # Two replies whose first token comes 4 s late, each on its own connection (one worker or both): whichever
+    # worker is asked, the backend's two slots in use are both counted.
+    script(simulator, {"match": "hold", "fault": {"kind": "slow_first", "seconds": 4}, "times": 2})
+    body = {**chat_body("hold on", stream=False), "options": {"num_predict": 5}}
+
+    def running() -> int:
+        with httpx.Client() as client:  # a new connection: either worker may answer
+            view = client.get(instance.url + "/chat/api/admin/monitor", timeout=10).json()
+        return int(view["backends"][0]["running"])
+
+    with ThreadPoolExecutor(2) as pool:
+        sent = [pool.submit(httpx.post, instance.url + "/api/chat", json=body, timeout=30) for _ in range(2)]
+        wait_until(lambda: running() == 2, "both replies holding a slot", timeout=3)
+        seen = [running() for _ in range(6)]
+        assert all(answer.result().status_code == 200 for answer in sent)
+    assert seen == [2] * 6
 
 
 def test_a_dead_worker_is_started_again(instance: Server) -> None:

@@ -120,6 +120,8 @@ async def build(watched: Watched, hours: int) -> dict[str, Any]:
         states = [mine, *(_state(orjson.loads(body)) for body in theirs)]
         finished = [f for state in states for f in state.finished]
         samples = combined([state.samples for state in states])
+        for report in reports:  # each process counts the slots its own replies hold; the queue is already shared
+            report["running"] = sum(state.placed.get(report["name"], 0) for state in states)
         return {
             "at": round(now * 1000),
             "process": {"pid": os.getpid(), "workers": len(states)},
@@ -146,6 +148,7 @@ async def own_state(request: web.Request) -> web.Response:
                 "now": mine.now,
                 "finished": [_row(f) for f in mine.finished if f.at >= cutoff],
                 "samples": [_row(s) for s in mine.samples if s.at >= since],
+                "placed": mine.placed,
             }
         )
 
@@ -158,6 +161,7 @@ class _State:
     now: dict[str, Any]
     finished: list[Finished]
     samples: list[Sample]
+    placed: dict[str, int]  # slots this process's generations hold, by backend
 
 
 def _own(watched: Watched) -> _State:
@@ -180,11 +184,13 @@ def _own(watched: Watched) -> _State:
         "running_by_model": dict(running),
         "waiting_by_model": dict(waiting),
     }
-    return _State(now, list(watched.monitor.finished), list(watched.monitor.samples))
+    placed = {m.name: m.place.running for m in watched.fleet.members}
+    return _State(now, list(watched.monitor.finished), list(watched.monitor.samples), placed)
 
 
 def _state(data: dict[str, Any]) -> _State:
-    return _State(data["now"], [Finished(*row) for row in data["finished"]], [Sample(*row) for row in data["samples"]])
+    finished, samples = [Finished(*row) for row in data["finished"]], [Sample(*row) for row in data["samples"]]
+    return _State(data["now"], finished, samples, data["placed"])
 
 
 def _row(record: Finished | Sample) -> list[Any]:
