@@ -80,7 +80,7 @@ def test_monitor_and_usage_show_what_the_test_sent(browser: Browser, gateway: Se
         key = client.post("/chat/api/keys", json={"name": "script"}).json()["secret"]
         fault = {"kind": "error_line", "after": 1, "message": "oom"}
         script(simulator, {"match": "break", "fault": fault, "times": -1})
-        out_tokens, statuses = 0, []
+        out_tokens, statuses, cause = 0, [], ""
         for text in ("one", "two", "break"):
             conversation = client.post("/chat/api/conversations", json={"num_predict": 8, "think": False}).json()
             cid = conversation["conversation"]["id"]
@@ -96,6 +96,7 @@ def test_monitor_and_usage_show_what_the_test_sent(browser: Browser, gateway: Se
 
             wait_until(finished, "the reply", timeout=15)
             statuses.append(found["status"])
+            cause = str(found["error_kind"] or cause)
             out_tokens += int(found["output_tokens"] or 0)  # type: ignore[call-overload]
         ttfts = []
         for _ in range(2):
@@ -118,6 +119,7 @@ def test_monitor_and_usage_show_what_the_test_sent(browser: Browser, gateway: Se
     minute = page.locator("[data-testid=monitor-table] tr[data-window='1m']")
     expect(minute.and_(page.locator("[data-source=all]")).locator("[data-field=requests]")).to_have_text("5")
     expect(minute.and_(page.locator("[data-source=all]")).locator("[data-field=failures]")).to_have_text("1")
+    expect(minute.and_(page.locator("[data-source=chat]")).locator("[data-field=causes]")).to_have_text(f" ({cause} 1)")
     expect(minute.and_(page.locator("[data-source=chat]")).locator("[data-field=requests]")).to_have_text("3")
     raw_row = minute.and_(page.locator("[data-source=raw]"))
     expect(raw_row.locator("[data-field=requests]")).to_have_text("2")

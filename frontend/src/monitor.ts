@@ -156,7 +156,16 @@ function windowRow(name: string, source: string, window: WindowTable): HTMLTable
     h("td", { text: first ? `${window.connections.peak} / ${window.connections.mean}` : "" }),
     h("td", { text: source }),
     h("td", { "data-field": "requests", text: String(t.requests) }),
-    h("td", { "data-field": "failures", text: String(t.failures), title: Object.entries(t.causes).map(([c, n]) => `${c}: ${n}`).join(", ") }),
+    h(
+      "td",
+      {},
+      h("span", { "data-field": "failures", text: String(t.failures) }),
+      h("span", {
+        class: "monitor-causes",
+        "data-field": "causes",
+        text: t.failures ? ` (${Object.entries(t.causes).map(([cause, n]) => `${cause} ${n}`).join(", ")})` : "",
+      }),
+    ),
     h("td", { "data-field": "ttft", text: `${ms(t.ttft_ms.mean)} / ${ms(t.ttft_ms.p50)} / ${ms(t.ttft_ms.p99)}` }),
     h("td", { text: `${ms(t.duration_ms.mean)} / ${ms(t.duration_ms.p99)}` }),
     h("td", { "data-field": "tokens_per_s", text: t.tokens_per_s.toFixed(1) }),
