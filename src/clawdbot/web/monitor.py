@@ -33,7 +33,7 @@ from .outbox import Outbox
 from .workers import Worker
 
 FEED_EVERY_S = 2.0  # how often the view is pushed to those watching it
-_RESIDENT_AGE_S = 1.0  # under the page's 2-s poll, so each poll sees /api/ps as it is now
+_RESIDENT_AGE_S = 1.0  # under the feed's 2-s tick, so each view sees /api/ps as it is now
 _LOCAL = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
 
 
