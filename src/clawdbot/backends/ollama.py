@@ -130,7 +130,6 @@ class OllamaBackend(HttpBackend):
         if status.reachable:  # what is loaded, and new models' parameters: bounded, so a slow answer never stalls
             with contextlib.suppress(TimeoutError):  # the health check (what was not read is read next time)
                 async with asyncio.timeout(_DETAILS_S):
-                    self._asked_ps = time.monotonic()
                     status.loaded, status.resident = await self._loaded()
                     await self._show_new(status.models)
             status.own = {model_key(str(m.get("name"))): self._shown.get(_digest(m), {}) for m in status.models}
@@ -140,7 +139,6 @@ class OllamaBackend(HttpBackend):
     async def residency(self, max_age: float) -> dict[str, dict[str, int]]:
         status = self.status
         if status.reachable and time.monotonic() - self._asked_ps >= max_age:
-            self._asked_ps = time.monotonic()  # before the await: callers meanwhile take the last answer
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_RESIDENCY_S):
                     status.loaded, status.resident = await self._loaded()
@@ -149,6 +147,7 @@ class OllamaBackend(HttpBackend):
     async def _loaded(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
         """The context size each loaded model runs with (none where the backend does not say: older Ollama), and
         each one's size in memory and in GPU memory."""
+        self._asked_ps = time.monotonic()  # before the await: callers meanwhile take the last answer
         try:
             running = (await self._get_json("/api/ps")).get("models") or []
         except (aiohttp.ClientError, OSError, ValueError):

@@ -126,7 +126,7 @@ def _chart(title: str, y_name: str, series: Sequence[Series], x_name: str, *, pe
 
     parts = [
         f'<svg viewBox="0 0 {_W} {_H}" role="img" aria-label="{escape(title)}" data-chart="{escape(title)}">',
-        *_grid(x_top, y_top, plot_w, plot_h, (lambda v: f"{100 * v:g} %") if percent else _short, _short),
+        *_grid(x_top, y_top, plot_w, plot_h, percent=percent),
         f'<text x="{_LEFT + plot_w / 2}" y="{_H - 4}" class="axis-name">{escape(x_name)}</text>',
     ]
     for index, (label, line) in enumerate(series):
@@ -141,11 +141,11 @@ def _chart(title: str, y_name: str, series: Sequence[Series], x_name: str, *, pe
     return f"<figure><figcaption>{escape(title)} <span>({escape(y_name)})</span></figcaption>{''.join(parts)}</figure>"
 
 
-def _grid(
-    x_top: float, y_top: float, plot_w: int, plot_h: int, y_text: Callable[[float], str], x_text: Callable[[float], str]
-) -> list[str]:
+def _grid(x_top: float, y_top: float, plot_w: int, plot_h: int, *, percent: bool) -> list[str]:
+    """Grid lines and y ticks at round steps (quarters for a share), x ticks below."""
+    y_text: Callable[[float], str] = (lambda v: f"{100 * v:g} %") if percent else _short
     lines = []
-    rows = 4 if y_text is not _short else _divisions(y_top)
+    rows = 4 if percent else _divisions(y_top)
     for i in range(rows + 1):
         y = _TOP + plot_h * (1 - i / rows)
         lines.append(f'<line x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
@@ -153,7 +153,7 @@ def _grid(
     columns = _divisions(x_top)
     for i in range(columns + 1):
         x = _LEFT + plot_w * i / columns
-        lines.append(f'<text x="{x:.1f}" y="{_TOP + plot_h + 16}" class="tick x">{x_text(x_top * i / columns)}</text>')
+        lines.append(f'<text x="{x:.1f}" y="{_TOP + plot_h + 16}" class="tick x">{_short(x_top * i / columns)}</text>')
     return lines
 
 
