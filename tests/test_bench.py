@@ -125,11 +125,15 @@ def test_usage_errors() -> None:
         ["--concurrency", "0", "--requests", "1"],
         ["--target", "chat", "--concurrency", "1", "--requests", "1", "--max-tokens", "5"],
         ["--rate", "1", "--conversations-per-user", "1"],
+        ["--concurrency", "1", "--requests", "1", "--report", "/nonexistent/run.html"],
+        ["--concurrency", "1", "--requests", "1", "--json", "/nonexistent/run.json"],
     ):
         result = subprocess.run(
             [sys.executable, "-m", "clawdbot", "bench", *args], capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 2, args
+        assert "clawdbot bench →" not in result.stdout, args  # refused before any request was sent
+    assert "Error: --json /nonexistent/run.json: cannot write into /nonexistent" in result.stderr
 
 
 # ---- --target chat: the chat page's protocol through a real gateway ---------------------------------------------

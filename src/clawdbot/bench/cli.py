@@ -210,6 +210,9 @@ def bench(
         )
     if target == "chat" and max_tokens is not None:
         raise click.UsageError("--max-tokens cannot be used with --target chat: conversations have no output cap")
+    for option, path in (("--json", json_path), ("--report", report_path)):
+        if path is not None and not os.access(path.parent.resolve(), os.W_OK):  # known now, not after the run
+            raise click.UsageError(f"{option} {path}: cannot write into {path.parent.resolve()}")
     shape = RequestShape(target, url, model, max_tokens, think, timeout, idle_timeout, api_key or None)
     base = Plan(
         "users" if users else "rate",
