@@ -33,6 +33,18 @@ def client_of(url: str) -> Any:
     return redis.Redis.from_url(url, socket_connect_timeout=2)
 
 
+def kill_pubsub(url: str) -> int:
+    """Close every pub/sub connection of the Redis (on every node of a Redis Cluster) at `url`: a gap in each
+    process's channels, which it makes again at once. How many were closed."""
+    client = client_of(url)
+    try:
+        if isinstance(client, RedisCluster):
+            return sum(client.client_kill_filter(_type="pubsub", target_nodes=node) for node in client.get_nodes())
+        return int(client.client_kill_filter(_type="pubsub"))
+    finally:
+        client.close()
+
+
 def redis_or_skip() -> Any:
     """A client of the test Redis; skipped where there is none (CI has one, so it fails there instead)."""
     try:

@@ -66,6 +66,10 @@ export class Live {
   }
 
   private event(event: ServerEvent): void {
+    if (event.type === "conversation.resync") {
+      this.refreshSoon();
+      return;
+    }
     this.thread.apply(event);
     if (event.type === "conversation.title") this.hooks.titled(event.conversation_id, event.title);
     if (event.type === "message.new" || event.type === "reply.done" || event.type === "conversation.title") {

@@ -163,6 +163,8 @@ export type ServerEvent =
   | (Shown & { type: "version.shown"; conversation_id: string })
   | { type: "reply.queue"; conversation_id: string; id: string; queue_position: number }
   | { type: "conversation.title"; conversation_id: string; title: string } // the model named it (plain text)
+  // The server may have missed events of the conversation (its link to the other processes had a gap): read it again.
+  | { type: "conversation.resync"; conversation_id: string }
   | ReplyEvent
   | Snapshot
   // seq null and stored: the reply ended a while ago and this is its stored row (an answer to a late resume).

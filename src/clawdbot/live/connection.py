@@ -120,6 +120,9 @@ class Live:
         # still shows here), and reconnects redis-py made by itself (it subscribes again, but what was published
         # meanwhile is lost).
         self.gaps = 0
+        self._told = 0  # `gaps` as the `resubscribed` hooks last heard of it
+        # Told once the channels are subscribed again after a gap: what was published meanwhile never comes.
+        self.resubscribed: list[Callable[[], None]] = []
         self.handlers: defaultdict[bytes, set[Handler]] = defaultdict(set)
         self._pubsub: PubSub | None = None
         self._subscribed: set[bytes] = set()
@@ -268,6 +271,7 @@ class Live:
                 if self._pubsub.connection is not None:
                     self._pubsub.connection.register_connect_callback(self._reconnected)
                 self.recovered()
+                self._after_gap()
                 pause = 0.05
                 await self._loop(self._pubsub)
             except asyncio.CancelledError:
@@ -290,6 +294,17 @@ class Live:
     async def _reconnected(self, connection: object) -> None:
         self.gaps += 1
         LOG.info("redis: the pub/sub connection was made again; messages sent meanwhile are lost")
+        self._after_gap()  # redis-py's own callback, registered before this one, has subscribed again
+
+    def _after_gap(self) -> None:
+        if self.gaps == self._told:
+            return
+        self._told = self.gaps
+        for hook in list(self.resubscribed):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - one hook's failure must not keep the others from being told
+                LOG.exception("a hook after a pub/sub gap failed")
 
     async def _loop(self, pubsub: PubSub) -> None:
         quiet_since = time.monotonic()

@@ -73,8 +73,11 @@ class RedisLog(MemoryLog):
         self.followed: dict[str, str] = {}  # reply followed here: its conversation
         self.seen: dict[str, dict[str, int]] = {}  # by conversation: each reply's last seq passed on here
         self.handlers: dict[str, Handler] = {}  # the channels this process listens on, by conversation
+        live.resubscribed.append(self._resync)
 
     async def close(self) -> None:
+        if self._resync in self.live.resubscribed:
+            self.live.resubscribed.remove(self._resync)
         await self.mirror.close()
         for conversation_id, handler in list(self.handlers.items()):
             self.live.off(channel(self.live, conversation_id), handler)
@@ -181,6 +184,22 @@ class RedisLog(MemoryLog):
         self._quiet(conversation_id)
 
     # ---- the conversations' channels ----------------------------------------------------------------------------
+    def _resync(self) -> None:
+        """After a gap in this process's channels: every client here of a conversation is told to read it again.
+        A reply's events show a gap by their seq, but a conversation's own (a new message, a title, another
+        version, a reply that ended meanwhile) would be missing until a reload."""
+        told = 0
+        for conversation_id in {*self.listeners, *self.remote}:
+            listeners = set(self.listeners.get(conversation_id, ()))
+            for followers in self.remote.get(conversation_id, {}).values():
+                listeners.update(followers)
+            data = orjson.dumps({"type": "conversation.resync", "conversation_id": conversation_id})
+            for listener in listeners:
+                listener.push(data)
+            told += len(listeners)
+        if told:
+            LOG.info("clients told to read their conversations again after a pub/sub gap", extra={"count": told})
+
     async def _listening(self, conversation_id: str) -> None:
         await self._listen(conversation_id, required=False)
 
