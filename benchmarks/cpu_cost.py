@@ -25,6 +25,12 @@ redis://127.0.0.1:6379/0, a fresh key prefix): its live state shared in Redis, a
 --redis-url redis+cluster://HOST:PORT,… runs them on a Redis Cluster. Redis's own CPU (INFO cpu, used_cpu_user +
 used_cpu_sys, of every node of a cluster) is read around those runs too: per request and per chunk
 the same way. Redis is shared with whatever else runs: an idle machine gives the cleanest figures.
+
+The event loop's own CPU (the relaying process's first thread, /proc/PID/task/PID/stat) is reported per token too:
+the gateway's other threads are SQLite's. `--without-search-index` is an experiment, not a setting: it drops the
+triggers that put every stored message into the chat's full-text index (search then misses those replies), to
+measure what that index costs; `--gateway-arg=--checkpoint-interval=60` does the same for the once-a-second save
+of replies in flight.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -50,11 +57,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 def _stat(pid: int) -> tuple[int, float] | None:
     """(parent pid, CPU seconds) of one process, or None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+    return _stat_file(Path(f"/proc/{pid}/stat"))
 
 
 def cpu_tree(pid: int) -> float:
@@ -67,6 +70,21 @@ def cpu_tree(pid: int) -> float:
     for member in family:
         total += stats.get(member, (0, 0.0))[1]
     return total
+
+
+def cpu_main_thread(pid: int) -> float:
+    """CPU seconds of a process's first thread: the event loop, in the gateway and the plain relay (the gateway's
+    other threads are SQLite's and the log writer's)."""
+    stat = _stat_file(Path(f"/proc/{pid}/task/{pid}/stat"))
+    return stat[1] if stat is not None else 0.0
+
+
+def _stat_file(path: Path) -> tuple[int, float] | None:
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
@@ -92,6 +110,7 @@ class Run:
     tokens_seen: int
     failures: dict[str, int] = field(default_factory=dict)
     redis_cpu_s: float = 0.0  # Redis's own CPU during the run (the *-redis paths)
+    loop_cpu_s: float = 0.0  # the relaying process's first thread alone (its event loop)
 
     @property
     def us_per_request(self) -> float:
@@ -149,11 +168,11 @@ def run_load(path: str, url: str, pid: int, tokens: int, args: argparse.Namespac
         if load.stdout.readline().strip() != "ready":
             raise SystemExit(f"the load generator failed to warm up against {path} ({url})")
         time.sleep(0.2)  # let the warm-up's tail (connections closing, the last log lines) settle
-        before, redis_before = cpu_tree(pid), redis_cpu(redis_url)
+        before, redis_before, loop_before = cpu_tree(pid), redis_cpu(redis_url), cpu_main_thread(pid)
         load.stdin.write("go\n")
         load.stdin.flush()
         line = load.stdout.readline()
-        relay_cpu = cpu_tree(pid) - before
+        relay_cpu, loop_cpu = cpu_tree(pid) - before, cpu_main_thread(pid) - loop_before
         redis_used = redis_cpu(redis_url) - redis_before
         if not line:
             raise SystemExit(f"the load generator died during the {path} run")
@@ -171,7 +190,17 @@ def run_load(path: str, url: str, pid: int, tokens: int, args: argparse.Namespac
         result["tokens"],
         result["failures"],
         redis_used,
+        loop_cpu,
     )
+
+
+def unindexed(database: Path) -> None:
+    """Drop the triggers that put each new or changed message into the full-text index (migration 0001)."""
+    if not database.exists():
+        raise SystemExit(f"no database at {database}: the gateway keeps it elsewhere now")
+    with sqlite3.connect(database) as connection:
+        for trigger in ("messages_fts_insert", "messages_fts_update"):
+            connection.execute(f"DROP TRIGGER {trigger}")  # fails loudly if the schema has changed
 
 
 # ---- the report ------------------------------------------------------------------------------------------------------
@@ -192,7 +221,10 @@ def summarise(runs: list[Run], long: int) -> dict[str, dict[str, Any]]:
         longer = [r for r in runs if r.path == path and r.tokens == long]
         per_request = statistics.median(r.us_per_request for r in short)
         per_long = statistics.median(r.us_per_request for r in longer)
+        loop_short = statistics.median(1e6 * r.loop_cpu_s / max(r.requests, 1) for r in short)
+        loop_long = statistics.median(1e6 * r.loop_cpu_s / max(r.requests, 1) for r in longer)
         table[path] = {
+            "loop_us_per_chunk": (loop_long - loop_short) / (long - 1),
             "us_per_request": per_request,
             "us_per_long_request": per_long,
             "us_per_chunk": (per_long - per_request) / (long - 1),
@@ -233,6 +265,12 @@ def render(table: dict[str, dict[str, Any]], long: int) -> str:
         if chat_path in table and raw_path in table:
             chat, raw = table[chat_path], table[raw_path]
             ratios.append(f"{chat_path} / {raw_path}: {chat['us_per_chunk'] / raw['us_per_chunk']:.2f}× per token")
+            loops = chat["loop_us_per_chunk"], raw["loop_us_per_chunk"]
+            ratio = f"{loops[0] / loops[1]:.2f}×" if loops[1] > 0 else "too few clock ticks to compare"
+            ratios.append(
+                f"{chat_path} / {raw_path}, the event loop's thread alone: {loops[0]:.1f} against {loops[1]:.1f} µs "
+                f"per token ({ratio})"
+            )
     for path, row in table.items():
         if "redis_us_per_request" in row:
             ratios.append(
@@ -264,8 +302,16 @@ def main() -> None:
     parser.add_argument("--redis-prefix", help="its key prefix (default: a fresh one)")
     parser.add_argument("--database-url", help="passed to the gateway (default: SQLite in a temporary directory)")
     parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for `clawdbot serve`")
+    parser.add_argument(
+        "--without-search-index",
+        action="store_true",
+        help="an experiment: drop the triggers that feed the chat's full-text index (SQLite) once the gateways have "
+        "made their databases, to measure what indexing each stored reply costs; search misses those replies",
+    )
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
     args = parser.parse_args()
+    if args.without_search_index and args.database_url:
+        parser.error("--without-search-index is for the default SQLite database")
     if args.long < 2:
         parser.error("--long must be at least 2")
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
@@ -310,6 +356,10 @@ def main() -> None:
                 shared[shared.index("--data-dir") + 1] = str(Path(tmp) / "data-redis")
                 relays["raw-redis"] = relays["chat-redis"] = start(shared, None)
             procs += [proc for proc, _ in relays.values()]
+            if args.without_search_index:
+                started = [data for data, path in (("data", "raw"), ("data-redis", "raw-redis")) if path in relays]
+                for data in started:
+                    unindexed(Path(tmp) / data / "clawdbot.db")
             for round_ in range(args.rounds):
                 for tokens in (1, args.long):
                     for path in paths:
