@@ -253,7 +253,14 @@ export class App {
     const fields = { content: text, client_id: clientId() };
     try {
       const conversation = this.conversation ?? (await this.create());
-      this.took(await untilAnswered(() => this.live.link.command("send", conversation.id, fields)));
+      let waited = false;
+      const waiting = (error: ApiError, ms: number): void => {
+        waited = true;
+        const why = error.message.replace(/[;,]\s*try again.*$/, ""); // the page tries again itself
+        this.alert.show(`Not sent yet. ${why}. Sending it again in ${Math.ceil(ms / 1000)} s…`);
+      };
+      this.took(await untilAnswered(() => this.live.link.command("send", conversation.id, fields), waiting));
+      if (waited) this.alert.hide();
       this.thread.scrollToEnd();
       return true;
     } catch (error) {
