@@ -104,14 +104,14 @@ def keys(prefix: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def redis_cluster(nodes: int = 3) -> Iterator[str]:
-    """A Redis Cluster of the test's own (`nodes` primaries on free ports, no replicas, nothing saved), as a
-    redis+cluster:// URL naming two of its nodes; stopped afterwards."""
+def redis_cluster(nodes: int = 3, ports: list[int] | None = None) -> Iterator[str]:
+    """A Redis Cluster of the test's own (`nodes` primaries on free ports, or on `ports`; no replicas, nothing
+    saved), as a redis+cluster:// URL naming two of its nodes; stopped afterwards."""
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         if os.environ.get("CI"):
             raise RuntimeError("redis-server and redis-cli are needed for the Redis Cluster tests")
         pytest.skip("no redis-server to run a Redis Cluster with")
-    ports = [_cluster_port() for _ in range(nodes)]
+    ports = ports or [cluster_port() for _ in range(nodes)]
     with tempfile.TemporaryDirectory(prefix="clawdbot-cluster-") as tmp:
         node = ["--cluster-enabled", "yes", "--dir", tmp, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
         procs = [
@@ -143,7 +143,7 @@ def redis_cluster(nodes: int = 3) -> Iterator[str]:
                 proc.wait(timeout=10)
 
 
-def _cluster_port() -> int:
+def cluster_port() -> int:
     """A free port for a cluster node: at most 55535, its cluster bus (10000 higher) free too."""
     while True:
         port = free_port()

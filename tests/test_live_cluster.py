@@ -2,23 +2,26 @@
 test's own, the deployment's keys spread over its nodes, and the scale-out tests themselves run again against it —
 replies followed and resumed on another replica, the 409, Stop and Delete across replicas, the fair queue and
 slots, limits counted once, revocations, a replica killed mid-reply. (The tests that cut a replica off from one
-Redis with a proxy of their own, or stop that Redis, are for a single Redis and are left out.)"""
+Redis with a proxy of their own, or stop that Redis, are for a single Redis and are left out; a gateway that
+starts before its cluster is here instead.)"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
 from chat_support import chat_api
 from clawdbot.settings import Settings
-from conftest import Server, start_simulator
-from live_support import client_of, deployment_on, redis_cluster, start_replicas
+from conftest import Server, start_gateway, start_simulator
+from live_support import client_of, cluster_port, deployment_on, redis_cluster, start_replicas
 
 HERE = Path(__file__).resolve().parent
 AGAIN = ["test_live_eventlog.py", "test_live_replies.py", "test_live_admission.py", "test_live_auth.py"]
@@ -60,6 +63,28 @@ def test_a_deployments_keys_spread_over_the_clusters_nodes(cluster_url: str) -> 
                 for replica in replicas:
                     replica.stop()
     finally:
+        simulator.stop()
+
+
+def test_a_gateway_started_before_its_cluster_waits_for_it_and_then_works() -> None:
+    """No node answers at first (RedisClusterUnreachableError, which is no RedisError): the gateway starts all the
+    same, says so on /readyz, and works once the cluster is there, without a restart."""
+    simulator = start_simulator("--profile", "instant")
+    ports = [cluster_port() for _ in range(3)]
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports[:2])
+    gateway = start_gateway(simulator.url, "--redis-url", url, "--heartbeat", "0.5")
+    try:
+        assert httpx.get(f"{gateway.url}/readyz", timeout=10).json()["redis"]["status"] == "unavailable"
+        with redis_cluster(ports=ports):
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{gateway.url}/readyz", timeout=10).json()["redis"]["status"] != "ok":
+                assert time.monotonic() < deadline, "the gateway did not find the cluster once it was up"
+                time.sleep(0.2)
+            with chat_api(gateway.url) as api:
+                conversation = api.create()["id"]
+                assert api.turn(conversation, "hello, cluster")["status"] == "done"
+    finally:
+        gateway.stop()
         simulator.stop()
 
 

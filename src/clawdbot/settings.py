@@ -11,7 +11,7 @@ import os
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -70,6 +70,22 @@ class BackendConfig(BaseModel):
 def _host_name(url: str) -> str:
     """A backend's default name: its host and port (gpu-box:11434)."""
     return url.split("://", 1)[1].split("/", 1)[0]
+
+
+# What a rediss+cluster:// URL's query may set: redis-py's names for them, as in a rediss:// URL.
+TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
+
+
+def cluster_tls(query: str) -> dict[str, Any]:
+    """The TLS settings a rediss+cluster:// URL's query may carry (as a rediss:// URL's do, which redis-py reads
+    itself): a private CA's certificate above all, and a client certificate where the nodes ask for one."""
+    options: dict[str, Any] = {}
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        if name not in TLS_QUERY:
+            raise ValueError(f"{name} is not a setting of a Redis Cluster URL: {', '.join(TLS_QUERY)} are")
+        value = values[-1]
+        options[name] = value.lower() not in ("false", "no", "0") if name == "ssl_check_hostname" else value
+    return options
 
 
 class Settings(SettingsModel):
@@ -146,7 +162,8 @@ class Settings(SettingsModel):
     redis_url: str | None = Field(
         None,
         description="Where the live state several gateway processes share is kept (redis://HOST:PORT/DB, "
-        "rediss://… for TLS, unix:///PATH, redis+sentinel://HOST:PORT,…/SERVICE for the primary Sentinel "
+        "rediss://… for TLS (a private CA: `?ssl_ca_certs=PATH`), unix:///PATH, "
+        "redis+sentinel://HOST:PORT,…/SERVICE for the primary Sentinel "
         "names, or redis+cluster://HOST:PORT,… for a Redis Cluster): reply events, running replies, the fair queue "
         "and slots, rate limits, sign-in throttles, credential revocations. Default: none, one process keeps them "
         "in its memory.",
@@ -334,8 +351,12 @@ class Settings(SettingsModel):
                 "must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix:///PATH, "
                 "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] or redis+cluster://HOST:PORT[,HOST:PORT…]"
             )
-        if value is not None and "+cluster://" in value and urlsplit(value).path.strip("/") not in ("", "0"):
-            raise ValueError("a Redis Cluster has one database, 0: leave the path out of redis+cluster://HOST:PORT,…")
+        if value is not None and "+cluster://" in value:
+            if urlsplit(value).path.strip("/") not in ("", "0"):
+                raise ValueError(
+                    "a Redis Cluster has one database, 0: leave the path out of redis+cluster://HOST:PORT,…"
+                )
+            cluster_tls(urlsplit(value).query)  # a setting it does not know is said now, not at the first command
         return value
 
     _check_profile = field_validator("demo_profile")(known_profile)

@@ -25,13 +25,11 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from ..backends.admission import Ticket
 from ..backends.routing import Place
 from ..errors import RedisUnavailable
 from ..logs import LOG
-from .connection import Live
+from .connection import GONE, Live
 from .scripted import Args, Run, Sender
 from .tickets import Mine, candidates, read_queue, record, refusal, retry_after
 
@@ -100,7 +98,7 @@ class RedisAdmission:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         ids = [*self.mine, *self.sender.leaving()]
         if ids:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            with contextlib.suppress(*GONE):  # TimeoutError is an OSError
                 await asyncio.wait_for(self._call(["leave", *ids]), 2.0)
 
     def _spawn(self, work: Any) -> None:
@@ -139,7 +137,7 @@ class RedisAdmission:
         args: Args = ["enter", mine.id, self._record(mine), self.max_queue, self.max_queue_per_user, per_minute or 0]
         try:
             reply = await self._call(args, self.live.key("admission", "rate", user))
-        except (RedisError, OSError) as error:
+        except GONE as error:
             self._forget(mine, leave=True)  # the script may have run before the answer was lost
             self.live.failed(error)
             raise RedisUnavailable("Redis is unavailable: cannot queue a generation now, try again shortly") from error
@@ -320,7 +318,7 @@ class RedisAdmission:
         waiting = [m for m in self.mine.values() if m.member and m.ticket.moved and not m.ticket.running]
         try:
             read = await read_queue(self.live, self.keys[1], self.keys[7], [m.member or "" for m in waiting])
-        except (RedisError, OSError) as error:
+        except GONE as error:
             self.live.failed(error)
             return
         finally:

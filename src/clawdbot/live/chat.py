@@ -7,15 +7,13 @@ replies in flight were stored at shutdown.
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
-
 from ..chat.generation import Generation
 from ..chat.service import Chat
 from ..chat.takeover import take_over
 from ..logs import LOG
 from ..store.conversations import Store
 from ..store.records import Unfinished
-from .connection import Live
+from .connection import GONE, Live
 from .eventlog import RedisLog
 from .leases import Leases
 from .replies import RedisRunningReplies, RedisSendResults
@@ -58,7 +56,7 @@ class SharedChat:
             try:
                 await self.running.let_go(generation)
                 await self.sweeper.hand_over(generation.conversation_id, generation.id)
-            except (RedisError, OSError) as error:
+            except GONE as error:
                 self.sweeper.live.failed(error)
         if generations:
             LOG.info("replies handed over to the processes that live on", extra={"count": len(generations)})

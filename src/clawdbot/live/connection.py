@@ -29,13 +29,17 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import RedisUnavailable as Unavailable
 from ..logs import LOG
+from ..settings import cluster_tls
 
 Handler = Callable[[bytes], None]
+# What a command raises when Redis cannot be reached or answer: an outage, not a bug. A Redis Cluster none of whose
+# nodes answers raises RedisClusterUnreachableError, which is no RedisError.
+GONE: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 # Seconds between the reader's pings while no message comes: how soon an outage shows on /readyz.
 PING_EVERY = 1.0
 # Seconds `listening` waits for a subscription before telling the user Redis is unavailable.
@@ -64,8 +68,8 @@ CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 def connect(url: str) -> aioredis.Redis:
     """A client for `url`: redis://, rediss:// or unix:// (one Redis); redis+sentinel://[:PASSWORD@]HOST:PORT[,
     HOST:PORT…]/SERVICE[/DB] (the primary that Sentinel names for SERVICE, found again after a failover); or
-    redis+cluster:// (rediss+cluster:// with TLS) [USER:PASSWORD@]HOST:PORT[,HOST:PORT…], a Redis Cluster reached
-    through any of the nodes named (the rest are found from them)."""
+    redis+cluster:// (rediss+cluster:// with TLS) [USER:PASSWORD@]HOST:PORT[,HOST:PORT…][?ssl_ca_certs=PATH…], a
+    Redis Cluster reached through any of the nodes named (the rest are found from them)."""
     if url.startswith(CLUSTER_SCHEMES):
         return _cluster(url)
     if not url.startswith("redis+sentinel://"):
@@ -97,6 +101,7 @@ def _cluster(url: str) -> aioredis.Redis:
         username=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
         ssl=url.startswith("rediss+"),
+        **cluster_tls(parsed.query),
         **_OPTIONS,
     )
     # The commands live/ sends are answered alike by one Redis and by a cluster, each command's keys in one slot
@@ -168,7 +173,7 @@ class Live:
     async def _load(self) -> None:
         try:
             await self.load_scripts()
-        except (RedisError, OSError) as error:
+        except GONE as error:
             self.failed(error)
 
     async def close(self) -> None:
@@ -185,7 +190,7 @@ class Live:
         """Ping; record the outcome. True when Redis answered."""
         try:
             await self.client.ping()
-        except (RedisError, OSError) as error:
+        except GONE as error:
             self.failed(error)
             return False
         self.recovered()
@@ -256,7 +261,7 @@ class Live:
                 count = int(await self._publish(keys=[self.hub], args=[channel, data]))
             else:
                 count = await self.client.publish(channel, data)
-        except (RedisError, OSError) as error:
+        except GONE as error:
             self.failed(error)
             raise Unavailable("Redis is unavailable: the other gateway processes cannot be told") from error
         return count
@@ -276,7 +281,7 @@ class Live:
                 await self._loop(self._pubsub)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as error:
+            except GONE as error:
                 self.failed(error)
                 if self._pubsub is not None:
                     await asyncio.gather(self._pubsub.aclose(), return_exceptions=True)

@@ -26,13 +26,12 @@ from dataclasses import asdict
 from typing import Any, cast
 
 import orjson
-from redis.exceptions import RedisError
 
 from ..auth.state import Changed, Ended, Lookup, MemoryCredentialCache
 from ..errors import RedisUnavailable
 from ..identity import Actor
 from ..logs import LOG
-from .connection import HUB, Live
+from .connection import GONE, HUB, Live
 
 # Seconds `forget` waits for the other processes to acknowledge a change before it returns anyway.
 ACK_WAIT = 3.0
@@ -113,7 +112,7 @@ class RedisCredentialCache:
         """Append to the stream and publish, at once; how many processes got it."""
         try:
             _, count = await self._script(keys=[self.stream], args=[notice, KEPT, self.channel])
-        except (RedisError, OSError) as error:
+        except GONE as error:
             self.live.failed(error)
             raise RedisUnavailable("Redis is unavailable: the other gateway processes cannot be told") from error
         return int(count)
@@ -170,7 +169,7 @@ class RedisCredentialCache:
                         LOG.info("credential changes made while redis was unavailable are published")
             except RedisUnavailable:
                 continue
-            except (RedisError, OSError) as error:
+            except GONE as error:
                 live.failed(error)
 
     async def _catch_up(self) -> None:

@@ -31,14 +31,13 @@ from functools import partial
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from ..chat.eventlog import Catching, Job, Listener, MemoryLog, bring_up, replayed
 from ..errors import RedisUnavailable
 from ..logs import LOG
 from ..metrics import Metrics
 from ..store.records import Message
-from .connection import Handler, Live
+from .connection import GONE, Handler, Live
 from .mirror import GAP, Mirror, channel, entry_id, keys
 
 _CANNOT_READ = "Redis is unavailable: a reply written by another gateway process cannot be read now; try again shortly"
@@ -267,7 +266,7 @@ class RedisLog(MemoryLog):
         self._check()
         try:
             found = await self.live.client.hget(keys(self.live, job_id)[1], "conversation")
-        except (RedisError, OSError) as error:
+        except GONE as error:
             raise self._unavailable(error) from error
         return found.decode() if isinstance(found, bytes) else found
 
@@ -282,7 +281,7 @@ class RedisLog(MemoryLog):
                 pipe.hgetall(registry)
                 pipe.xrange(stream, entry_id(max(start, 1)), "+")
                 fields, entries = await pipe.execute()
-        except (RedisError, OSError) as error:
+        except GONE as error:
             raise self._unavailable(error) from error
         if not fields or b"message" not in fields:
             return None, []

@@ -19,10 +19,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from ..logs import LOG
-from .connection import Live
+from .connection import GONE, Live
 
 # Milliseconds a lease outlives its last renewal, and seconds between renewals: several renewals may fail (a slow
 # Redis, a busy event loop) before a live holder loses anything.
@@ -106,7 +104,7 @@ class Leases:
                 if member is not None:
                     await self._deadlines(keys=[self.replies], args=[LEASE_MS, member], client=pipe)
                 await pipe.execute()
-        except (RedisError, OSError) as error:
+        except GONE as error:
             self.live.failed(error)
             self._missing.add(key)
 
@@ -123,7 +121,7 @@ class Leases:
         self._missing.discard(key)
         try:
             await self.let_go(key, lease.value, lease.member, channel=channel, message=message)
-        except (RedisError, OSError) as error:
+        except GONE as error:
             self.live.failed(error)
 
     async def let_go(
@@ -141,7 +139,7 @@ class Leases:
             await asyncio.sleep(RENEW_EVERY)
             try:
                 await self.renew()
-            except (RedisError, OSError) as error:
+            except GONE as error:
                 self.live.failed(error)
             except Exception:  # noqa: BLE001 - a bug here must not end the renewals of every lease
                 LOG.exception("could not renew leases")

@@ -30,17 +30,17 @@ from dataclasses import asdict, dataclass, field
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from ..chat.eventlog import Job
 from ..logs import LOG
 from ..store.records import Message
-from .connection import Live
+from .connection import GONE, Live
 from .flush import FLUSH, Ops
 
-_GONE = (RedisConnectionError, RedisTimeoutError, OSError)  # Redis could not be reached: try again
+_GONE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)  # not reached: try again
 # Seconds a reply's keys live while it runs and its writer no longer refreshes them (the writer died).
 ORPHAN_TTL = 3600
 # Seconds between checks, in a flush, that Redis still has a reply's hash: Redis restarted empty (or evicted it)
@@ -152,7 +152,7 @@ class Mirror:
         try:
             async with asyncio.timeout(3):
                 await self.flush()
-        except (RedisError, OSError, TimeoutError) as error:
+        except GONE as error:  # TimeoutError is an OSError
             LOG.warning("reply events not sent to redis at shutdown", extra={"reason": type(error).__name__})
 
     # ---- from the log (never waits) ----------------------------------------------------------------------------

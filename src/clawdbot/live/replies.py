@@ -28,13 +28,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
 from ..chat.state import Running
 from ..errors import RedisUnavailable
 from ..logs import LOG
 from ..store.conversations import Store
-from .connection import Live
+from .connection import GONE, Live
 from .leases import LEASE_MS, Leases
 
 if TYPE_CHECKING:
@@ -105,7 +103,7 @@ class RedisRunningReplies:
             return Running(generation.id, conversation_id, generation.client_id, generation, self.live.node)
         try:
             value = await self.live.client.get(self.key(conversation_id))
-        except (RedisError, OSError) as error:
+        except GONE as error:
             raise _unavailable(self.live, error) from error
         if value is None:
             return None
@@ -162,7 +160,7 @@ class RedisRunningReplies:
                 if time.monotonic() > deadline:
                     break
                 await asyncio.sleep(_STOP_RETRY)
-        except (RedisError, OSError) as error:
+        except GONE as error:
             raise _unavailable(self.live, error) from error
         # Its writer held the lease all along but never heard: it is gone (or cut off from Redis; its own final
         # write, if it comes, wins).
@@ -208,7 +206,7 @@ class RedisSendResults:
         self.starting_now[conversation_id] = (client_id, answer, value)  # before any await: no local race
         try:
             taken = await self._begin(keys=keys, args=[value, LEASE_MS])
-        except (RedisError, OSError) as error:
+        except GONE as error:
             del self.starting_now[conversation_id]
             raise _unavailable(self.live, error) from error
         if not taken:
@@ -234,7 +232,7 @@ class RedisSendResults:
     async def _starting_elsewhere(self, conversation_id: str, client_id: str) -> bool:
         try:
             value = await self.live.client.get(self.key(conversation_id))
-        except (RedisError, OSError) as error:
+        except GONE as error:
             raise _unavailable(self.live, error) from error
         return value is not None and _text(value).split(" ", 2)[2] == client_id
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from ..logs import LOG
-from .connection import Live
+from .connection import GONE, Live
 
 Args = list[str | int]
 BATCH = 64  # runs sent in one round trip
@@ -75,7 +75,7 @@ class Sender:
                     pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.frame(run.make()))
                 self._leaving = None  # made: later releases make a run of their own
                 replies = await pipe.execute(raise_on_error=False)
-            except (RedisError, OSError) as error:
+            except GONE as error:
                 self.live.failed(error)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
@@ -83,7 +83,7 @@ class Sender:
             pause = 0.05
             for run, reply in zip(batch, replies, strict=True):
                 if isinstance(reply, NoScriptError):  # Redis restarted empty: load the script, send the rest again
-                    with contextlib.suppress(RedisError, OSError):
+                    with contextlib.suppress(*GONE):
                         self.script.sha = await self.live.client.script_load(self.script.script)
                     break
                 self.runs.popleft()

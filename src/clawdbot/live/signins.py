@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import hashlib
 
-from redis.exceptions import RedisError
-
 from ..auth.state import MemoryThrottle
 from ..logs import LOG
-from .connection import Live
+from .connection import GONE, Live
 
 # KEYS[1]: the hash; ARGV: free failures, the cap in ms. The wait in ms (0: none).
 _WAIT = """
@@ -63,7 +61,7 @@ class RedisThrottle:
         if self.live.up:
             try:
                 shared: int = await self._wait(keys=[self._key(key)], args=[self.free, self.cap_ms])
-            except (RedisError, OSError) as error:
+            except GONE as error:
                 self._unavailable(error)
             else:
                 self._alone = False
@@ -74,7 +72,7 @@ class RedisThrottle:
         if self.live.up:
             try:
                 await self._failed(keys=[self._key(key)], args=[self.window_ms])
-            except (RedisError, OSError) as error:
+            except GONE as error:
                 self._unavailable(error)
             else:
                 return
@@ -86,7 +84,7 @@ class RedisThrottle:
         if self.live.up:
             try:
                 await self.live.client.delete(self._key(key))
-            except (RedisError, OSError) as error:
+            except GONE as error:
                 self._unavailable(error)
 
     def _unavailable(self, error: BaseException) -> None:

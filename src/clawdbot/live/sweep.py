@@ -25,12 +25,10 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import RedisError
-
 from ..logs import LOG
 from ..store.conversations import Store
 from ..store.records import Unfinished, now_ms
-from .connection import Live
+from .connection import GONE, Live
 from .leases import LEASE_MS, Leases
 from .replies import member
 
@@ -98,7 +96,7 @@ class Sweeper:
         while True:
             try:
                 await self.sweep()
-            except (RedisError, OSError) as error:
+            except GONE as error:
                 self.live.failed(error)
             except Exception:  # noqa: BLE001 - the database may be away too; the next sweep tries again
                 LOG.exception("could not sweep replies")
@@ -113,7 +111,7 @@ class Sweeper:
         try:
             await self._judge(claimed)
         except BaseException:
-            with contextlib.suppress(RedisError, OSError):  # back in the set, judged again next time
+            with contextlib.suppress(*GONE):  # back in the set, judged again next time
                 await self.leases.mark(*claimed, lease_ms=0)
             raise
 
