@@ -11,7 +11,6 @@ import os
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -27,6 +26,7 @@ from .common.config import (
     load,
     toml_only,
 )
+from .common.redisurl import checked_redis_url
 
 __all__ = ["BackendConfig", "Settings", "SettingsError", "env_name", "load", "loopback", "toml_only"]
 
@@ -70,22 +70,6 @@ class BackendConfig(BaseModel):
 def _host_name(url: str) -> str:
     """A backend's default name: its host and port (gpu-box:11434)."""
     return url.split("://", 1)[1].split("/", 1)[0]
-
-
-# What a rediss+cluster:// URL's query may set: redis-py's names for them, as in a rediss:// URL.
-TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
-
-
-def cluster_tls(query: str) -> dict[str, Any]:
-    """The TLS settings a rediss+cluster:// URL's query may carry (as a rediss:// URL's do, which redis-py reads
-    itself): a private CA's certificate above all, and a client certificate where the nodes ask for one."""
-    options: dict[str, Any] = {}
-    for name, values in parse_qs(query, keep_blank_values=True).items():
-        if name not in TLS_QUERY:
-            raise ValueError(f"{name} is not a setting of a Redis Cluster URL: {', '.join(TLS_QUERY)} are")
-        value = values[-1]
-        options[name] = value.lower() not in ("false", "no", "0") if name == "ssl_check_hostname" else value
-    return options
 
 
 class Settings(SettingsModel):
@@ -345,19 +329,7 @@ class Settings(SettingsModel):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
-        schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://", "rediss+cluster://")
-        if value is not None and not value.startswith(schemes):
-            raise ValueError(
-                "must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix:///PATH, "
-                "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] or redis+cluster://HOST:PORT[,HOST:PORT…]"
-            )
-        if value is not None and "+cluster://" in value:
-            if urlsplit(value).path.strip("/") not in ("", "0"):
-                raise ValueError(
-                    "a Redis Cluster has one database, 0: leave the path out of redis+cluster://HOST:PORT,…"
-                )
-            cluster_tls(urlsplit(value).query)  # a setting it does not know is said now, not at the first command
-        return value
+        return None if value is None else checked_redis_url(value)
 
     _check_profile = field_validator("demo_profile")(known_profile)
 

@@ -32,9 +32,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..common.redisurl import cluster_tls
 from ..errors import RedisUnavailable as Unavailable
 from ..logs import LOG
-from ..settings import cluster_tls
 
 Handler = Callable[[bytes], None]
 # What a command raises when Redis cannot be reached or answer: an outage, not a bug. A Redis Cluster none of whose
