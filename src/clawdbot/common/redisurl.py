@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://", "rediss+cluster://")
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", *CLUSTER_SCHEMES)
 # What a rediss+cluster:// URL's query may set: redis-py's names for them, as in a rediss:// URL.
 TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 
@@ -31,8 +32,9 @@ def checked_redis_url(value: str) -> str:
             "must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix:///PATH, "
             "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] or redis+cluster://HOST:PORT[,HOST:PORT…]"
         )
-    if "+cluster://" in value:
-        if urlsplit(value).path.strip("/") not in ("", "0"):
+    if value.startswith(CLUSTER_SCHEMES):
+        parsed = urlsplit(value)
+        if parsed.path.strip("/") not in ("", "0"):
             raise ValueError("a Redis Cluster has one database, 0: leave the path out of redis+cluster://HOST:PORT,…")
-        cluster_tls(urlsplit(value).query)  # a setting it does not know is said now, not at the first command
+        cluster_tls(parsed.query)  # a setting it does not know is said now, not at the first command
     return value

@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..common.redisurl import cluster_tls
+from ..common.redisurl import CLUSTER_SCHEMES, cluster_tls
 from ..errors import RedisUnavailable as Unavailable
 from ..logs import LOG
 
@@ -60,9 +60,6 @@ _OPTIONS: dict[str, Any] = {
     "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     "max_connections": 256,
 }
-
-
-CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
 def connect(url: str) -> aioredis.Redis:

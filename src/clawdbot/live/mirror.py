@@ -40,7 +40,8 @@ from ..store.records import Message
 from .connection import GONE, Live
 from .flush import FLUSH, Ops
 
-_GONE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)  # not reached: try again
+# Redis was not reached (try the batch again), as against a batch it refused (a bug: dropped, logged).
+_UNREACHED = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
 # Seconds a reply's keys live while it runs and its writer no longer refreshes them (the writer died).
 ORPHAN_TTL = 3600
 # Seconds between checks, in a flush, that Redis still has a reply's hash: Redis restarted empty (or evicted it)
@@ -229,7 +230,7 @@ class Mirror:
             try:
                 await self.flush()
                 pause = 0.05
-            except _GONE as error:
+            except _UNREACHED as error:
                 self.counts.failures += 1
                 self.live.failed(error)
                 self.wake.set()
@@ -282,7 +283,7 @@ class Mirror:
             pipe.route(self.live.hub)  # where every process listens (connection.HUB)
         try:
             refused, found, unheard = await self._send(pipe, parts)
-        except (*_GONE, asyncio.CancelledError):
+        except (*_UNREACHED, asyncio.CancelledError):
             self.dirty |= dirty
             frames.extend(self.frames)
             self.frames = frames
