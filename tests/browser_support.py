@@ -130,9 +130,9 @@ def last_reply(page: Page) -> Locator:
     return page.locator(REPLY).last
 
 
-def finished(page: Page, status: str = "done") -> Locator:
+def finished(page: Page, status: str = "done", timeout: float | None = None) -> Locator:
     reply = last_reply(page)
-    expect(reply).to_have_attribute("data-status", status)
+    expect(reply).to_have_attribute("data-status", status, timeout=timeout)
     return reply
 
 
