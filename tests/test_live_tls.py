@@ -1,7 +1,7 @@
-"""Redis over TLS, as a deployment with a private CA runs it: one Redis at rediss://… and a Redis Cluster at
-rediss+cluster://…, each trusted through `ssl_ca_certs` in the URL's query. The gateway's live state goes there (a
-chat turn streams, its keys are in that Redis), and a gateway that does not trust the certificate says why on
-/readyz instead of working without it.
+"""Redis over TLS, as a deployment with a private CA runs it: one Redis at rediss://…, a Redis Cluster at
+rediss+cluster://… and a primary found through a Sentinel at rediss+sentinel://…, each trusted through
+`ssl_ca_certs` in the URL's query. The gateway's live state goes there (a chat turn streams, its keys are in that
+Redis), and a gateway that does not trust the certificate says why on /readyz instead of working without it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from conftest import Server, free_port, script, start_gateway, start_simulator
 from live_support import cluster_port
 
 ANSWER = "Encrypted all the way."
+SENTINEL_SERVICE = "clawdbot-tls"
+KINDS = ["rediss", "rediss+cluster", "rediss+sentinel"]
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,45 @@ def tls_cluster(certificates: Path) -> Iterator[list[int]]:
 
 
 @pytest.fixture(scope="module")
+def tls_sentinel(certificates: Path, tls_redis: int) -> Iterator[int]:
+    """A Sentinel that speaks only TLS, watching the TLS Redis (over TLS too) as SENTINEL_SERVICE: its port."""
+    port = free_port()
+    config = certificates / f"sentinel-{port}.conf"
+    config.write_text(
+        f"port 0\ntls-port {port}\nbind 127.0.0.1\ndir {certificates}\ntls-auth-clients no\ntls-replication yes\n"
+        f"tls-cert-file {certificates / 'server.crt'}\ntls-key-file {certificates / 'server.key'}\n"
+        f"tls-ca-cert-file {certificates / 'ca.crt'}\n"
+        f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {tls_redis} 1\n"
+    )
+    watcher = subprocess.Popen(
+        ["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _until_up(certificates, port)
+        deadline = time.monotonic() + 20
+        # Until Sentinel has reached the primary (over TLS) it is down as far as a client asking for it can tell.
+        while _client(certificates, port).sentinel_master(SENTINEL_SERVICE).get("role-reported") != "master":
+            assert time.monotonic() < deadline, "the TLS Sentinel did not reach its primary"
+            time.sleep(0.1)
+        yield port
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=10)
+
+
+def _servers(kind: str, request: pytest.FixtureRequest) -> tuple[str, list[int]]:
+    """Where a gateway on a TLS Redis of `kind` points (the URL before its query), and the ports of the Redis
+    servers that keep the keys."""
+    if kind == "rediss+cluster":
+        ports = request.getfixturevalue("tls_cluster")
+        return f"{kind}://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}", ports
+    primary = request.getfixturevalue("tls_redis")
+    if kind == "rediss+sentinel":
+        return f"{kind}://127.0.0.1:{request.getfixturevalue('tls_sentinel')}/{SENTINEL_SERVICE}/0", [primary]
+    return f"{kind}://127.0.0.1:{primary}/0", [primary]
+
+
+@pytest.fixture(scope="module")
 def simulator() -> Iterator[Server]:
     server = start_simulator("--profile", "instant")
     yield server
@@ -131,13 +172,12 @@ def _until_status(gateway: Server, status: str) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("kind", ["rediss", "rediss+cluster"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_the_live_state_goes_over_tls_to_a_redis_trusted_through_the_urls_ca(
     kind: str, certificates: Path, request: pytest.FixtureRequest, simulator: Server
 ) -> None:
-    ports = [request.getfixturevalue("tls_redis")] if kind == "rediss" else request.getfixturevalue("tls_cluster")
-    hosts = ",".join(f"127.0.0.1:{port}" for port in ports[:2])
-    url = f"{kind}://{hosts}{'/0' if kind == 'rediss' else ''}?ssl_ca_certs={certificates / 'ca.crt'}"
+    where, ports = _servers(kind, request)
+    url = f"{where}?ssl_ca_certs={certificates / 'ca.crt'}"
     script(simulator, {"match": "over tls", "reply": ANSWER, "thinking": "", "times": 2})
     gateway = start_gateway(simulator.url, "--redis-url", url, "--redis-prefix", "tls-test")
     try:
@@ -154,12 +194,12 @@ def test_the_live_state_goes_over_tls_to_a_redis_trusted_through_the_urls_ca(
         gateway.stop()
 
 
-@pytest.mark.parametrize("kind", ["rediss", "rediss+cluster"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_gateway_that_does_not_trust_the_certificate_says_so_on_readyz(
     kind: str, request: pytest.FixtureRequest, simulator: Server
 ) -> None:
-    ports = [request.getfixturevalue("tls_redis")] if kind == "rediss" else request.getfixturevalue("tls_cluster")
-    gateway = start_gateway(simulator.url, "--redis-url", f"{kind}://127.0.0.1:{ports[0]}")
+    where, _ = _servers(kind, request)
+    gateway = start_gateway(simulator.url, "--redis-url", where)
     try:
         found = _until_status(gateway, "unavailable")
         assert "CERTIFICATE_VERIFY_FAILED" in found["error"], found
@@ -171,5 +211,20 @@ def test_a_gateway_that_does_not_trust_the_certificate_says_so_on_readyz(
 def test_a_cluster_url_takes_the_tls_settings_and_refuses_others() -> None:
     url = "rediss+cluster://10.0.0.1:7000,10.0.0.2:7000?ssl_ca_certs=/etc/ssl/private-ca.pem&ssl_check_hostname=no"
     assert Settings(redis_url=url).redis_url == url
-    with pytest.raises(ValidationError, match="ssl_ca_cert is not a setting of a Redis Cluster URL"):
+    with pytest.raises(ValidationError, match="ssl_ca_cert is not a setting of a rediss\\+cluster:// URL"):
         Settings(redis_url="rediss+cluster://10.0.0.1:7000?ssl_ca_cert=/etc/ssl/private-ca.pem")
+    with pytest.raises(ValidationError, match="takes no settings in its query"):
+        Settings(redis_url="redis+cluster://10.0.0.1:7000?ssl_ca_certs=/etc/ssl/private-ca.pem")
+
+
+def test_a_sentinel_url_takes_the_tls_settings_and_names_its_service() -> None:
+    url = "rediss+sentinel://10.0.0.1:26379,10.0.0.2:26379/main/2?ssl_ca_certs=/etc/ssl/private-ca.pem"
+    assert Settings(redis_url=url).redis_url == url
+    assert Settings(redis_url="redis+sentinel://10.0.0.1:26379/main").redis_url
+    with pytest.raises(ValidationError, match="ssl_keyfil is not a setting of a rediss\\+sentinel:// URL"):
+        Settings(redis_url="rediss+sentinel://10.0.0.1:26379/main?ssl_keyfil=/etc/ssl/key.pem")
+    with pytest.raises(ValidationError, match="takes no settings in its query"):
+        Settings(redis_url="redis+sentinel://10.0.0.1:26379/main?ssl_ca_certs=/etc/ssl/private-ca.pem")
+    for unnamed in ("redis+sentinel://10.0.0.1:26379", "redis+sentinel://10.0.0.1:26379/main/one"):
+        with pytest.raises(ValidationError, match="names the service"):
+            Settings(redis_url=unnamed)

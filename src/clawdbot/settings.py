@@ -148,9 +148,9 @@ class Settings(SettingsModel):
         description="Where the live state several gateway processes share is kept (redis://HOST:PORT/DB, "
         "rediss://… for TLS (a private CA: `?ssl_ca_certs=PATH`), unix:///PATH, "
         "redis+sentinel://HOST:PORT,…/SERVICE for the primary Sentinel "
-        "names, or redis+cluster://HOST:PORT,… for a Redis Cluster): reply events, running replies, the fair queue "
-        "and slots, rate limits, sign-in throttles, credential revocations. Default: none, one process keeps them "
-        "in its memory.",
+        "names, or redis+cluster://HOST:PORT,… for a Redis Cluster; rediss+… with TLS): reply events, running "
+        "replies, the fair queue and slots, rate limits, sign-in throttles, credential revocations. Default: none, "
+        "one process keeps them in its memory.",
     )
     redis_prefix: str = Field(
         "clawdbot",

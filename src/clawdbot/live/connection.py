@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..common.redisurl import CLUSTER_SCHEMES, cluster_tls
+from ..common.redisurl import CLUSTER_SCHEMES, SENTINEL_SCHEMES, sentinel_service, tls_settings
 from ..errors import RedisUnavailable as Unavailable
 from ..logs import LOG
 
@@ -63,21 +63,26 @@ _OPTIONS: dict[str, Any] = {
 
 
 def connect(url: str) -> aioredis.Redis:
-    """A client for `url`: redis://, rediss:// or unix:// (one Redis); redis+sentinel://[:PASSWORD@]HOST:PORT[,
-    HOST:PORT…]/SERVICE[/DB] (the primary that Sentinel names for SERVICE, found again after a failover); or
-    redis+cluster:// (rediss+cluster:// with TLS) [USER:PASSWORD@]HOST:PORT[,HOST:PORT…][?ssl_ca_certs=PATH…], a
-    Redis Cluster reached through any of the nodes named (the rest are found from them)."""
+    """A client for `url`: redis://, rediss:// or unix:// (one Redis); redis+sentinel:// (rediss+sentinel:// with
+    TLS) [:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB][?ssl_ca_certs=PATH…] (the primary that Sentinel names for
+    SERVICE, found again after a failover); or redis+cluster:// (rediss+cluster:// with TLS)
+    [USER:PASSWORD@]HOST:PORT[,HOST:PORT…][?ssl_ca_certs=PATH…], a Redis Cluster reached through any of the nodes
+    named (the rest are found from them)."""
     if url.startswith(CLUSTER_SCHEMES):
         return _cluster(url)
-    if not url.startswith("redis+sentinel://"):
+    if not url.startswith(SENTINEL_SCHEMES):
         return aioredis.Redis.from_url(url, **_OPTIONS)
     parsed = urlsplit(url)
     password = unquote(parsed.password) if parsed.password else None
-    sentinels = _hosts(parsed.netloc, 26379)
-    path = [part for part in parsed.path.split("/") if part]
-    service, db = path[0], int(path[1]) if len(path) > 1 else 0
+    service, db = sentinel_service(url)
+    tls = tls_settings(url)
     kwargs = {k: v for k, v in _OPTIONS.items() if k != "max_connections"}
-    sentinel = Sentinel(sentinels, password=password, db=db, **kwargs)
+    # The Sentinels speak TLS when the primary does (a deployment's `tls-port` on both), trusted the same way; the
+    # password is the primary's, as redis-py takes it.
+    watchers = {k: v for k, v in kwargs.items() if k.startswith("socket_")} | tls
+    sentinel = Sentinel(
+        _hosts(parsed.netloc, 26379), sentinel_kwargs=watchers, password=password, db=db, **tls, **kwargs
+    )
     primary: aioredis.Redis = sentinel.master_for(service, max_connections=_OPTIONS["max_connections"])
     return primary
 
@@ -97,8 +102,7 @@ def _cluster(url: str) -> aioredis.Redis:
         startup_nodes=nodes,
         username=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
-        ssl=url.startswith("rediss+"),
-        **cluster_tls(parsed.query),
+        **tls_settings(url),
         **_OPTIONS,
     )
     # The commands live/ sends are answered alike by one Redis and by a cluster, each command's keys in one slot
