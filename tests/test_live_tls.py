@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 from chat_support import chat_api
 from clawdbot.settings import Settings
 from conftest import Server, free_port, script, start_gateway, start_simulator
+from fleet_support import wait_until
 from live_support import cluster_port
 
 ANSWER = "Encrypted all the way."
@@ -65,15 +65,15 @@ def _client(certificates: Path, port: int) -> redis.Redis:
     return redis.Redis(port=port, ssl=True, ssl_ca_certs=str(certificates / "ca.crt"), socket_connect_timeout=1)
 
 
+def _answers(certificates: Path, port: int) -> bool:
+    try:
+        return bool(_client(certificates, port).ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
 def _until_up(certificates: Path, port: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            if _client(certificates, port).ping():
-                return
-        except redis.exceptions.ConnectionError:
-            assert time.monotonic() < deadline, f"the TLS Redis on {port} did not start"
-            time.sleep(0.05)
+    wait_until(lambda: _answers(certificates, port), f"the TLS Redis on {port} to start", timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +102,11 @@ def tls_cluster(certificates: Path) -> Iterator[list[int]]:
         create = ["redis-cli", "--tls", "--cacert", str(certificates / "ca.crt"), "--cluster", "create"]
         create += [f"127.0.0.1:{port}" for port in ports]
         subprocess.run([*create, "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        deadline = time.monotonic() + 30
-        while not all(_client(certificates, p).cluster("INFO").get("cluster_state") in ("ok", b"ok") for p in ports):
-            assert time.monotonic() < deadline, "the TLS Redis Cluster did not come up"
-            time.sleep(0.1)
+        wait_until(
+            lambda: all(_client(certificates, p).cluster("INFO").get("cluster_state") in ("ok", b"ok") for p in ports),
+            "the TLS Redis Cluster to come up",
+            timeout=30,
+        )
         yield ports
     finally:
         for node in nodes:
@@ -130,11 +131,12 @@ def tls_sentinel(certificates: Path, tls_redis: int) -> Iterator[int]:
     )
     try:
         _until_up(certificates, port)
-        deadline = time.monotonic() + 20
         # Until Sentinel has reached the primary (over TLS) it is down as far as a client asking for it can tell.
-        while _client(certificates, port).sentinel_master(SENTINEL_SERVICE).get("role-reported") != "master":
-            assert time.monotonic() < deadline, "the TLS Sentinel did not reach its primary"
-            time.sleep(0.1)
+        wait_until(
+            lambda: _client(certificates, port).sentinel_master(SENTINEL_SERVICE).get("role-reported") == "master",
+            "the TLS Sentinel to reach its primary",
+            timeout=20,
+        )
         yield port
     finally:
         watcher.terminate()
@@ -165,11 +167,9 @@ def _redis_status(gateway: Server) -> dict[str, str]:
 
 
 def _until_status(gateway: Server, status: str) -> dict[str, str]:
-    deadline = time.monotonic() + 20
-    while (found := _redis_status(gateway))["status"] != status:
-        assert time.monotonic() < deadline, f"/readyz said {found}, not {status}"
-        time.sleep(0.1)
-    return found
+    return wait_until(  # type: ignore[no-any-return]
+        lambda: (found := _redis_status(gateway))["status"] == status and found, f"/readyz to say {status}", timeout=20
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -5,7 +5,7 @@ hands to the cluster or Sentinel client."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
@@ -15,11 +15,10 @@ SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES, *CLUSTER_SCHEM
 TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 
 
-def tls_settings(url: str) -> dict[str, Any]:
+def tls_settings(parsed: SplitResult) -> dict[str, Any]:
     """The TLS settings a rediss+cluster:// or rediss+sentinel:// URL's query may carry (as a rediss:// URL's do,
     which redis-py reads itself): a private CA's certificate above all, and a client certificate where the servers
     ask for one. Without TLS (redis+…) a query has nothing to say."""
-    parsed = urlsplit(url)
     tls = parsed.scheme.startswith("rediss+")
     options: dict[str, Any] = {"ssl": True} if tls else {}
     for name, values in parse_qs(parsed.query, keep_blank_values=True).items():
@@ -40,18 +39,19 @@ def checked_redis_url(value: str) -> str:
             "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] or redis+cluster://HOST:PORT[,HOST:PORT…] "
             "(rediss+… with TLS)"
         )
-    if value.startswith(CLUSTER_SCHEMES) and urlsplit(value).path.strip("/") not in ("", "0"):
+    parsed = urlsplit(value)
+    if value.startswith(CLUSTER_SCHEMES) and parsed.path.strip("/") not in ("", "0"):
         raise ValueError("a Redis Cluster has one database, 0: leave the path out of redis+cluster://HOST:PORT,…")
     if value.startswith(SENTINEL_SCHEMES):
-        sentinel_service(value)
+        sentinel_service(parsed)
     if value.startswith(CLUSTER_SCHEMES + SENTINEL_SCHEMES):
-        tls_settings(value)  # a setting it does not know is said now, not at the first command
+        tls_settings(parsed)  # a setting it does not know is said now, not at the first command
     return value
 
 
-def sentinel_service(url: str) -> tuple[str, int]:
+def sentinel_service(parsed: SplitResult) -> tuple[str, int]:
     """The service a redis+sentinel://…/SERVICE[/DB] URL names, and its database number."""
-    path = [part for part in urlsplit(url).path.split("/") if part]
+    path = [part for part in parsed.path.split("/") if part]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(
             "a Sentinel URL names the service its primary is found by: redis+sentinel://HOST:PORT,…/SERVICE[/DB]"

@@ -74,11 +74,11 @@ def connect(url: str) -> aioredis.Redis:
         return aioredis.Redis.from_url(url, **_OPTIONS)
     parsed = urlsplit(url)
     password = unquote(parsed.password) if parsed.password else None
-    service, db = sentinel_service(url)
-    tls = tls_settings(url)
+    service, db = sentinel_service(parsed)
+    tls = tls_settings(parsed)
     kwargs = {k: v for k, v in _OPTIONS.items() if k != "max_connections"}
-    # The Sentinels speak TLS when the primary does (a deployment's `tls-port` on both), trusted the same way; the
-    # password is the primary's, as redis-py takes it.
+    # The Sentinels speak TLS when the primary does (a deployment's `tls-port` on both), trusted the same way. Given
+    # no sentinel_kwargs, redis-py would take the socket_* options alone; the password is the primary's.
     watchers = {k: v for k, v in kwargs.items() if k.startswith("socket_")} | tls
     sentinel = Sentinel(
         _hosts(parsed.netloc, 26379), sentinel_kwargs=watchers, password=password, db=db, **tls, **kwargs
@@ -102,7 +102,7 @@ def _cluster(url: str) -> aioredis.Redis:
         startup_nodes=nodes,
         username=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
-        **tls_settings(url),
+        **tls_settings(parsed),
         **_OPTIONS,
     )
     # The commands live/ sends are answered alike by one Redis and by a cluster, each command's keys in one slot
